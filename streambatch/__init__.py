@@ -1,0 +1,37 @@
+"""streambatch: stream datasets far larger than memory into fixed-size, well-shuffled
+NumPy minibatches, with a hard bound on memory and exact resumption.
+
+>>> import streambatch as sb
+>>> loader = sb.Loader("data/", batch_size=256, memory_limit="512MiB")  # doctest: +SKIP
+>>> for batch in loader: ...                                             # doctest: +SKIP
+"""
+
+from ._units import parse_bytes
+from .errors import (
+    CorruptInputError,
+    EmptyDatasetError,
+    ReaderError,
+    SchemaError,
+    SourceNotFoundError,
+    StateMismatchError,
+    StreambatchError,
+)
+from .loader import EpochIterator, Loader
+from .sources import ColumnSpec, Dataset, open_dataset
+
+__all__ = [
+    "ColumnSpec",
+    "CorruptInputError",
+    "Dataset",
+    "EmptyDatasetError",
+    "EpochIterator",
+    "Loader",
+    "ReaderError",
+    "SchemaError",
+    "SourceNotFoundError",
+    "StateMismatchError",
+    "StreambatchError",
+    "open_dataset",
+    "parse_bytes",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,66 @@
+"""Fixed-size batches cut from the emission stream, across segment boundaries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+from .ring import RowRing
+from .sources import ColumnSpec
+
+__all__ = ["batch_sizes", "new_batch"]
+
+
+def new_batch(columns: Mapping[str, ColumnSpec], rows: int) -> dict[str, np.ndarray]:
+    """Fresh C-contiguous arrays for one batch; never views into the ring."""
+    return {name: np.empty((rows, *spec.shape), spec.dtype) for name, spec in columns.items()}
+
+
+def batch_sizes(total_rows: int, batch_size: int, drop_last: bool, first_batch: int = 0) -> Iterator[int]:
+    """Sizes of the batches from ``first_batch`` on: all ``batch_size`` but a final
+    partial one, which ``drop_last`` drops."""
+    full, rest = divmod(total_rows, batch_size)
+    for _ in range(first_batch, full):
+        yield batch_size
+    if rest and not drop_last and first_batch <= full:
+        yield rest
+
+
+class BatchFiller:
+    """Gathers ring rows into the current batch; hands it over when full."""
+
+    def __init__(self, ring: RowRing, columns: Mapping[str, ColumnSpec], sizes: Iterator[int], contiguous: bool):
+        self._ring = ring
+        self._columns = columns
+        self._sizes = sizes
+        self._contiguous = contiguous
+        self._batch: dict[str, np.ndarray] | None = None
+        self._filled = 0
+        self._size = 0
+        self.finished = False
+        self._next_batch()
+
+    def _next_batch(self) -> None:
+        size = next(self._sizes, None)
+        if size is None:
+            self.finished = True
+            self._batch = None
+            return
+        self._size, self._filled = size, 0
+        self._batch = new_batch(self._columns, size)
+
+    def fill(self, positions: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
+        """Consume ``positions`` in order, yielding each batch as it completes."""
+        i = 0
+        while i < positions.size and not self.finished:
+            assert self._batch is not None
+            take = min(self._size - self._filled, positions.size - i)
+            window = {name: array[self._filled : self._filled + take] for name, array in self._batch.items()}
+            self._ring.gather(positions[i : i + take], window, self._contiguous)
+            self._filled += take
+            i += take
+            if self._filled == self._size:
+                batch = self._batch
+                self._next_batch()
+                yield batch

@@ -1,0 +1,137 @@
+"""How a ``memory_limit`` is split, decided once per loader and never by the
+thread count (so the row order does not depend on ``num_threads``).
+
+The budget ``M`` pays for:
+
+* **the ring**: one array per column holding the rows read but not yet emitted.
+  It holds the shuffle window (``window_pieces`` pieces), the segment being
+  emitted and the read-ahead. Each row also costs ~24 bytes of index arrays.
+* **decode scratch** (Parquet, Zarr only): a unit is decoded in a pool thread
+  before it is copied into the ring; the number of concurrent decodes is capped
+  so that scratch stays under a quarter of ``M``.
+* **batches in flight**: the batch being assembled and ~2 the caller holds.
+
+Python, numpy, pyarrow and the interpreter (~150-250 MiB) come on top; the
+documented contract is peak RSS <= M + 300 MiB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._units import format_bytes
+from .errors import SchemaError
+from .plan import PlanParams
+from .sources import Dataset
+
+__all__ = ["Budget", "plan_budget"]
+
+_INDEX_BYTES_PER_ROW = 24
+_TARGET_WINDOW_PIECES = 2048
+_MIN_PIECE_BYTES = 16 << 10
+_JOB_BYTES = 1 << 20
+_SCRATCH_SHARE = 0.25
+_BATCHES_IN_FLIGHT = 3
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The split of ``memory_limit`` (bytes) and the plan parameters it implies."""
+
+    memory_limit: int
+    ring_rows: int
+    row_nbytes: int
+    window_pieces: int
+    max_segment_ticks: int
+    piece_rows: int
+    max_piece_rows: int
+    job_rows: int
+    scratch_bytes: int
+    unit_nbytes: int
+    batch_bytes: int
+
+    @property
+    def ring_bytes(self) -> int:
+        return self.ring_rows * self.row_nbytes
+
+    def decode_slots(self, num_threads: int) -> int:
+        """Concurrent decodes allowed so that scratch stays within its share."""
+        if self.scratch_bytes == 0 or self.unit_nbytes == 0:
+            return num_threads
+        return max(1, min(num_threads, self.scratch_bytes // (2 * self.unit_nbytes)))
+
+    def plan_params(self, shuffle: bool, seed: int, remainder: str) -> PlanParams:
+        return PlanParams(shuffle, seed, self.window_pieces, self.piece_rows, remainder)  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        return (
+            f"memory_limit {format_bytes(self.memory_limit)}: ring {format_bytes(self.ring_bytes)} "
+            f"({self.ring_rows} rows; window {self.window_pieces} pieces of <= {self.max_piece_rows} rows), "
+            f"decode scratch {format_bytes(self.scratch_bytes)}, batches {format_bytes(self.batch_bytes)}"
+        )
+
+
+def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: bool) -> Budget:
+    """Split ``memory_limit`` for ``dataset``; raises if one read unit cannot fit."""
+    row_nbytes = max(1, dataset.row_nbytes)
+    unit_rows = _largest_unit_rows(dataset)
+    scratch = int(memory_limit * _SCRATCH_SHARE) if unit_rows else 0
+    batch_bytes = _BATCHES_IN_FLIGHT * batch_size * row_nbytes
+    ring_bytes = memory_limit - scratch - batch_bytes
+    ring_rows = max(0, ring_bytes // (row_nbytes + _INDEX_BYTES_PER_ROW))
+
+    min_piece = max(1, -(-_MIN_PIECE_BYTES // row_nbytes))
+    if shuffle:
+        piece_rows = max(min_piece, int(ring_rows * 0.8) // _TARGET_WINDOW_PIECES)
+    else:
+        piece_rows = max(min_piece, _JOB_BYTES // row_nbytes)
+    piece_rows = int(min(piece_rows, max(1, ring_rows // 4) if ring_rows else 1))
+    has_random_access = any(s.unit_bounds is None for s in dataset.shards)
+    max_piece = max(unit_rows, piece_rows if has_random_access else 0, 1)
+    job_rows = max(piece_rows, min(_JOB_BYTES // row_nbytes, max(1, ring_rows // 8)))
+    job_rows = max(job_rows, max_piece)
+
+    fitting = ring_rows // max_piece
+    if ring_rows < max_piece + job_rows or fitting < 2:
+        needed = (2 * max_piece + job_rows) * (row_nbytes + _INDEX_BYTES_PER_ROW) + scratch + batch_bytes
+        raise SchemaError(
+            f"memory_limit={format_bytes(memory_limit)} is too small: a read unit of "
+            f"{max_piece} rows ({format_bytes(max_piece * row_nbytes)}) must fit twice in the ring "
+            f"beside batches of {batch_size} rows; use at least {format_bytes(needed / (1 - _SCRATCH_SHARE if scratch else 1))}, "
+            "or rewrite the data in smaller row groups/chunks with `streambatch convert`"
+        )
+    if shuffle:
+        # live pieces <= window - 1 + segment, plus one job admitted ahead and read-ahead
+        usable = (ring_rows - job_rows) // max_piece
+        readahead = max(1, usable // 6)
+        window = max(1, int((usable - readahead) * 8 / 9))
+        segment = max(1, window // 8)
+        while window > 1 and window - 1 + segment > usable - readahead:
+            window -= 1
+            segment = max(1, window // 8)
+    else:
+        window, segment = 1, max(1, min(64, (ring_rows - job_rows) // max_piece // 2))
+    return Budget(
+        memory_limit=memory_limit,
+        ring_rows=int(ring_rows),
+        row_nbytes=row_nbytes,
+        window_pieces=int(window),
+        max_segment_ticks=int(segment),
+        piece_rows=int(piece_rows),
+        max_piece_rows=int(max_piece),
+        job_rows=int(job_rows),
+        scratch_bytes=scratch,
+        unit_nbytes=unit_rows * row_nbytes,
+        batch_bytes=batch_bytes,
+    )
+
+
+def _largest_unit_rows(dataset: Dataset) -> int:
+    largest = 0
+    for shard in dataset.shards:
+        bounds = shard.unit_bounds
+        if bounds is not None and len(bounds) > 1:
+            largest = max(largest, int(np.max(np.diff(np.asarray(bounds)))))
+    return largest

@@ -1,0 +1,46 @@
+"""The exception hierarchy of streambatch.
+
+Every class also inherits the built-in exception it refines, so existing
+``except ValueError:`` / ``except OSError:`` code keeps working, and every
+error names what it is about (a path, a column, a chunk) in its message.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CorruptInputError",
+    "EmptyDatasetError",
+    "ReaderError",
+    "SchemaError",
+    "SourceNotFoundError",
+    "StateMismatchError",
+    "StreambatchError",
+]
+
+
+class StreambatchError(Exception):
+    """Base class of every error raised by streambatch."""
+
+
+class SourceNotFoundError(StreambatchError, FileNotFoundError):
+    """A path, URL or glob matched nothing, or holds no data files."""
+
+
+class CorruptInputError(StreambatchError, ValueError):
+    """The bytes of a file are unreadable or inconsistent with its header."""
+
+
+class SchemaError(StreambatchError, TypeError):
+    """A dtype, row shape, column name or row count does not fit what was expected."""
+
+
+class EmptyDatasetError(SchemaError):
+    """The dataset holds zero rows in total."""
+
+
+class ReaderError(StreambatchError, OSError):
+    """A read failed inside the prefetching pool; ``__cause__`` holds the original error."""
+
+
+class StateMismatchError(StreambatchError, ValueError):
+    """A saved loader state does not fit the loader it is loaded into."""

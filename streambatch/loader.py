@@ -1,0 +1,401 @@
+"""``Loader``: the one place that knows the order of the stages.
+
+plan (pieces for this epoch and rank) -> window shuffle (row order, computed on
+positions) -> prefetch pool (reads pieces into ring slots) -> batching (gathers
+ring rows into fixed-size batches).
+
+A ``Loader`` is a cheap description; each ``iter(loader)`` makes an
+``EpochIterator`` that owns the threads, the ring and the open files, and
+releases them when the epoch ends, on ``close()``, when the loop is left early
+or when the iterator is garbage collected.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+
+from ._units import parse_bytes
+from .batching import BatchFiller, batch_sizes
+from .budget import Budget, plan_budget
+from .errors import EmptyDatasetError, ReaderError, StreambatchError
+from .plan import EpochPlan, Remainder, make_plan, rows_per_rank
+from .prefetch import ReaderPool
+from .ring import RowRing
+from .shuffle import WindowShuffle
+from .sources import Dataset, SourceLike, open_dataset
+from .sources._handles import ReaderCache
+from .state import LoaderState
+
+__all__ = ["EpochIterator", "Loader"]
+
+Batch = dict[str, np.ndarray]
+
+
+def _default_threads() -> int:
+    return max(2, min(8, os.cpu_count() or 2))
+
+
+class Loader:
+    """Iterate a dataset larger than memory as fixed-size, shuffled NumPy batches.
+
+    >>> loader = Loader("data/", batch_size=256, memory_limit="256MiB")  # doctest: +SKIP
+    >>> for epoch in range(3):                                          # doctest: +SKIP
+    ...     loader.set_epoch(epoch)
+    ...     for batch in loader:            # dict[str, np.ndarray]
+    ...         train_step(batch["x"], batch["y"])
+
+    Contracts:
+
+    * every batch has exactly ``batch_size`` rows except the last of an epoch,
+      which is partial unless ``drop_last``; arrays are fresh C-contiguous copies;
+    * each row of the rank's share is delivered exactly once per epoch;
+    * the order is a pure function of (dataset, seed, epoch, rank, world_size,
+      memory_limit): ``num_threads`` and timing never change it;
+    * peak memory stays within ``memory_limit`` plus the interpreter and imports
+      (see :mod:`streambatch.budget` for the split);
+    * epochs advance by themselves when one is iterated to the end;
+      ``set_epoch`` picks one explicitly;
+    * ``state_dict()``/``load_state_dict()`` resume mid-epoch exactly.
+    """
+
+    def __init__(
+        self,
+        source: SourceLike,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        memory_limit: int | str = "512MiB",
+        num_threads: int | None = None,
+        columns: Sequence[str] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        remainder: Remainder = "pad",
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        if num_threads is not None and (not isinstance(num_threads, (int, np.integer)) or num_threads < 1):
+            raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+        if not isinstance(world_size, (int, np.integer)) or world_size < 1:
+            raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
+        if not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank!r}")
+        if remainder not in ("pad", "drop"):
+            raise ValueError(f"remainder must be 'pad' or 'drop', got {remainder!r}")
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.memory_limit = parse_bytes(memory_limit)
+        self.num_threads = int(num_threads) if num_threads is not None else _default_threads()
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.remainder: Remainder = remainder
+        self.dataset: Dataset = open_dataset(source, columns, storage_options=storage_options)
+        if self.dataset.num_rows == 0:
+            paths = ", ".join(s.path for s in self.dataset.shards[:5])
+            raise EmptyDatasetError(f"the dataset has 0 rows (shards: {paths}); nothing to load")
+        self.budget: Budget = plan_budget(self.dataset, self.memory_limit, self.batch_size, self.shuffle)
+        self._epoch = 0
+        self._start_batch = 0
+        self._progress = (0, 0)  # (epoch, batches delivered) of the latest iterator
+        self._iterators: weakref.WeakSet[EpochIterator] = weakref.WeakSet()
+
+    # -- sizes ---------------------------------------------------------------
+    @property
+    def columns(self) -> dict[str, Any]:
+        return self.dataset.columns
+
+    @property
+    def rows_per_epoch(self) -> int:
+        """Rows this rank receives per epoch (before ``drop_last``)."""
+        return rows_per_rank(self.dataset.num_rows, self.world_size, self.remainder)
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.rows_per_epoch, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    # -- epochs --------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        """The epoch the next ``iter(loader)`` will produce."""
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Produce ``epoch`` next, from its beginning (a new permutation per epoch)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+        self._epoch = int(epoch)
+        self._start_batch = 0
+        self._progress = (self._epoch, 0)
+
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        """The pieces this rank reads in ``epoch`` (default: the next one)."""
+        params = self.budget.plan_params(self.shuffle, self.seed, self.remainder)
+        return make_plan(self.dataset, params, self._epoch if epoch is None else epoch, self.rank, self.world_size)
+
+    def __iter__(self) -> EpochIterator:
+        iterator = EpochIterator(self, self._epoch, self._start_batch)
+        self._iterators.add(iterator)
+        self._progress = (self._epoch, self._start_batch)
+        return iterator
+
+    def _delivered(self, epoch: int, batches: int, finished: bool) -> None:
+        if finished:
+            if self._epoch == epoch:  # unless set_epoch chose another meanwhile
+                self._epoch, self._start_batch = epoch + 1, 0
+                self._progress = (epoch + 1, 0)
+        else:
+            self._progress = (epoch, batches)
+            self._start_batch = batches
+            self._epoch = epoch
+
+    # -- resume --------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What the consumer has received, as a small JSON-safe dict."""
+        epoch, batches = self._progress
+        return LoaderState(
+            epoch=epoch,
+            batches=batches,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            shuffle=self.shuffle,
+            drop_last=self.drop_last,
+            rank=self.rank,
+            world_size=self.world_size,
+            dataset=self.dataset.fingerprint(),
+            window_pieces=self.budget.window_pieces,
+            piece_rows=self.budget.piece_rows,
+        ).to_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue exactly where the saved loader's consumer stopped."""
+        saved = LoaderState.from_dict(state)
+        saved.check_compatible(self)
+        self._epoch, self._start_batch = saved.epoch, saved.batches
+        self._progress = (saved.epoch, saved.batches)
+
+    # -- lifecycle -----------------------------------------------------------
+    def close(self) -> None:
+        """Stop every live iterator's threads and free its buffers; idempotent."""
+        for iterator in list(self._iterators):
+            iterator.close()
+
+    def __enter__(self) -> Loader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Loader({self.dataset!r}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
+            f"seed={self.seed}, rank={self.rank}/{self.world_size}; {self.budget.describe()})"
+        )
+
+
+class _Resources:
+    """What an iterator must release; referenced by its finalizer, never the
+    iterator itself (so garbage collection can reach the iterator)."""
+
+    def __init__(self, pool: ReaderPool, cache: ReaderCache) -> None:
+        self.pool = pool
+        self.cache = cache
+
+    def close(self) -> None:
+        self.pool.close()
+        self.cache.close()
+
+
+class EpochIterator(Iterator[Batch]):
+    """One pass over one epoch; owns the reader threads, the ring and open files."""
+
+    def __init__(self, loader: Loader, epoch: int, start_batch: int) -> None:
+        self._loader = loader
+        self.epoch = epoch
+        self.batches_delivered = start_batch
+        self._pid = os.getpid()
+        plan = loader.plan(epoch)
+        budget = loader.budget
+        dataset = loader.dataset
+        total = plan.num_rows
+        ring = RowRing(dataset.columns, budget.ring_rows)
+        pool = ReaderPool(loader.num_threads)
+        cache = ReaderCache(dataset)
+        self._resources = _Resources(pool, cache)
+        self._finalizer = weakref.finalize(self, self._resources.close)
+        filler = BatchFiller(
+            ring,
+            dataset.columns,
+            batch_sizes(total, loader.batch_size, loader.drop_last, start_batch),
+            contiguous=not loader.shuffle,
+        )
+        reads = _PieceReads(plan, dataset, ring, pool, cache, budget)
+        self._batches = _emit(plan, budget, reads, filler, start_batch * loader.batch_size)
+
+    def __next__(self) -> Batch:
+        if os.getpid() != self._pid:
+            raise RuntimeError(
+                "this iterator was created in another process (fork); call iter(loader) in this process"
+            )
+        try:
+            batch = next(self._batches)
+        except StopIteration:
+            self.close()
+            self._loader._delivered(self.epoch, self.batches_delivered, finished=True)
+            raise
+        except BaseException:
+            self.close()
+            raise
+        self.batches_delivered += 1
+        self._loader._delivered(self.epoch, self.batches_delivered, finished=False)
+        return batch
+
+    def close(self) -> None:
+        """Stop the threads, close files, free the ring; idempotent."""
+        self._batches.close()
+        self._finalizer()
+
+    def __enter__(self) -> EpochIterator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _PieceReads:
+    """Admits pieces into the ring in order (as space allows) and reads them in the pool."""
+
+    def __init__(
+        self,
+        plan: EpochPlan,
+        dataset: Dataset,
+        ring: RowRing,
+        pool: ReaderPool,
+        cache: ReaderCache,
+        budget: Budget,
+    ) -> None:
+        self.plan = plan
+        self.ring = ring
+        self.pool = pool
+        self.job_rows = budget.job_rows
+        self.jobs: deque[tuple[int, int, Future[None]]] = deque()
+        self.released = 0
+        self.admitted = 0
+        self.loaded = 0
+        self._read_piece = _piece_reader(plan, dataset, ring, cache, threading.BoundedSemaphore(
+            budget.decode_slots(len(pool._threads))))
+
+    def start_at(self, first_live: int) -> None:
+        self.released = self.admitted = self.loaded = first_live
+
+    def admit(self) -> None:
+        """Submit reads for the next pieces while the ring has room for them."""
+        offsets, n = self.plan.offsets, self.plan.num_pieces
+        capacity = self.ring.capacity
+        while self.admitted < n:
+            first = self.admitted
+            end = int(np.searchsorted(offsets, offsets[first] + self.job_rows, side="right")) - 1
+            end = min(max(end, first + 1), n)
+            if offsets[end] - offsets[self.released] > capacity:
+                return
+            read = self._read_piece
+            self.jobs.append((first, end, self.pool.submit(lambda a=first, b=end: read(a, b))))
+            self.admitted = end
+
+    def wait_loaded(self, upto: int) -> None:
+        """Block until pieces ``< upto`` are in the ring; re-raise a reader's error here."""
+        while self.loaded < upto:
+            if not self.jobs:
+                self.admit()
+                if not self.jobs:
+                    raise RuntimeError(
+                        f"internal error: piece {self.loaded} cannot be admitted "
+                        f"(ring of {self.ring.capacity} rows full); please report this"
+                    )
+            first, end, future = self.jobs.popleft()
+            future.result()
+            self.loaded = end
+
+    def release(self, first_live: int) -> None:
+        self.released = max(self.released, first_live)
+
+
+def _piece_reader(plan: EpochPlan, dataset: Dataset, ring: RowRing, cache: ReaderCache, decode: threading.BoundedSemaphore):
+    """The job body run in pool threads: read pieces ``[a, b)`` into their ring slots."""
+    shards = dataset.shards
+
+    def read(first: int, end: int) -> None:
+        for k in range(first, end):
+            index = int(plan.shard[k])
+            start, stop = int(plan.start[k]), int(plan.stop[k])
+            shard = shards[index]
+            try:
+                reader = cache.acquire(index)
+                try:
+                    bounded = shard.unit_bounds is not None
+                    if bounded:
+                        decode.acquire()
+                    try:
+                        _read_into_ring(reader, ring, start, stop, int(plan.offsets[k]), bounded)
+                    finally:
+                        if bounded:
+                            decode.release()
+                finally:
+                    cache.release(index)
+            except StreambatchError:
+                raise
+            except Exception as error:
+                raise ReaderError(f"reading {shard.describe_rows(start, stop)} failed: {error!r}") from error
+
+    return read
+
+
+def _read_into_ring(reader, ring: RowRing, start: int, stop: int, position: int, whole_units: bool) -> None:
+    runs = ring.spans(position, position + (stop - start))
+    if len(runs) == 1 or not whole_units:
+        for slot, offset, length in runs:
+            reader.read_into(start + offset, start + offset + length, ring.views(slot, length))
+        return
+    # a unit that wraps around the ring: decode once into scratch, copy both parts
+    scratch = {name: np.empty((stop - start, *a.shape[1:]), a.dtype) for name, a in ring.arrays.items()}
+    reader.read_into(start, stop, scratch)
+    for slot, offset, length in runs:
+        for name, view in ring.views(slot, length).items():
+            view[...] = scratch[name][offset : offset + length]
+
+
+def _emit(plan: EpochPlan, budget: Budget, reads: _PieceReads, filler: BatchFiller, start_row: int) -> Iterator[Batch]:
+    """The consumer side: segments of the window shuffle, gathered into batches."""
+    shuffle = WindowShuffle(plan, budget.max_segment_ticks)
+    tick, skip = shuffle.locate(start_row)
+    reads.start_at(shuffle.first_live_piece(tick))
+    try:
+        if filler.finished:
+            return
+        for segment in shuffle.segments(tick):
+            reads.admit()
+            reads.wait_loaded(segment.tick_hi)
+            positions = segment.positions
+            if skip:
+                positions, skip = positions[skip:], 0
+            for batch in filler.fill(positions):
+                yield batch
+                reads.admit()
+            if filler.finished:
+                return
+            reads.release(shuffle.first_live_piece(segment.tick_hi))
+    finally:
+        reads.pool.close()

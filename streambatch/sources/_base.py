@@ -1,0 +1,93 @@
+"""The contract every format implements: a *shard* describes one file or store
+(metadata only) and opens a *reader* that copies row ranges into caller-owned
+arrays.
+
+The planner never branches on format: it only needs ``num_rows``, the column
+specs, and ``unit_bounds`` (where reading is cheap to start and stop).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["ColumnSpec", "Shard", "ShardReader"]
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """The numpy dtype and per-row shape of one column (``shape == ()`` for scalars)."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+
+    @property
+    def row_nbytes(self) -> int:
+        """Bytes one row of this column occupies in memory."""
+        return int(self.dtype.itemsize * int(np.prod(self.shape, dtype=np.int64)))
+
+    def __iter__(self):  # lets callers unpack ``dtype, shape = ds.columns[name]``
+        return iter((self.dtype, self.shape))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, tuple):
+            other = ColumnSpec(*other)
+        if not isinstance(other, ColumnSpec):
+            return NotImplemented
+        return self.dtype == other.dtype and self.shape == other.shape
+
+    def __hash__(self) -> int:
+        return hash((self.dtype.str, self.shape))
+
+    def __repr__(self) -> str:
+        return f"({self.dtype}, {self.shape})"
+
+
+class ShardReader(abc.ABC):
+    """Open handles on one shard. ``read_into`` is called concurrently from
+    several pool threads, each with its own disjoint ``out`` arrays."""
+
+    @abc.abstractmethod
+    def read_into(self, start: int, stop: int, out: Mapping[str, np.ndarray]) -> None:
+        """Copy rows ``[start, stop)`` of every column in ``out`` into ``out[column]``
+        (shape ``(stop - start, *row_shape)``, C-contiguous, the column's dtype)."""
+
+    def close(self) -> None:  # noqa: B027 - readers without handles need no close
+        """Release every handle; idempotent."""
+
+
+class Shard(abc.ABC):
+    """Metadata of one file or store: rows, columns and natural read units.
+
+    Building a shard reads headers or footers only, never data rows, and
+    validates everything cheap so that bad input fails in the caller's thread.
+    """
+
+    #: Path or URL, for messages.
+    path: str
+    #: Rows in this shard.
+    num_rows: int
+    #: Column name -> spec, in storage order.
+    columns: Mapping[str, ColumnSpec]
+
+    @property
+    @abc.abstractmethod
+    def unit_bounds(self) -> np.ndarray | None:
+        """Row offsets ``[0, b1, ..., num_rows]`` of the units the format must read
+        whole (Parquet row groups, Zarr chunks), or ``None`` when any row range
+        is cheap to read (``.npy``)."""
+
+    @abc.abstractmethod
+    def open_reader(self, columns: list[str]) -> ShardReader:
+        """Open the handles needed to read ``columns``."""
+
+    def describe_rows(self, start: int, stop: int) -> str:
+        """Where rows ``[start, stop)`` live, for error messages."""
+        return f"{self.path} rows {start}:{stop}"

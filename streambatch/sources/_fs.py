@@ -1,0 +1,72 @@
+"""Path handling shared by every format: local paths take the fast OS route,
+anything with a protocol (``s3://``, ``memory://`` ...) goes through fsspec."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from ..errors import SourceNotFoundError
+
+__all__ = ["FileSystemPath", "resolve"]
+
+
+class FileSystemPath:
+    """A path together with the filesystem that serves it."""
+
+    __slots__ = ("fs", "path", "url")
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, path: str, url: str) -> None:
+        self.fs = fs
+        self.path = path
+        self.url = url
+
+    @property
+    def is_local(self) -> bool:
+        return _is_local_fs(self.fs)
+
+    def child(self, path: str) -> FileSystemPath:
+        """The same filesystem at another (absolute, protocol-less) path."""
+        url = path if self.is_local else self.fs.unstrip_protocol(path)
+        return FileSystemPath(self.fs, path, url)
+
+    def exists(self) -> bool:
+        return os.path.exists(self.path) if self.is_local else self.fs.exists(self.path)
+
+    def isdir(self) -> bool:
+        return os.path.isdir(self.path) if self.is_local else self.fs.isdir(self.path)
+
+    def size(self) -> int:
+        return os.path.getsize(self.path) if self.is_local else int(self.fs.size(self.path))
+
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    def __repr__(self) -> str:
+        return self.url
+
+
+def _is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def resolve(source: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> FileSystemPath:
+    """Split a path or URL into (filesystem, path); local paths become absolute."""
+    text = os.fspath(source)
+    fs, path = url_to_fs(text, **(storage_options or {}))
+    if _is_local_fs(fs):
+        path = os.path.abspath(os.path.expanduser(path))
+        return FileSystemPath(fs, path, path)
+    return FileSystemPath(fs, path, text)
+
+
+def expand_glob(location: FileSystemPath) -> list[FileSystemPath]:
+    """Every path a glob pattern matches, sorted; a clear error when none does."""
+    matches = sorted(location.fs.glob(location.path))
+    if not matches:
+        raise SourceNotFoundError(f"glob {location.url!r} matched no files")
+    return [location.child(m) for m in matches]

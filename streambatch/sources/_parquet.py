@@ -1,0 +1,543 @@
+"""Parquet files: the footer is read and every column's type is checked at open;
+rows are read one row group at a time (the smallest unit Parquet can decode) and
+copied into the caller's arrays with one copy after decoding.
+
+Which Arrow types map to which ``ColumnSpec``:
+
+=====================================================  ===================================
+Arrow type                                             ``ColumnSpec``
+=====================================================  ===================================
+``bool``                                               ``(bool, ())``
+``int8`` ... ``uint64``, ``float16/32/64``             ``(same numpy dtype, ())``
+``timestamp[unit]`` (no time zone)                     ``(datetime64[unit], ())``
+``duration[unit]``                                     ``(timedelta64[unit], ())``
+``date32`` / ``date64``                                ``(datetime64[D], ())`` / ``(datetime64[ms], ())``
+``fixed_size_binary[n]`` with field metadata           ``(dtype, shape)``; ``n`` must equal
+``dtype`` (e.g. ``"<f4"``) and ``shape`` (``"[4, 3]"``)  ``itemsize * prod(shape)``
+``fixed_size_binary[n]`` without that metadata         ``(uint8, (n,))``: the raw bytes
+``fixed_size_list<T>[k]``, nested for N-d              ``(T's dtype, (k, ...))``, or the field
+                                                       metadata ``shape`` when present
+anything else (strings, variable lists, dictionary,    not in ``columns``; listed in
+structs, decimals, time of day, tz-aware timestamps)   ``unsupported`` with the reason
+=====================================================  ===================================
+
+``fixed_size_binary`` with ``dtype``/``shape`` metadata is the fast layout: Parquet
+stores it as one flat byte run per page, so a row group decodes with a memcpy and
+the bytes are viewed, not converted (``fixed_size_list`` has to decode repetition
+levels, about four times slower).
+
+Nulls are not representable in a fixed-size NumPy batch, and a nullable schema
+says nothing about whether a file holds any, so nulls are looked for in the
+footer statistics of the requested columns when a reader is opened, and again in
+each decoded row group (for files written without statistics).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import CorruptInputError, SchemaError, SourceNotFoundError
+from ._base import ColumnSpec, Shard, ShardReader
+from ._fs import FileSystemPath
+
+__all__ = ["ParquetShard"]
+
+#: Field metadata keys that give a ``fixed_size_binary`` column its numpy meaning.
+DTYPE_KEY = b"dtype"
+SHAPE_KEY = b"shape"
+
+# Smallest valid Parquet file: "PAR1" + footer length (4 bytes) + "PAR1".
+_MIN_FILE_BYTES = 12
+
+# OSError subclasses that describe the storage, not the bytes: they pass through
+# unchanged so that a retry layer above can still recognise them.
+_TRANSIENT_OS_ERRORS = (ConnectionError, TimeoutError, FileNotFoundError, PermissionError, InterruptedError)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How to turn one decoded Arrow column into a NumPy view of shape ``(rows, *shape)``.
+
+    ``storage`` is the dtype of the values as they sit in Arrow's data buffer; it
+    differs from ``spec.dtype`` only for ``date32`` (int32 days widened to
+    ``datetime64[D]`` by the final copy).
+    """
+
+    kind: str  # "primitive", "bool", "fsb" or "fsl"
+    spec: ColumnSpec
+    storage: np.dtype
+    list_depth: int = 0  # fixed_size_list levels above the leaf values
+    leaf_is_bool: bool = False
+
+
+class ParquetShard(Shard):
+    """One Parquet file; a unit is a row group.
+
+    Building it reads the footer only, then closes the file. ``columns`` holds the
+    columns streambatch can read, in schema order; ``unsupported`` maps every other
+    column to the reason, which :meth:`check_columns` raises as a ``SchemaError``
+    when such a column is requested.
+
+    With ``verify=True`` page CRC checksums are checked on every read, so bit-rot
+    in a file written with ``write_page_checksum=True`` raises ``CorruptInputError``
+    instead of returning wrong values; pages written without checksums cannot be
+    verified and are read as they are.
+    """
+
+    def __init__(self, location: FileSystemPath, verify: bool = False) -> None:
+        self.location = location
+        self.path = location.url
+        self.verify = bool(verify)
+        self._metadata, schema = _read_footer(location, self.verify)
+        metadata = self._metadata
+
+        counts = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+        if any(c < 0 for c in counts) or sum(counts) != metadata.num_rows:
+            raise CorruptInputError(
+                f"{self.path}: corrupt footer: the row groups hold {counts} rows "
+                f"({sum(counts)} in all) but the footer says {metadata.num_rows}"
+            )
+        self.num_rows = int(metadata.num_rows)
+        self._bounds = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
+
+        self.columns: dict[str, ColumnSpec] = {}
+        self.unsupported: dict[str, str] = {}
+        self._plans: dict[str, _Plan] = {}
+        seen: set[str] = set()
+        for field in schema:
+            if field.name in seen:
+                self.columns.pop(field.name, None)
+                self._plans.pop(field.name, None)
+                self.unsupported[field.name] = "the name appears more than once in the schema"
+                continue
+            seen.add(field.name)
+            plan_or_reason = _plan_for(field)
+            if isinstance(plan_or_reason, str):
+                self.unsupported[field.name] = f"Arrow type {field.type}: {plan_or_reason}"
+            else:
+                self._plans[field.name] = plan_or_reason
+                self.columns[field.name] = plan_or_reason.spec
+        self._leaf_index = _leaf_columns(schema, metadata)
+        self._null_reports: dict[str, str | None] = {}
+
+    @property
+    def unit_bounds(self) -> np.ndarray:
+        """Row offsets of the row groups; 0-row groups give equal neighbours."""
+        return self._bounds
+
+    @property
+    def num_row_groups(self) -> int:
+        return len(self._bounds) - 1
+
+    def check_columns(self, names: list[str]) -> None:
+        """Raise ``SchemaError`` naming the file and column if any of ``names`` is
+        absent, of a type streambatch cannot read, or has nulls according to the
+        footer statistics. Reads nothing but the already-loaded footer."""
+        for name in names:
+            if name in self.unsupported:
+                raise SchemaError(f"{self.path}: column {name!r} cannot be read: {self.unsupported[name]}")
+            if name not in self.columns:
+                available = ", ".join(repr(c) for c in self.columns) or "none"
+                raise SchemaError(f"{self.path}: no column {name!r}; readable columns: {available}")
+            report = self._null_report(name)
+            if report is not None:
+                raise SchemaError(report)
+
+    def open_reader(self, columns: list[str]) -> ShardReader:
+        columns = list(dict.fromkeys(columns))
+        self.check_columns(columns)
+        return _ParquetReader(self, {c: self._plans[c] for c in columns})
+
+    def row_group_of(self, row: int) -> int:
+        """Index of the (non-empty) row group holding ``row``."""
+        return int(np.searchsorted(self._bounds, row, side="right")) - 1
+
+    def describe_rows(self, start: int, stop: int) -> str:
+        if 0 <= start < self.num_rows:
+            first, last = self.row_group_of(start), self.row_group_of(max(start, stop - 1))
+            groups = f"row group {first}" if first == last else f"row groups {first}-{last}"
+            return f"{self.path} rows {start}:{stop} ({groups})"
+        return super().describe_rows(start, stop)
+
+    def _null_report(self, name: str) -> str | None:
+        """The error message for the first row group whose statistics count nulls
+        in column ``name``, or ``None``; cached, computed only for requested columns."""
+        if name in self._null_reports:
+            return self._null_reports[name]
+        report = None
+        leaves = self._leaf_index.get(name) if self._leaf_index is not None else None
+        if leaves is not None:
+            for i in range(self._metadata.num_row_groups):
+                group = self._metadata.row_group(i)
+                nulls = 0
+                for j in leaves:
+                    stats = group.column(j).statistics
+                    if stats is not None and stats.has_null_count:
+                        nulls += stats.null_count
+                if nulls:
+                    report = _null_message(self.path, name, i, nulls)
+                    break
+        self._null_reports[name] = report
+        return report
+
+
+class _ParquetReader(ShardReader):
+    """Reads row groups of one file; one ``ParquetFile`` handle per calling thread,
+    so pool threads decode in parallel (pyarrow releases the GIL while decoding)
+    without sharing a file position."""
+
+    def __init__(self, shard: ParquetShard, plans: dict[str, _Plan]) -> None:
+        self._shard = shard
+        self._plans = plans
+        self._lock = threading.Lock()
+        self._handles: dict[int, tuple[pq.ParquetFile, object | None]] = {}
+        self._closed = False
+
+    def _handle(self) -> pq.ParquetFile:
+        key = threading.get_ident()
+        with self._lock:
+            if self._closed:
+                raise ValueError(f"reader of {self._shard.path} is closed")
+            entry = self._handles.get(key)
+            if entry is None:
+                entry = _open(self._shard.location, self._shard.verify, self._shard._metadata)
+                self._handles[key] = entry
+            return entry[0]
+
+    def read_into(self, start: int, stop: int, out: Mapping[str, np.ndarray]) -> None:
+        shard = self._shard
+        if not 0 <= start <= stop <= shard.num_rows:
+            raise ValueError(f"{shard.path}: rows {start}:{stop} are outside 0:{shard.num_rows}")
+        for name, target in out.items():
+            if name not in self._plans:
+                raise SchemaError(f"{shard.path}: column {name!r} was not opened by this reader")
+            if len(target) != stop - start:
+                raise ValueError(
+                    f"{shard.path}: out[{name!r}] has {len(target)} rows, expected {stop - start}"
+                )
+        if start == stop or not out:
+            return
+        bounds = shard.unit_bounds
+        names = list(out)
+        group = shard.row_group_of(start)
+        while True:  # normally once: callers read within one row group
+            group_start, group_stop = int(bounds[group]), int(bounds[group + 1])
+            lo, hi = max(start, group_start), min(stop, group_stop)
+            if lo < hi:
+                self._read_group(group, lo - group_start, hi - lo, names, out, lo - start)
+            if group_stop >= stop:
+                return
+            group += 1
+
+    def _read_group(
+        self,
+        group: int,
+        offset: int,
+        length: int,
+        names: list[str],
+        out: Mapping[str, np.ndarray],
+        out_offset: int,
+    ) -> None:
+        path = self._shard.path
+        try:
+            table = self._handle().read_row_group(group, columns=names, use_threads=False)
+        except _TRANSIENT_OS_ERRORS:
+            raise
+        except MemoryError:
+            raise
+        except (pa.ArrowException, OSError) as e:
+            raise CorruptInputError(f"{path} row group {group}: {e}") from e
+        if table.num_rows != int(self._shard.unit_bounds[group + 1] - self._shard.unit_bounds[group]):
+            raise CorruptInputError(
+                f"{path} row group {group}: decoded {table.num_rows} rows, the footer promises "
+                f"{int(self._shard.unit_bounds[group + 1] - self._shard.unit_bounds[group])}"
+            )
+        for name in names:
+            column = table.column(name)
+            nulls = _count_nulls(column)
+            if nulls:
+                raise SchemaError(_null_message(path, name, group, nulls))
+            plan = self._plans[name]
+            target = out[name]
+            if plan.storage != plan.spec.dtype:  # date32: int32 days into datetime64[D]
+                target = target.view(np.int64)
+            pos = out_offset
+            for chunk in column.slice(offset, length).chunks:
+                n = len(chunk)
+                if n:
+                    np.copyto(target[pos : pos + n], _to_numpy(chunk, plan), casting="safe")
+                    pos += n
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            handles, self._handles = self._handles, {}
+        for pf, raw in handles.values():
+            pf.close()
+            if raw is not None:
+                raw.close()
+
+
+# --------------------------------------------------------------------------- footer
+
+
+def _open(
+    location: FileSystemPath, verify: bool, metadata: pq.FileMetaData | None = None
+) -> tuple[pq.ParquetFile, object | None]:
+    """A ``ParquetFile`` and the fsspec file under it (``None`` for local paths,
+    which pyarrow opens and closes itself)."""
+    if location.is_local:
+        return pq.ParquetFile(location.path, metadata=metadata, page_checksum_verification=verify), None
+    raw = location.fs.open(location.path, "rb")
+    try:
+        return pq.ParquetFile(raw, metadata=metadata, page_checksum_verification=verify), raw
+    except BaseException:
+        raw.close()
+        raise
+
+
+def _read_footer(location: FileSystemPath, verify: bool) -> tuple[pq.FileMetaData, pa.Schema]:
+    """The footer's metadata and Arrow schema, with every failure named by file."""
+    url = location.url
+    try:
+        size = location.size()
+    except FileNotFoundError as e:
+        raise SourceNotFoundError(f"no such file: {url}") from e
+    if size < _MIN_FILE_BYTES:
+        raise CorruptInputError(
+            f"{url}: not a valid Parquet file: it is {size} bytes long, "
+            f"shorter than the smallest possible Parquet file ({_MIN_FILE_BYTES} bytes)"
+        )
+    try:
+        pf, raw = _open(location, verify)
+    except FileNotFoundError as e:
+        raise SourceNotFoundError(f"no such file: {url}") from e
+    except _TRANSIENT_OS_ERRORS:
+        raise
+    except MemoryError:
+        raise
+    except (pa.ArrowException, OSError) as e:
+        raise CorruptInputError(f"{url}: not a valid Parquet file ({e})") from e
+    try:
+        return pf.metadata, pf.schema_arrow
+    except (pa.ArrowException, OSError) as e:  # an unreadable schema in an intact footer
+        raise CorruptInputError(f"{url}: unreadable Parquet schema ({e})") from e
+    finally:
+        pf.close()
+        if raw is not None:
+            raw.close()
+
+
+def _leaf_columns(schema: pa.Schema, metadata: pq.FileMetaData) -> dict[str, list[int]] | None:
+    """Top-level column name -> indices of its Parquet leaf columns (where the
+    statistics live), or ``None`` if the two schemas do not line up as expected."""
+    index: dict[str, list[int]] = {}
+    j = 0
+    for field in schema:
+        n = _num_leaves(field.type)
+        index[field.name] = list(range(j, j + n))
+        j += n
+    if j != metadata.num_columns:
+        return None
+    if metadata.num_row_groups:
+        group = metadata.row_group(0)
+        for name, leaves in index.items():
+            for k in leaves:
+                p = group.column(k).path_in_schema
+                if p != name and not p.startswith(name + "."):
+                    return None
+    return index
+
+
+def _num_leaves(t: pa.DataType) -> int:
+    if pa.types.is_struct(t):
+        return sum(_num_leaves(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_map(t):
+        return _num_leaves(t.key_type) + _num_leaves(t.item_type)
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _num_leaves(t.value_type)
+    if hasattr(pa.types, "is_list_view") and (pa.types.is_list_view(t) or pa.types.is_large_list_view(t)):
+        return _num_leaves(t.value_type)
+    if isinstance(t, pa.ExtensionType):
+        return _num_leaves(t.storage_type)
+    return 1
+
+
+# --------------------------------------------------------------------------- types
+
+
+def _scalar_dtype(t: pa.DataType) -> tuple[np.dtype, np.dtype] | str:
+    """``(numpy dtype, storage dtype)`` of a fixed-width scalar Arrow type, or why not."""
+    if pa.types.is_boolean(t):
+        return np.dtype(np.bool_), np.dtype(np.bool_)
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
+        dtype = np.dtype(t.to_pandas_dtype())
+        return dtype, dtype
+    if pa.types.is_timestamp(t):
+        if t.tz is not None:
+            return (
+                f"time-zone-aware timestamps (tz={t.tz!r}) have no numpy equivalent; "
+                "cast the column to a timestamp without time zone (UTC) first"
+            )
+        dtype = np.dtype(f"datetime64[{t.unit}]")
+        return dtype, dtype
+    if pa.types.is_duration(t):
+        dtype = np.dtype(f"timedelta64[{t.unit}]")
+        return dtype, dtype
+    if pa.types.is_date32(t):
+        return np.dtype("datetime64[D]"), np.dtype(np.int32)
+    if pa.types.is_date64(t):
+        dtype = np.dtype("datetime64[ms]")
+        return dtype, dtype
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return (
+            "variable-length values cannot form fixed-size rows; store them as "
+            "fixed_size_binary (with 'dtype' and 'shape' field metadata) or encode them as integers"
+        )
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return "variable-length lists cannot form fixed-size rows; write a fixed_size_list or fixed_size_binary"
+    if pa.types.is_dictionary(t):
+        return "dictionary-encoded (categorical) values; decode them or store their integer codes"
+    if pa.types.is_struct(t):
+        return "structs are not supported; store each field as its own column"
+    if pa.types.is_decimal(t):
+        return "decimals have no numpy equivalent; cast to float64 or a scaled integer"
+    if pa.types.is_time(t):
+        return "time of day has no numpy equivalent; cast to a duration or an integer"
+    if pa.types.is_null(t):
+        return "a column of nulls holds no values"
+    return "not a fixed-width numeric, boolean or temporal type"
+
+
+def _plan_for(field: pa.Field) -> _Plan | str:
+    """The read plan of one top-level field, or the reason it cannot be read."""
+    t = field.type
+    meta = field.metadata or {}
+    if pa.types.is_fixed_size_binary(t) and not pa.types.is_decimal(t):
+        return _fsb_plan(t.byte_width, meta)
+    if pa.types.is_fixed_size_list(t):
+        return _fsl_plan(t, meta)
+    scalar = _scalar_dtype(t)
+    if isinstance(scalar, str):
+        return scalar
+    dtype, storage = scalar
+    return _Plan("bool" if dtype == np.bool_ else "primitive", ColumnSpec(dtype, ()), storage, leaf_is_bool=dtype == np.bool_)
+
+
+def _fsb_plan(width: int, meta: Mapping[bytes, bytes]) -> _Plan | str:
+    has_dtype, has_shape = DTYPE_KEY in meta, SHAPE_KEY in meta
+    if not has_dtype and not has_shape:
+        return _Plan("fsb", ColumnSpec(np.uint8, (width,)), np.dtype(np.uint8))
+    if not (has_dtype and has_shape):
+        return "fixed_size_binary field metadata needs both 'dtype' and 'shape' keys, or neither"
+    try:
+        dtype = np.dtype(meta[DTYPE_KEY].decode())
+    except (TypeError, ValueError, UnicodeDecodeError) as e:
+        return f"field metadata dtype={meta[DTYPE_KEY]!r} is not a numpy dtype ({e})"
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or dtype.itemsize == 0:
+        return f"field metadata dtype {dtype} must be a plain fixed-size numpy dtype"
+    shape = _parse_shape(meta[SHAPE_KEY])
+    if isinstance(shape, str):
+        return shape
+    expected = dtype.itemsize * math.prod(shape)
+    if expected != width:
+        return (
+            f"field metadata says dtype {dtype.str} and shape {list(shape)}, i.e. {expected} bytes "
+            f"per row, but each value holds {width} bytes"
+        )
+    return _Plan("fsb", ColumnSpec(dtype, shape), dtype)
+
+
+def _fsl_plan(t: pa.FixedSizeListType, meta: Mapping[bytes, bytes]) -> _Plan | str:
+    shape: list[int] = []
+    depth = 0
+    inner: pa.DataType = t
+    while pa.types.is_fixed_size_list(inner):
+        shape.append(inner.list_size)
+        inner = inner.value_type
+        depth += 1
+    scalar = _scalar_dtype(inner)
+    if isinstance(scalar, str):
+        return f"fixed_size_list values of type {inner}: {scalar}"
+    dtype, storage = scalar
+    final: tuple[int, ...] = tuple(shape)
+    if SHAPE_KEY in meta:
+        parsed = _parse_shape(meta[SHAPE_KEY])
+        if isinstance(parsed, str):
+            return parsed
+        if math.prod(parsed) != math.prod(shape):
+            return (
+                f"field metadata shape {list(parsed)} holds {math.prod(parsed)} values per row "
+                f"but the list holds {math.prod(shape)}"
+            )
+        final = parsed
+    return _Plan("fsl", ColumnSpec(dtype, final), storage, list_depth=depth, leaf_is_bool=dtype == np.bool_)
+
+
+def _parse_shape(raw: bytes) -> tuple[int, ...] | str:
+    try:
+        shape = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        shape = None
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        return f"field metadata shape={raw!r} is not a JSON list of non-negative integers such as [32, 32, 3]"
+    return tuple(shape)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _leaf_view(arr: pa.Array, storage: np.dtype, is_bool: bool) -> np.ndarray:
+    """The values of a null-free fixed-width array as a 1-D NumPy array; a view of
+    Arrow's data buffer except for bit-packed booleans, which must be unpacked."""
+    if is_bool:
+        return arr.to_numpy(zero_copy_only=False)
+    if len(arr) == 0:
+        return np.empty(0, dtype=storage)
+    buf = arr.buffers()[1]
+    return np.frombuffer(buf, dtype=storage, count=arr.offset + len(arr))[arr.offset :]
+
+
+def _to_numpy(arr: pa.Array, plan: _Plan) -> np.ndarray:
+    """A NumPy view (shape ``(len(arr), *plan.spec.shape)``) of a null-free chunk."""
+    rows = len(arr)
+    shape = (rows, *plan.spec.shape)
+    if plan.kind == "fsb":
+        width = arr.type.byte_width
+        if width == 0:
+            return np.empty(shape, dtype=plan.storage)
+        raw = np.frombuffer(arr.buffers()[1], dtype=np.uint8, count=(arr.offset + rows) * width)
+        return raw[arr.offset * width :].view(plan.storage).reshape(shape)
+    if plan.kind == "fsl":
+        for _ in range(plan.list_depth):
+            arr = arr.flatten()  # honours the slice offset; zero-copy without nulls
+        return _leaf_view(arr, plan.storage, plan.leaf_is_bool).reshape(shape)
+    return _leaf_view(arr, plan.storage, plan.leaf_is_bool)
+
+
+def _count_nulls(column: pa.ChunkedArray) -> int:
+    """Nulls at every level of a decoded column (list slots and their values)."""
+    total = column.null_count
+    if pa.types.is_fixed_size_list(column.type):
+        for chunk in column.chunks:
+            arr: pa.Array = chunk
+            while pa.types.is_fixed_size_list(arr.type):
+                arr = arr.flatten()  # the slots of this chunk only (unlike .values)
+                total += arr.null_count
+    return total
+
+
+def _null_message(path: str, name: str, group: int, nulls: int) -> str:
+    return (
+        f"{path}: column {name!r} row group {group} has {nulls} nulls; streambatch needs "
+        "every value present (fill or drop them before loading)"
+    )
+
