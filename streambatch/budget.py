@@ -29,7 +29,7 @@ from .sources import Dataset
 __all__ = ["Budget", "plan_budget"]
 
 _INDEX_BYTES_PER_ROW = 24
-_TARGET_WINDOW_PIECES = 2048
+_TARGET_WINDOW_PIECES = 1024
 _MIN_PIECE_BYTES = 16 << 10
 _JOB_BYTES = 1 << 20
 _SCRATCH_SHARE = 0.25
@@ -106,11 +106,11 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
         # live pieces <= window - 1 + segment, plus one job admitted ahead and read-ahead
         usable = (ring_rows - job_rows) // max_piece
         readahead = max(1, usable // 6)
-        window = max(1, int((usable - readahead) * 8 / 9))
-        segment = max(1, window // 8)
+        window = max(1, int((usable - readahead) * 4 / 5))
+        segment = max(1, window // 4)
         while window > 1 and window - 1 + segment > usable - readahead:
             window -= 1
-            segment = max(1, window // 8)
+            segment = max(1, window // 4)
     else:
         window, segment = 1, max(1, min(64, (ring_rows - job_rows) // max_piece // 2))
     return Budget(

@@ -290,11 +290,12 @@ class _PieceReads:
         self.plan = plan
         self.ring = ring
         self.pool = pool
-        self.job_rows = budget.job_rows
+        self.offsets = plan.offsets.tolist()
         self.jobs: deque[tuple[int, int, Future[None]]] = deque()
         self.released = 0
         self.admitted = 0
         self.loaded = 0
+        self.job_end = _job_ends(plan.offsets, budget.job_rows)
         self._read_piece = _piece_reader(plan, dataset, ring, cache, threading.BoundedSemaphore(
             budget.decode_slots(len(pool._threads))))
 
@@ -303,12 +304,11 @@ class _PieceReads:
 
     def admit(self) -> None:
         """Submit reads for the next pieces while the ring has room for them."""
-        offsets, n = self.plan.offsets, self.plan.num_pieces
+        offsets, n = self.offsets, self.plan.num_pieces
         capacity = self.ring.capacity
         while self.admitted < n:
             first = self.admitted
-            end = int(np.searchsorted(offsets, offsets[first] + self.job_rows, side="right")) - 1
-            end = min(max(end, first + 1), n)
+            end = self.job_end[first]
             if offsets[end] - offsets[self.released] > capacity:
                 return
             read = self._read_piece
@@ -333,41 +333,79 @@ class _PieceReads:
         self.released = max(self.released, first_live)
 
 
+def _job_ends(offsets: np.ndarray, job_rows: int) -> list[int]:
+    """For each piece, where a job starting there ends: as many pieces as fit in
+    ``job_rows`` rows, at least one."""
+    n = offsets.size - 1
+    ends = np.searchsorted(offsets, offsets[:-1] + job_rows, side="right") - 1
+    return np.clip(np.maximum(ends, np.arange(1, n + 1)), 0, n).tolist()
+
+
 def _piece_reader(plan: EpochPlan, dataset: Dataset, ring: RowRing, cache: ReaderCache, decode: threading.BoundedSemaphore):
-    """The job body run in pool threads: read pieces ``[a, b)`` into their ring slots."""
+    """The job body run in pool threads: read pieces ``[a, b)`` into their ring slots.
+
+    Consecutive pieces of one shard form a run whose ring slots are contiguous
+    (split where the ring wraps), read with one ``read_many`` call."""
     shards = dataset.shards
 
     def read(first: int, end: int) -> None:
-        for k in range(first, end):
+        k = first
+        while k < end:
             index = int(plan.shard[k])
-            start, stop = int(plan.start[k]), int(plan.stop[k])
+            run_end = k + 1
+            while run_end < end and plan.shard[run_end] == index:
+                run_end += 1
             shard = shards[index]
             try:
                 reader = cache.acquire(index)
                 try:
-                    bounded = shard.unit_bounds is not None
-                    if bounded:
-                        decode.acquire()
-                    try:
-                        _read_into_ring(reader, ring, start, stop, int(plan.offsets[k]), bounded)
-                    finally:
-                        if bounded:
-                            decode.release()
+                    if shard.unit_bounds is None:
+                        _read_run(reader, ring, plan, k, run_end)
+                    else:
+                        with decode:
+                            for piece in range(k, run_end):
+                                _read_unit(reader, ring, plan, piece)
                 finally:
                     cache.release(index)
             except StreambatchError:
                 raise
             except Exception as error:
-                raise ReaderError(f"reading {shard.describe_rows(start, stop)} failed: {error!r}") from error
+                where = shard.describe_rows(int(plan.start[k]), int(plan.stop[run_end - 1]))
+                raise ReaderError(f"reading {where} failed: {error!r}") from error
+            k = run_end
 
     return read
 
 
-def _read_into_ring(reader, ring: RowRing, start: int, stop: int, position: int, whole_units: bool) -> None:
-    runs = ring.spans(position, position + (stop - start))
-    if len(runs) == 1 or not whole_units:
-        for slot, offset, length in runs:
-            reader.read_into(start + offset, start + offset + length, ring.views(slot, length))
+def _read_run(reader: Any, ring: RowRing, plan: EpochPlan, first: int, end: int) -> None:
+    """Pieces ``[first, end)`` of one random-access shard, gathered run by run."""
+    starts, stops = plan.start[first:end], plan.stop[first:end]
+    lo = int(plan.offsets[first])
+    runs = ring.spans(lo, int(plan.offsets[end]))
+    if len(runs) == 2:  # split the pieces at the ring's end
+        cut = runs[0][2]
+        ends = np.cumsum(stops - starts)
+        k = int(np.searchsorted(ends, cut, side="left"))
+        before = cut - (int(ends[k - 1]) if k else 0)
+        s1, e1 = starts[: k + 1].copy(), stops[: k + 1].copy()
+        e1[-1] = s1[-1] + before
+        s2, e2 = starts[k:].copy(), stops[k:].copy()
+        s2[0] = s2[0] + before
+        if e1[-1] == s1[-1]:
+            s1, e1 = s1[:-1], e1[:-1]
+        parts = [(s1, e1), (s2, e2)]
+    else:
+        parts = [(starts, stops)]
+    for (slot, _, length), (s, e) in zip(runs, parts):
+        reader.read_many(s, e, ring.views(slot, length))
+
+
+def _read_unit(reader: Any, ring: RowRing, plan: EpochPlan, piece: int) -> None:
+    start, stop = int(plan.start[piece]), int(plan.stop[piece])
+    runs = ring.spans(int(plan.offsets[piece]), int(plan.offsets[piece + 1]))
+    if len(runs) == 1:
+        slot, _, length = runs[0]
+        reader.read_into(start, stop, ring.views(slot, length))
         return
     # a unit that wraps around the ring: decode once into scratch, copy both parts
     scratch = {name: np.empty((stop - start, *a.shape[1:]), a.dtype) for name, a in ring.arrays.items()}

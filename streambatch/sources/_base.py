@@ -59,6 +59,15 @@ class ShardReader(abc.ABC):
         """Copy rows ``[start, stop)`` of every column in ``out`` into ``out[column]``
         (shape ``(stop - start, *row_shape)``, C-contiguous, the column's dtype)."""
 
+    def read_many(self, starts: np.ndarray, stops: np.ndarray, out: Mapping[str, np.ndarray]) -> None:
+        """Copy the row ranges ``[starts[k], stops[k])`` one after another into ``out``.
+        Formats override this when they can gather many ranges in one call."""
+        done = 0
+        for start, stop in zip(starts.tolist(), stops.tolist()):
+            n = stop - start
+            self.read_into(start, stop, {c: a[done : done + n] for c, a in out.items()})
+            done += n
+
     def close(self) -> None:  # noqa: B027 - readers without handles need no close
         """Release every handle; idempotent."""
 

@@ -92,6 +92,7 @@ class NpyShard(Shard):
 
     def open_reader(self, columns: list[str]) -> ShardReader:
         return _NpyReader(
+            self.num_rows,
             {c: self._files[c] for c in columns},
             {c: self._offsets[c] for c in columns},
             {c: self.columns[c] for c in columns},
@@ -101,10 +102,12 @@ class NpyShard(Shard):
 class _NpyReader(ShardReader):
     def __init__(
         self,
+        num_rows: int,
         files: dict[str, FileSystemPath],
         offsets: dict[str, int],
         specs: dict[str, ColumnSpec],
     ) -> None:
+        self._num_rows = num_rows
         self._files = files
         self._offsets = offsets
         self._specs = specs
@@ -138,6 +141,27 @@ class _NpyReader(ShardReader):
                         f"{location.url}: short read at byte {offset}: got {len(data)} of {nbytes} bytes"
                     )
                 view[:] = data
+
+    def read_many(self, starts: np.ndarray, stops: np.ndarray, out: Mapping[str, np.ndarray]) -> None:
+        """Many row ranges, one positional read each straight into ``out`` (measured
+        here: faster than gathering from a memory map, whose page faults cost more
+        than the reads, and nothing stays mapped)."""
+        if not all(self._files[c].is_local for c in out):
+            return super().read_many(starts, stops, out)
+        for column, target in out.items():
+            row = self._specs[column].row_nbytes
+            fd = self._fd(column)
+            view = memoryview(target.reshape(-1).view(np.uint8))
+            offsets = (starts * row + self._offsets[column]).tolist()
+            sizes = ((stops - starts) * row).tolist()
+            done = 0
+            url = self._files[column].url
+            for offset, size in zip(offsets, sizes):
+                _pread_exactly(fd, view[done : done + size], offset, url)
+                done += size
+
+    def _rows_nbytes(self, column: str) -> int:
+        return self._num_rows * self._specs[column].row_nbytes
 
     def close(self) -> None:
         with self._lock:

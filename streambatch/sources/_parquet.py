@@ -39,6 +39,7 @@ import math
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import IO
 
 import numpy as np
 import pyarrow as pa
@@ -53,6 +54,9 @@ __all__ = ["ParquetShard"]
 #: Field metadata keys that give a ``fixed_size_binary`` column its numpy meaning.
 DTYPE_KEY = b"dtype"
 SHAPE_KEY = b"shape"
+
+#: What a ``ParquetFile`` reads from: Arrow's own file for local paths, fsspec's otherwise.
+_RawFile = pa.NativeFile | IO[bytes]
 
 # Smallest valid Parquet file: "PAR1" + footer length (4 bytes) + "PAR1".
 _MIN_FILE_BYTES = 12
@@ -107,6 +111,7 @@ class ParquetShard(Shard):
             )
         self.num_rows = int(metadata.num_rows)
         self._bounds = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
+        self._bounds.flags.writeable = False  # shared with every caller of unit_bounds
 
         self.columns: dict[str, ColumnSpec] = {}
         self.unsupported: dict[str, str] = {}
@@ -198,7 +203,7 @@ class _ParquetReader(ShardReader):
         self._shard = shard
         self._plans = plans
         self._lock = threading.Lock()
-        self._handles: dict[int, tuple[pq.ParquetFile, object | None]] = {}
+        self._handles: dict[int, tuple[pq.ParquetFile, _RawFile]] = {}
         self._closed = False
 
     def _handle(self) -> pq.ParquetFile:
@@ -213,39 +218,50 @@ class _ParquetReader(ShardReader):
             return entry[0]
 
     def read_into(self, start: int, stop: int, out: Mapping[str, np.ndarray]) -> None:
+        self._read_ranges([(start, stop)], out)
+
+    def read_many(self, starts: np.ndarray, stops: np.ndarray, out: Mapping[str, np.ndarray]) -> None:
+        """Ranges one after another into ``out``, decoding each row group they touch
+        once (the default would decode a row group again for every range in it)."""
+        if len(starts) != len(stops):
+            raise ValueError(f"{self._shard.path}: {len(starts)} starts but {len(stops)} stops")
+        self._read_ranges(list(zip(np.asarray(starts).tolist(), np.asarray(stops).tolist(), strict=True)), out)
+
+    def _read_ranges(self, ranges: list[tuple[int, int]], out: Mapping[str, np.ndarray]) -> None:
+        """Rows of every range, concatenated, into ``out``: validate, split the ranges
+        at row-group bounds, then decode each touched row group once, in file order."""
         shard = self._shard
-        if not 0 <= start <= stop <= shard.num_rows:
-            raise ValueError(f"{shard.path}: rows {start}:{stop} are outside 0:{shard.num_rows}")
+        total = 0
+        for start, stop in ranges:
+            if not 0 <= start <= stop <= shard.num_rows:
+                raise ValueError(f"{shard.path}: rows {start}:{stop} are outside 0:{shard.num_rows}")
+            total += stop - start
         for name, target in out.items():
             if name not in self._plans:
                 raise SchemaError(f"{shard.path}: column {name!r} was not opened by this reader")
-            if len(target) != stop - start:
-                raise ValueError(
-                    f"{shard.path}: out[{name!r}] has {len(target)} rows, expected {stop - start}"
-                )
-        if start == stop or not out:
+            if len(target) != total:
+                raise ValueError(f"{shard.path}: out[{name!r}] has {len(target)} rows, expected {total}")
+        if total == 0 or not out:
             return
         bounds = shard.unit_bounds
+        pieces: dict[int, list[tuple[int, int, int]]] = {}  # group -> [(offset in group, rows, out position)]
+        done = 0
+        for start, stop in ranges:
+            row = start
+            while row < stop:  # normally one piece: callers read within one row group
+                group = shard.row_group_of(row)
+                end = min(stop, int(bounds[group + 1]))
+                pieces.setdefault(group, []).append((row - int(bounds[group]), end - row, done + row - start))
+                row = end
+            done += stop - start
         names = list(out)
-        group = shard.row_group_of(start)
-        while True:  # normally once: callers read within one row group
-            group_start, group_stop = int(bounds[group]), int(bounds[group + 1])
-            lo, hi = max(start, group_start), min(stop, group_stop)
-            if lo < hi:
-                self._read_group(group, lo - group_start, hi - lo, names, out, lo - start)
-            if group_stop >= stop:
-                return
-            group += 1
+        for group in sorted(pieces):
+            table = self._decode(group, names)
+            for offset, length, position in pieces[group]:
+                self._copy(table, offset, length, out, position)
 
-    def _read_group(
-        self,
-        group: int,
-        offset: int,
-        length: int,
-        names: list[str],
-        out: Mapping[str, np.ndarray],
-        out_offset: int,
-    ) -> None:
+    def _decode(self, group: int, names: list[str]) -> pa.Table:
+        """Row group ``group`` of ``names``, checked for its row count and for nulls."""
         path = self._shard.path
         try:
             table = self._handle().read_row_group(group, columns=names, use_threads=False)
@@ -255,22 +271,27 @@ class _ParquetReader(ShardReader):
             raise
         except (pa.ArrowException, OSError) as e:
             raise CorruptInputError(f"{path} row group {group}: {e}") from e
-        if table.num_rows != int(self._shard.unit_bounds[group + 1] - self._shard.unit_bounds[group]):
+        bounds = self._shard.unit_bounds
+        expected = int(bounds[group + 1] - bounds[group])
+        if table.num_rows != expected:
             raise CorruptInputError(
-                f"{path} row group {group}: decoded {table.num_rows} rows, the footer promises "
-                f"{int(self._shard.unit_bounds[group + 1] - self._shard.unit_bounds[group])}"
+                f"{path} row group {group}: decoded {table.num_rows} rows, the footer promises {expected}"
             )
         for name in names:
-            column = table.column(name)
-            nulls = _count_nulls(column)
+            nulls = _count_nulls(table.column(name))
             if nulls:
                 raise SchemaError(_null_message(path, name, group, nulls))
+        return table
+
+    def _copy(self, table: pa.Table, offset: int, length: int, out: Mapping[str, np.ndarray], position: int) -> None:
+        """Rows ``[offset, offset + length)`` of a decoded row group into ``out`` at
+        ``position``: one copy per chunk, from a view of Arrow's buffers."""
+        for name, target in out.items():
             plan = self._plans[name]
-            target = out[name]
             if plan.storage != plan.spec.dtype:  # date32: int32 days into datetime64[D]
                 target = target.view(np.int64)
-            pos = out_offset
-            for chunk in column.slice(offset, length).chunks:
+            pos = position
+            for chunk in table.column(name).slice(offset, length).chunks:
                 n = len(chunk)
                 if n:
                     np.copyto(target[pos : pos + n], _to_numpy(chunk, plan), casting="safe")
@@ -282,8 +303,7 @@ class _ParquetReader(ShardReader):
             handles, self._handles = self._handles, {}
         for pf, raw in handles.values():
             pf.close()
-            if raw is not None:
-                raw.close()
+            raw.close()
 
 
 # --------------------------------------------------------------------------- footer
@@ -291,12 +311,12 @@ class _ParquetReader(ShardReader):
 
 def _open(
     location: FileSystemPath, verify: bool, metadata: pq.FileMetaData | None = None
-) -> tuple[pq.ParquetFile, object | None]:
-    """A ``ParquetFile`` and the fsspec file under it (``None`` for local paths,
-    which pyarrow opens and closes itself)."""
-    if location.is_local:
-        return pq.ParquetFile(location.path, metadata=metadata, page_checksum_verification=verify), None
-    raw = location.fs.open(location.path, "rb")
+) -> tuple[pq.ParquetFile, _RawFile]:
+    """A ``ParquetFile`` and the file under it, which the caller closes: a native
+    ``OSFile`` for local paths (reads without the GIL), an fsspec file otherwise.
+    Opening the file ourselves means a footer that fails to parse cannot leave
+    a descriptor behind in pyarrow's half-built reader."""
+    raw = pa.OSFile(location.path, "r") if location.is_local else location.fs.open(location.path, "rb")
     try:
         return pq.ParquetFile(raw, metadata=metadata, page_checksum_verification=verify), raw
     except BaseException:
@@ -332,8 +352,7 @@ def _read_footer(location: FileSystemPath, verify: bool) -> tuple[pq.FileMetaDat
         raise CorruptInputError(f"{url}: unreadable Parquet schema ({e})") from e
     finally:
         pf.close()
-        if raw is not None:
-            raw.close()
+        raw.close()
 
 
 def _leaf_columns(schema: pa.Schema, metadata: pq.FileMetaData) -> dict[str, list[int]] | None:
@@ -429,7 +448,9 @@ def _plan_for(field: pa.Field) -> _Plan | str:
     if isinstance(scalar, str):
         return scalar
     dtype, storage = scalar
-    return _Plan("bool" if dtype == np.bool_ else "primitive", ColumnSpec(dtype, ()), storage, leaf_is_bool=dtype == np.bool_)
+    return _Plan(
+        "bool" if dtype == np.bool_ else "primitive", ColumnSpec(dtype, ()), storage, leaf_is_bool=dtype == np.bool_
+    )
 
 
 def _fsb_plan(width: int, meta: Mapping[bytes, bytes]) -> _Plan | str:
@@ -540,4 +561,3 @@ def _null_message(path: str, name: str, group: int, nulls: int) -> str:
         f"{path}: column {name!r} row group {group} has {nulls} nulls; streambatch needs "
         "every value present (fill or drop them before loading)"
     )
-

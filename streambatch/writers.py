@@ -1,0 +1,161 @@
+"""Writers of the loader-friendly layouts, shared by ``streambatch demo`` and
+``streambatch convert``: Parquet with tensor columns as FixedSizeBinary (dtype
+and shape in the field metadata; measured 4x faster to read here than
+FixedSizeList), Zarr v3 chunked along rows, and one ``.npy`` per column."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = ["NpyWriter", "ParquetWriter", "ZarrWriter", "arrow_column", "arrow_field"]
+
+
+def arrow_field(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> pa.Field:
+    """A primitive field for scalar rows; FixedSizeBinary with dtype/shape metadata for tensors."""
+    dtype = np.dtype(dtype)
+    if not shape:
+        return pa.field(name, pa.from_numpy_dtype(dtype), nullable=False)
+    width = int(dtype.itemsize * np.prod(shape))
+    metadata = {b"dtype": dtype.str.encode(), b"shape": json.dumps(list(shape)).encode()}
+    return pa.field(name, pa.binary(width), nullable=False, metadata=metadata)
+
+
+def arrow_column(values: np.ndarray, field: pa.Field) -> pa.Array:
+    """Wrap ``values`` (rows first) as an Arrow array of ``field``'s type, without copying."""
+    values = np.ascontiguousarray(values)
+    if values.ndim == 1:
+        return pa.array(values, type=field.type)
+    raw = pa.py_buffer(values.reshape(-1).view(np.uint8))
+    return pa.Array.from_buffers(field.type, len(values), [None, raw])
+
+
+class ParquetWriter:
+    """Append row blocks to one Parquet file in row groups of ``row_group_rows``,
+    with page checksums so bit rot is detectable on read."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        columns: Mapping[str, tuple[np.dtype, tuple[int, ...]]],
+        row_group_rows: int,
+        compression: str | None = None,
+        filesystem=None,
+    ) -> None:
+        self.schema = pa.schema([arrow_field(n, d, s) for n, (d, s) in columns.items()])
+        self.row_group_rows = row_group_rows
+        self._writer = pq.ParquetWriter(
+            path,
+            self.schema,
+            compression=compression or "none",
+            write_page_checksum=True,
+            filesystem=filesystem,
+            write_statistics=False,
+        )
+        self.rows = 0
+
+    def write(self, block: Mapping[str, np.ndarray]) -> None:
+        arrays = [arrow_column(block[f.name], f) for f in self.schema]
+        table = pa.Table.from_arrays(arrays, schema=self.schema)
+        self._writer.write_table(table, row_group_size=self.row_group_rows)
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class ZarrWriter:
+    """A Zarr v3 group with one array per column, chunked by ``chunk_rows`` along rows."""
+
+    def __init__(
+        self,
+        path: str,
+        columns: Mapping[str, tuple[np.dtype, tuple[int, ...]]],
+        num_rows: int,
+        chunk_rows: int,
+        compression: str | None = None,
+    ) -> None:
+        import zarr
+
+        self._group = zarr.open_group(path, mode="w", zarr_format=3)
+        compressors = _zarr_compressors(compression)
+        self._arrays = {
+            name: self._group.create_array(
+                name,
+                shape=(num_rows, *shape),
+                chunks=(chunk_rows, *shape),
+                dtype=np.dtype(dtype),
+                compressors=compressors,
+                fill_value=0,
+            )
+            for name, (dtype, shape) in columns.items()
+        }
+        self.rows = 0
+
+    def write(self, block: Mapping[str, np.ndarray]) -> None:
+        n = len(next(iter(block.values())))
+        for name, array in self._arrays.items():
+            array[self.rows : self.rows + n] = block[name]
+        self.rows += n
+
+    def close(self) -> None:
+        pass
+
+
+def _zarr_compressors(compression: str | None):
+    if compression in (None, "none"):
+        return None
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if compression == "zstd":
+        return [ZstdCodec(level=3)]
+    if compression == "lz4":
+        return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
+    raise ValueError(f"compression must be none, zstd or lz4, got {compression!r}")
+
+
+class NpyWriter:
+    """One ``.npy`` file per column in ``directory``, appended block by block with
+    plain writes (no memory map, so writing never holds the file in RSS)."""
+
+    def __init__(
+        self, directory: str, columns: Mapping[str, tuple[np.dtype, tuple[int, ...]]], num_rows: int
+    ) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.num_rows = num_rows = int(num_rows)
+        self._files = {}
+        for name, (dtype, shape) in columns.items():
+            f = open(os.path.join(directory, f"{name}.npy"), "wb")  # noqa: SIM115 - closed in close()
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                      "shape": (num_rows, *(int(d) for d in shape))}
+            np.lib.format.write_array_header_1_0(f, header)
+            self._files[name] = f
+        self.rows = 0
+
+    def write(self, block: Mapping[str, np.ndarray]) -> None:
+        n = len(next(iter(block.values())))
+        for name, f in self._files.items():
+            f.write(np.ascontiguousarray(block[name]).data)
+        self.rows += n
+
+    def close(self) -> None:
+        files, self._files = self._files, {}
+        for f in files.values():
+            f.close()
+        if self.rows != self.num_rows and files:
+            raise ValueError(f"NpyWriter: the header promises {self.num_rows} rows but {self.rows} were written")
+
+
+def write_blocks(writer, blocks: Iterable[Mapping[str, np.ndarray]]) -> int:
+    """Feed ``blocks`` to ``writer`` and close it; returns the rows written."""
+    try:
+        for block in blocks:
+            writer.write(block)
+    finally:
+        writer.close()
+    return writer.rows
