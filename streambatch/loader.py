@@ -27,6 +27,7 @@ from .batching import BatchFiller, batch_sizes
 from .budget import Budget, plan_budget
 from .errors import EmptyDatasetError, ReaderError, StreambatchError
 from .plan import EpochPlan, Remainder, make_plan, rows_per_rank
+from .resume import advance, rank_slices
 from .prefetch import ReaderPool
 from .ring import RowRing
 from .shuffle import WindowShuffle
@@ -109,8 +110,9 @@ class Loader:
             raise EmptyDatasetError(f"the dataset has 0 rows (shards: {paths}); nothing to load")
         self.budget: Budget = plan_budget(self.dataset, self.memory_limit, self.batch_size, self.shuffle)
         self._epoch = 0
-        self._start_batch = 0
-        self._progress = (0, 0)  # (epoch, batches delivered) of the latest iterator
+        # [(world_size, batches delivered), ...] of the epoch so far, oldest first:
+        # where the next iterator starts, and what state_dict() reports
+        self._history: list[tuple[int, int]] = [(self.world_size, 0)]
         self._iterators: weakref.WeakSet[EpochIterator] = weakref.WeakSet()
 
     # -- sizes ---------------------------------------------------------------
@@ -138,54 +140,65 @@ class Loader:
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
         self._epoch = int(epoch)
-        self._start_batch = 0
-        self._progress = (self._epoch, 0)
+        self._history = [(self.world_size, 0)]
 
-    def plan(self, epoch: int | None = None) -> EpochPlan:
-        """The pieces this rank reads in ``epoch`` (default: the next one)."""
+    def plan(self, epoch: int | None = None, *, rank: int | None = None, world_size: int | None = None) -> EpochPlan:
+        """The pieces a rank reads in ``epoch`` of a fresh run (default: this rank,
+        the next epoch)."""
         params = self.budget.plan_params(self.shuffle, self.seed, self.remainder)
-        return make_plan(self.dataset, params, self._epoch if epoch is None else epoch, self.rank, self.world_size)
+        return make_plan(
+            self.dataset,
+            params,
+            self._epoch if epoch is None else epoch,
+            self.rank if rank is None else rank,
+            self.world_size if world_size is None else world_size,
+        )
 
     def __iter__(self) -> EpochIterator:
-        iterator = EpochIterator(self, self._epoch, self._start_batch)
+        iterator = EpochIterator(self, self._epoch, list(self._history))
         self._iterators.add(iterator)
-        self._progress = (self._epoch, self._start_batch)
         return iterator
 
-    def _delivered(self, epoch: int, batches: int, finished: bool) -> None:
+    def _delivered(self, epoch: int, history: list[tuple[int, int]], batches: int, finished: bool) -> None:
         if finished:
             if self._epoch == epoch:  # unless set_epoch chose another meanwhile
-                self._epoch, self._start_batch = epoch + 1, 0
-                self._progress = (epoch + 1, 0)
+                self._epoch = epoch + 1
+                self._history = [(self.world_size, 0)]
         else:
-            self._progress = (epoch, batches)
-            self._start_batch = batches
             self._epoch = epoch
+            self._history = [*history[:-1], (history[-1][0], batches)]
 
     # -- resume --------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """What the consumer has received, as a small JSON-safe dict."""
-        epoch, batches = self._progress
         return LoaderState(
-            epoch=epoch,
-            batches=batches,
+            epoch=self._epoch,
+            history=[list(h) for h in self._history],
             seed=self.seed,
             batch_size=self.batch_size,
             shuffle=self.shuffle,
             drop_last=self.drop_last,
+            remainder=self.remainder,
             rank=self.rank,
-            world_size=self.world_size,
             dataset=self.dataset.fingerprint(),
             window_pieces=self.budget.window_pieces,
             piece_rows=self.budget.piece_rows,
         ).to_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue exactly where the saved loader's consumer stopped."""
+        """Continue exactly where the saved loader's consumer stopped.
+
+        The state of any rank describes the whole job (ranks advance in lockstep),
+        so every rank may load rank 0's state. With a different ``world_size`` the
+        rows not yet delivered are split among the new ranks: none lost or repeated
+        beyond the ``remainder`` policy's padding (at most ``world_size - 1`` rows)."""
         saved = LoaderState.from_dict(state)
         saved.check_compatible(self)
-        self._epoch, self._start_batch = saved.epoch, saved.batches
-        self._progress = (saved.epoch, saved.batches)
+        history = [(int(w), int(b)) for w, b in saved.history]
+        if history[-1][0] != self.world_size:
+            history.append((self.world_size, 0))
+        self._epoch = saved.epoch
+        self._history = history
 
     # -- lifecycle -----------------------------------------------------------
     def close(self) -> None:
@@ -222,15 +235,21 @@ class _Resources:
 class EpochIterator(Iterator[Batch]):
     """One pass over one epoch; owns the reader threads, the ring and open files."""
 
-    def __init__(self, loader: Loader, epoch: int, start_batch: int) -> None:
+    def __init__(self, loader: Loader, epoch: int, history: list[tuple[int, int]]) -> None:
         self._loader = loader
         self.epoch = epoch
+        self._history = [tuple(h) for h in history]
+        start_batch = self._history[-1][1]
         self.batches_delivered = start_batch
         self._pid = os.getpid()
-        plan = loader.plan(epoch)
         budget = loader.budget
         dataset = loader.dataset
-        total = plan.num_rows
+        base_world = self._history[0][0]
+        per_base_rank = [rows_per_rank(dataset.num_rows, base_world, loader.remainder)] * base_world
+        slices = rank_slices(per_base_rank, self._history, loader.rank, loader.batch_size, loader.remainder)
+        total = sum(s.rows for s in slices)
+        remaining = advance(slices, start_batch * loader.batch_size)
+        plans = {r: loader.plan(epoch, rank=r, world_size=base_world) for r in {s.rank for s in remaining}}
         ring = RowRing(dataset.columns, budget.ring_rows)
         pool = ReaderPool(loader.num_threads)
         cache = ReaderCache(dataset)
@@ -242,8 +261,8 @@ class EpochIterator(Iterator[Batch]):
             batch_sizes(total, loader.batch_size, loader.drop_last, start_batch),
             contiguous=not loader.shuffle,
         )
-        reads = _PieceReads(plan, dataset, ring, pool, cache, budget)
-        self._batches = _emit(plan, budget, reads, filler, start_batch * loader.batch_size)
+        streams = [(plans[s.rank], s.lo, s.hi) for s in remaining]
+        self._batches = _emit(streams, dataset, ring, pool, cache, budget, filler)
 
     def __next__(self) -> Batch:
         if os.getpid() != self._pid:
@@ -254,13 +273,13 @@ class EpochIterator(Iterator[Batch]):
             batch = next(self._batches)
         except StopIteration:
             self.close()
-            self._loader._delivered(self.epoch, self.batches_delivered, finished=True)
+            self._loader._delivered(self.epoch, self._history, self.batches_delivered, finished=True)
             raise
         except BaseException:
             self.close()
             raise
         self.batches_delivered += 1
-        self._loader._delivered(self.epoch, self.batches_delivered, finished=False)
+        self._loader._delivered(self.epoch, self._history, self.batches_delivered, finished=False)
         return batch
 
     def close(self) -> None:
@@ -295,20 +314,29 @@ class _PieceReads:
         self.released = 0
         self.admitted = 0
         self.loaded = 0
+        self.stop_piece = plan.num_pieces
         self.job_end = _job_ends(plan.offsets, budget.job_rows)
         self._read_piece = _piece_reader(plan, dataset, ring, cache, threading.BoundedSemaphore(
             budget.decode_slots(len(pool._threads))))
 
-    def start_at(self, first_live: int) -> None:
+    def start_at(self, first_live: int, stop_piece: int) -> None:
+        """Read from piece ``first_live`` on, and nothing from ``stop_piece`` on."""
         self.released = self.admitted = self.loaded = first_live
+        self.stop_piece = stop_piece
+
+    def drain(self) -> None:
+        """Wait for every read in flight (their ring slots are about to be reused)."""
+        while self.jobs:
+            _, _, future = self.jobs.popleft()
+            future.result()
 
     def admit(self) -> None:
         """Submit reads for the next pieces while the ring has room for them."""
-        offsets, n = self.offsets, self.plan.num_pieces
+        offsets, n = self.offsets, self.stop_piece
         capacity = self.ring.capacity
         while self.admitted < n:
             first = self.admitted
-            end = self.job_end[first]
+            end = min(self.job_end[first], n)
             if offsets[end] - offsets[self.released] > capacity:
                 return
             read = self._read_piece
@@ -415,25 +443,43 @@ def _read_unit(reader: Any, ring: RowRing, plan: EpochPlan, piece: int) -> None:
             view[...] = scratch[name][offset : offset + length]
 
 
-def _emit(plan: EpochPlan, budget: Budget, reads: _PieceReads, filler: BatchFiller, start_row: int) -> Iterator[Batch]:
-    """The consumer side: segments of the window shuffle, gathered into batches."""
-    shuffle = WindowShuffle(plan, budget.max_segment_ticks)
-    tick, skip = shuffle.locate(start_row)
-    reads.start_at(shuffle.first_live_piece(tick))
+def _emit(
+    streams: list[tuple[EpochPlan, int, int]],
+    dataset: Dataset,
+    ring: RowRing,
+    pool: ReaderPool,
+    cache: ReaderCache,
+    budget: Budget,
+    filler: BatchFiller,
+) -> Iterator[Batch]:
+    """The consumer side: for each stream slice ``(plan, lo, hi)``, the segments of
+    its window shuffle from row ``lo`` to ``hi``, gathered into batches that run
+    across slice boundaries."""
     try:
-        if filler.finished:
-            return
-        for segment in shuffle.segments(tick):
-            reads.admit()
-            reads.wait_loaded(segment.tick_hi)
-            positions = segment.positions
-            if skip:
-                positions, skip = positions[skip:], 0
-            for batch in filler.fill(positions):
-                yield batch
-                reads.admit()
+        for plan, lo, hi in streams:
             if filler.finished:
                 return
-            reads.release(shuffle.first_live_piece(segment.tick_hi))
+            shuffle = WindowShuffle(plan, budget.max_segment_ticks)
+            reads = _PieceReads(plan, dataset, ring, pool, cache, budget)
+            tick, skip = shuffle.locate(lo)
+            end_tick = shuffle.locate(hi)[0] + 1 if hi < plan.num_rows else plan.num_pieces
+            reads.start_at(shuffle.first_live_piece(tick), min(end_tick, plan.num_pieces))
+            left = hi - lo
+            for segment in shuffle.segments(tick):
+                reads.admit()
+                reads.wait_loaded(min(segment.tick_hi, reads.stop_piece))
+                positions = segment.positions
+                if skip:
+                    positions, skip = positions[skip:], 0
+                if positions.size > left:
+                    positions = positions[:left]
+                left -= positions.size
+                for batch in filler.fill(positions):
+                    yield batch
+                    reads.admit()
+                if filler.finished or left == 0:
+                    break
+                reads.release(shuffle.first_live_piece(segment.tick_hi))
+            reads.drain()
     finally:
-        reads.pool.close()
+        pool.close()

@@ -62,6 +62,7 @@ class WindowShuffle:
     def __init__(self, plan: EpochPlan, max_segment_ticks: int) -> None:
         self.plan = plan
         self.spans = plan.spans()
+        self.sizes = plan.sizes
         self.release_tick = np.arange(plan.num_pieces, dtype=np.int64) + self.spans
         self.max_segment_ticks = max(1, int(max_segment_ticks))
 
@@ -70,7 +71,7 @@ class WindowShuffle:
         plan = self.plan
         lo, hi = int(plan.offsets[first]), int(plan.offsets[last])
         positions = np.arange(lo, hi, dtype=np.int64)
-        sizes = plan.sizes[first:last]
+        sizes = self.sizes[first:last]
         base = np.repeat(np.arange(first, last, dtype=np.float64), sizes)
         if plan.shuffle:
             scale = np.repeat(self.spans[first:last].astype(np.float64), sizes)

@@ -24,13 +24,15 @@ FORMAT_VERSION = 1
 @dataclass(frozen=True)
 class LoaderState:
     epoch: int
-    batches: int
+    #: [[world_size, batches delivered], ...] since the epoch began, oldest first
+    history: list
     seed: int
     batch_size: int
     shuffle: bool
     drop_last: bool
+    remainder: str
+    #: the rank that saved it (informational: any rank's state describes the job)
     rank: int
-    world_size: int
     dataset: str
     window_pieces: int
     piece_rows: int
@@ -61,7 +63,7 @@ class LoaderState:
             "shuffle": loader.shuffle,
             "drop_last": loader.drop_last,
             "dataset": loader.dataset.fingerprint(),
-            "world_size": loader.world_size,
+            "remainder": loader.remainder,
             "window_pieces": loader.budget.window_pieces,
             "piece_rows": loader.budget.piece_rows,
         }
@@ -71,5 +73,17 @@ class LoaderState:
             if any(d.startswith(("window_pieces", "piece_rows")) for d in differing):
                 hint = " (window_pieces/piece_rows follow from memory_limit: use the saved run's memory_limit)"
             raise StateMismatchError("loader state does not match this loader: " + "; ".join(differing) + hint)
-        if self.batches < 0 or self.epoch < 0:
-            raise StateMismatchError(f"loader state has a negative epoch or batch count: {self.epoch}, {self.batches}")
+        history = self.history
+        valid = (
+            isinstance(history, list)
+            and history
+            and all(isinstance(h, (list, tuple)) and len(h) == 2 and all(isinstance(v, int) and v >= 0 for v in h)
+                    and h[0] >= 1 for h in history)
+        )
+        if not valid or self.epoch < 0:
+            raise StateMismatchError(f"loader state has an invalid epoch/history: {self.epoch!r}, {history!r}")
+
+    @property
+    def batches(self) -> int:
+        """Batches delivered in the current world."""
+        return int(self.history[-1][1])

@@ -1,0 +1,146 @@
+"""Exact mid-epoch resume, same world size and elastic (world size changes)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import streambatch as sb
+from tests.conftest import collect, ids_of
+
+LIMIT = "256KiB"
+
+
+def _loader(path, **kw):
+    kw.setdefault("memory_limit", LIMIT)
+    kw.setdefault("seed", 11)
+    return sb.Loader(path, kw.pop("batch_size", 32), **kw)
+
+
+@pytest.mark.parametrize("shuffle", [True, False], ids=["shuffle", "ordered"])
+def test_resume_at_every_batch_boundary_equals_the_uninterrupted_epoch(dataset_factory, fmt, shuffle):
+    path = dataset_factory(fmt, n=700, chunk_rows=50, shards=2)
+    reference = collect(_loader(path, shuffle=shuffle))
+    states = []
+    loader = _loader(path, shuffle=shuffle)
+    for batch in loader:
+        states.append(json.loads(json.dumps(loader.state_dict())))
+    for k in [0, 1, 5, len(reference) // 2, len(reference) - 1]:
+        state = states[k - 1] if k else _loader(path, shuffle=shuffle).state_dict()
+        resumed = _loader(path, shuffle=shuffle, num_threads=1 + k % 3)
+        resumed.load_state_dict(state)
+        tail = collect(resumed)
+        assert len(tail) == len(reference) - k
+        for got, want in zip(tail, reference[k:]):
+            for column in want:
+                assert np.array_equal(got[column], want[column]), (k, column)
+        # the state records the epoch: the next epoch equals a fresh run's next epoch
+        fresh = _loader(path, shuffle=shuffle)
+        fresh.set_epoch(1)
+        assert np.array_equal(ids_of(collect(resumed)), ids_of(collect(fresh)))
+
+
+def test_state_after_the_epoch_points_at_the_next_epoch(dataset_factory):
+    path = dataset_factory("npy", n=300)
+    loader = _loader(path)
+    collect(loader)
+    state = loader.state_dict()
+    assert state["epoch"] == 1 and state["history"][-1][1] == 0
+    resumed = _loader(path)
+    resumed.load_state_dict(state)
+    fresh = _loader(path)
+    fresh.set_epoch(1)
+    assert np.array_equal(ids_of(collect(resumed)), ids_of(collect(fresh)))
+
+
+def test_resuming_twice_is_still_exact(dataset_factory):
+    path = dataset_factory("parquet", n=900, chunk_rows=40)
+    reference = ids_of(collect(_loader(path)))
+    got = []
+    state = None
+    for chunk in (5, 7, 100):
+        loader = _loader(path)
+        if state:
+            loader.load_state_dict(state)
+        it = iter(loader)
+        for _ in range(chunk):
+            try:
+                got.append(next(it)["id"])
+            except StopIteration:
+                break
+        state = loader.state_dict()
+        it.close()
+    assert np.array_equal(np.concatenate(got), reference)
+
+
+def _run_world(path, world, state=None, batches=None, **kw):
+    """Every rank of a world, in lockstep: ``batches`` batches each (all if None).
+    Returns the ids each rank delivered and rank 0's state."""
+    loaders = [_loader(path, rank=r, world_size=world, **kw) for r in range(world)]
+    if state is not None:
+        for loader in loaders:
+            loader.load_state_dict(state)  # every rank loads rank 0's state
+    iterators = [iter(loader) for loader in loaders]
+    delivered = [[] for _ in range(world)]
+    counts = set()
+    for r, it in enumerate(iterators):
+        n = 0
+        for batch in it:
+            delivered[r].append(batch["id"])
+            n += 1
+            if batches is not None and n == batches:
+                break
+        counts.add(n)
+        it.close()
+    assert len(counts) == 1, f"ranks delivered different batch counts: {counts}"
+    return [ids_of_list(d) for d in delivered], loaders[0].state_dict()
+
+
+def ids_of_list(arrays):
+    return np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
+
+
+@pytest.mark.parametrize("worlds", [(2, 3), (4, 1), (3, 2, 4), (1, 5)], ids=lambda w: "->".join(map(str, w)))
+def test_elastic_resume_loses_and_repeats_no_row(dataset_factory, fmt, worlds):
+    n = 1200
+    path = dataset_factory(fmt, n=n, chunk_rows=50, shards=3)
+    seen = []
+    state = None
+    divisible = True
+    remaining = n
+    for i, world in enumerate(worlds):
+        last = i == len(worlds) - 1
+        divisible &= remaining % world == 0
+        delivered, state = _run_world(path, world, state, batches=None if last else 3 + i)
+        remaining -= sum(len(d) for d in delivered)
+        seen.extend(delivered)
+    everything = np.concatenate(seen)
+    assert set(everything.tolist()) == set(range(n))  # nothing lost
+    if divisible:  # the rows left at each change split evenly: nothing repeated either
+        assert len(everything) == n
+    else:  # padding to equal shares repeats fewer rows than there are ranks
+        assert len(everything) - n < max(worlds)
+
+
+def test_elastic_padding_repeats_fewer_rows_than_the_world_size(dataset_factory):
+    n = 1001
+    path = dataset_factory("npy", n=n)
+    first, state = _run_world(path, 2, batches=4, remainder="pad")
+    second, _ = _run_world(path, 3, state, remainder="pad")
+    everything = np.concatenate(first + second)
+    assert set(everything.tolist()) == set(range(n))
+    assert len(everything) - n < 3
+
+
+def test_a_state_from_another_dataset_or_seed_is_refused(dataset_factory):
+    a = dataset_factory("npy", n=500)
+    b = dataset_factory("npy", n=501)
+    state = _loader(a).state_dict()
+    with pytest.raises(sb.StateMismatchError, match="dataset"):
+        _loader(b).load_state_dict(state)
+    with pytest.raises(sb.StateMismatchError, match="format_version"):
+        _loader(a).load_state_dict({**state, "format_version": 99})
+    with pytest.raises(sb.StateMismatchError, match="history"):
+        _loader(a).load_state_dict({**state, "history": [[0, 1]]})
