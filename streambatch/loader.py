@@ -25,6 +25,7 @@ import numpy as np
 from ._units import parse_bytes
 from .batching import BatchFiller, batch_sizes
 from .budget import Budget, plan_budget
+from .distributed import detect_rank_and_world_size
 from .errors import EmptyDatasetError, ReaderError, StreambatchError
 from .plan import EpochPlan, Remainder, make_plan, rows_per_rank
 from .resume import advance, rank_slices
@@ -64,7 +65,12 @@ class Loader:
       (see :mod:`streambatch.budget` for the split);
     * epochs advance by themselves when one is iterated to the end;
       ``set_epoch`` picks one explicitly;
-    * ``state_dict()``/``load_state_dict()`` resume mid-epoch exactly.
+    * ``state_dict()``/``load_state_dict()`` resume mid-epoch exactly, also
+      with another world size;
+    * ``rank``/``world_size`` default to the ``torch.distributed`` process group or
+      the ``RANK``/``WORLD_SIZE`` variables (see :mod:`streambatch.distributed`);
+      every rank gets a disjoint share and the same number of batches, the
+      remainder padded by wrapping (``remainder="pad"``) or dropped (``"drop"``).
     """
 
     def __init__(
@@ -78,8 +84,8 @@ class Loader:
         memory_limit: int | str = "512MiB",
         num_threads: int | None = None,
         columns: Sequence[str] | None = None,
-        rank: int = 0,
-        world_size: int = 1,
+        rank: int | None = None,
+        world_size: int | None = None,
         remainder: Remainder = "pad",
         storage_options: dict[str, Any] | None = None,
     ) -> None:
@@ -89,6 +95,10 @@ class Loader:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         if num_threads is not None and (not isinstance(num_threads, (int, np.integer)) or num_threads < 1):
             raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+        if rank is None or world_size is None:
+            detected_rank, detected_world = detect_rank_and_world_size()
+            rank = detected_rank if rank is None else rank
+            world_size = detected_world if world_size is None else world_size
         if not isinstance(world_size, (int, np.integer)) or world_size < 1:
             raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
         if not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:

@@ -171,3 +171,17 @@ def test_ranks_get_disjoint_equal_shares_that_cover_the_epoch(dataset_factory, f
     padded = [ids_of(collect(sb.Loader(path, 50, rank=r, world_size=world_size))) for r in range(world_size)]
     assert {len(s) for s in padded} == {-(-n // world_size)}
     assert set(np.concatenate(padded).tolist()) == set(range(n))
+
+
+def test_rank_and_world_size_come_from_torchrun_variables(dataset_factory, monkeypatch):
+    path = dataset_factory("npy", n=400)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    loader = sb.Loader(path, 10)
+    assert (loader.rank, loader.world_size) == (1, 4)
+    assert len(ids_of(collect(loader))) == 100
+    explicit = sb.Loader(path, 10, rank=0, world_size=1)
+    assert (explicit.rank, explicit.world_size) == (0, 1)
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(ValueError, match="RANK"):
+        sb.Loader(path, 10)

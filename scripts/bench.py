@@ -1,0 +1,873 @@
+#!/usr/bin/env python3
+"""Benchmark streambatch against the two unavoidable costs it competes with.
+
+Not a test. For each format (``.npy``, Parquet, Zarr) it measures, each
+configuration in its own fresh subprocess (so peak RSS is per configuration),
+batch 256, warm page cache:
+
+* streambatch ``Loader``, shuffle on and off, at ``--memory-limit``;
+* baseline (a): a sequential read of the same files, no shuffle
+  (npy: ``np.load(mmap_mode='r')`` slices of 256 rows copied out;
+  Parquet: ``ParquetFile.read_row_group`` per group, converted to NumPy;
+  Zarr: ``arr[i:i+chunk]`` per chunk);
+* baseline (b): an in-memory NumPy permutation (everything loaded into RAM,
+  then ``x[perm[i:i+256]]`` per batch); the load time is reported separately.
+
+and reports streambatch's shuffled rows/s divided by the slower of the two
+baselines (target >= 0.8) plus the ``.npy`` shuffle score at memory_limit = 5 %
+of the data (target <= 1.2). ``--budget-sweep`` measures the shuffle score as a
+function of memory_limit x Parquet row-group / Zarr chunk size.
+
+    python scripts/bench.py                 # full run (2 M rows, ~1 GB per format)
+    python scripts/bench.py --budget-sweep  # score vs budget table and plot
+    python scripts/bench.py --quick         # smoke run, < 1 minute
+
+Results are cached as JSON under ``--data-dir``/results; ``docs/benchmarks.md``
+is rendered from the latest full main run and the latest full sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+BATCH = 256
+NUM_CLASSES = 10
+ROW_BYTES = 128 * 4 + 8  # float32[128] + int64 label
+CHECK_EVERY = 16  # check x[:, 0] == label on every 16th batch (same work in every config)
+RSS_SLACK = 300 << 20  # the documented contract: peak RSS <= memory_limit + 300 MiB
+FORMATS = ("npy", "parquet", "zarr")
+
+
+# ----------------------------------------------------------------------------- data
+def dataset_path(data_dir: str, fmt: str, rows: int, chunk_rows: int) -> str:
+    """Where ``fmt`` data of ``rows`` rows lives; npy does not depend on the chunk size."""
+    sub = f"rows{rows}" if fmt == "npy" else f"rows{rows}-chunk{chunk_rows}"
+    leaf = {"npy": "npy", "parquet": "data.parquet", "zarr": "data.zarr"}[fmt]
+    return os.path.join(os.path.abspath(data_dir), fmt, sub, leaf)
+
+
+def ensure_data(data_dir: str, fmt: str, rows: int, chunk_rows: int, log) -> str:
+    """Generate once with ``streambatch.demo.generate``; a ``.done`` marker guards partial writes."""
+    from streambatch.demo import generate
+
+    path = dataset_path(data_dir, fmt, rows, chunk_rows)
+    parent = os.path.dirname(path)
+    marker = os.path.join(parent, ".done")
+    if os.path.exists(marker):
+        return path
+    import shutil
+
+    shutil.rmtree(parent, ignore_errors=True)
+    os.makedirs(parent, exist_ok=True)
+    t0 = time.perf_counter()
+    out = generate(fmt, parent, rows, chunk_rows)
+    assert os.path.abspath(out) == path, (out, path)
+    with open(marker, "w") as f:
+        f.write(f"{rows} {chunk_rows}\n")
+    log(f"  generated {fmt} ({rows:,} rows, chunk {chunk_rows}) in {time.perf_counter() - t0:.1f} s: {path}")
+    return path
+
+
+_warmed: set[str] = set()
+
+
+def warm(path: str) -> None:
+    """Read every file under ``path`` once so the page cache is warm."""
+    if path in _warmed:
+        return
+    files = [path] if os.path.isfile(path) else [
+        os.path.join(d, n) for d, _, names in os.walk(path) for n in names
+    ]
+    buf = bytearray(16 << 20)
+    for name in files:
+        with open(name, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+    _warmed.add(path)
+
+
+def dir_bytes(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(path) for n in names)
+
+
+# ----------------------------------------------------------------------------- workers
+# Each worker runs in a fresh process and returns a dict; the parent adds peak RSS.
+
+
+class _Consumer:
+    """The same per-batch work in every configuration: count rows, score labels,
+    spot-check that x and label stay aligned."""
+
+    def __init__(self, score: bool) -> None:
+        from streambatch.quality import ShuffleScore
+
+        self.scorer = ShuffleScore(NUM_CLASSES) if score else None
+        self.rows = 0
+        self.batches = 0
+        self.first = None
+
+    def __call__(self, x, label, t0: float) -> None:
+        import numpy as np
+
+        if self.first is None:
+            self.first = time.perf_counter() - t0
+        if self.batches % CHECK_EVERY == 0 and not np.array_equal(x[:, 0], label):
+            raise AssertionError("x and label came apart")
+        if self.scorer is not None:
+            self.scorer.add(label)
+        self.rows += len(label)
+        self.batches += 1
+
+
+def _arrow_tensor(chunked, field):
+    """A FixedSizeBinary tensor column (streambatch's Parquet layout) or a primitive one, as NumPy."""
+    import numpy as np
+
+    meta = field.metadata or {}
+    if b"dtype" not in meta:
+        return chunked.to_numpy()
+    dtype = np.dtype(meta[b"dtype"].decode())
+    shape = tuple(json.loads(meta[b"shape"]))
+    width = field.type.byte_width
+    parts = []
+    for arr in chunked.chunks:
+        raw = np.frombuffer(arr.buffers()[1], dtype=np.uint8)
+        raw = raw[arr.offset * width : (arr.offset + len(arr)) * width]
+        parts.append(raw.view(dtype).reshape(len(arr), *shape))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def work_streambatch(path: str, fmt: str, memory_limit: str, shuffle: bool, columns=None) -> dict:
+    from streambatch import Loader
+
+    t0 = time.perf_counter()
+    consumer = _Consumer(score=True)
+    with Loader(path, BATCH, shuffle=shuffle, memory_limit=memory_limit, columns=columns) as loader:
+        budget = loader.budget
+        for batch in loader:
+            label = batch["label"]
+            x = batch["x"] if "x" in batch else label[:, None]
+            consumer(x, label, t0)
+    seconds = time.perf_counter() - t0
+    return {
+        "rows": consumer.rows,
+        "seconds": seconds,
+        "first_batch_s": consumer.first,
+        "score": consumer.scorer.score(),
+        "window_pieces": budget.window_pieces,
+        "piece_rows": budget.max_piece_rows,
+        "ring_bytes": budget.ring_bytes,
+        "threads": loader.num_threads,
+    }
+
+
+def work_sequential(path: str, fmt: str) -> dict:
+    import numpy as np
+
+    t0 = time.perf_counter()
+    consumer = _Consumer(score=False)
+    if fmt == "npy":
+        x = np.load(os.path.join(path, "x.npy"), mmap_mode="r")
+        label = np.load(os.path.join(path, "label.npy"), mmap_mode="r")
+        for i in range(0, len(label), BATCH):
+            consumer(np.array(x[i : i + BATCH]), np.array(label[i : i + BATCH]), t0)
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+        fx, fl = schema.field("x"), schema.field("label")
+        for g in range(pf.num_row_groups):
+            table = pf.read_row_group(g)
+            consumer(_arrow_tensor(table.column("x"), fx), _arrow_tensor(table.column("label"), fl), t0)
+    elif fmt == "zarr":
+        import zarr
+
+        group = zarr.open_group(path, mode="r")
+        x, label = group["x"], group["label"]
+        chunk = x.chunks[0]
+        for i in range(0, x.shape[0], chunk):
+            consumer(x[i : i + chunk], label[i : i + chunk], t0)
+    else:
+        raise ValueError(fmt)
+    return {"rows": consumer.rows, "seconds": time.perf_counter() - t0, "first_batch_s": consumer.first}
+
+
+def _load_all(path: str, fmt: str):
+    import numpy as np
+
+    if fmt == "npy":
+        return np.load(os.path.join(path, "x.npy")), np.load(os.path.join(path, "label.npy"))
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        n = pf.metadata.num_rows
+        schema = pf.schema_arrow
+        x = np.empty((n, 128), np.float32)
+        label = np.empty(n, np.int64)
+        at = 0
+        for g in range(pf.num_row_groups):
+            table = pf.read_row_group(g)
+            k = table.num_rows
+            x[at : at + k] = _arrow_tensor(table.column("x"), schema.field("x"))
+            label[at : at + k] = _arrow_tensor(table.column("label"), schema.field("label"))
+            at += k
+        return x, label
+    if fmt == "zarr":
+        import zarr
+
+        group = zarr.open_group(path, mode="r")
+        return group["x"][:], group["label"][:]
+    raise ValueError(fmt)
+
+
+def work_permutation(path: str, fmt: str) -> dict:
+    import numpy as np
+
+    t0 = time.perf_counter()
+    x, label = _load_all(path, fmt)
+    load_s = time.perf_counter() - t0
+    consumer = _Consumer(score=True)
+    t1 = time.perf_counter()
+    perm = np.random.default_rng(0).permutation(len(label))
+    for i in range(0, len(label), BATCH):
+        idx = perm[i : i + BATCH]
+        consumer(x[idx], label[idx], t1)
+    return {
+        "rows": consumer.rows,
+        "seconds": time.perf_counter() - t1,  # iteration only
+        "load_s": load_s,
+        "first_batch_s": consumer.first,  # after the load
+        "score": consumer.scorer.score(),
+    }
+
+
+def work_imports(path: str, fmt: str) -> dict:
+    """Interpreter + numpy + pyarrow + zarr + streambatch, no data: the RSS floor."""
+    import numpy  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+    import zarr  # noqa: F401
+
+    import streambatch  # noqa: F401
+
+    return {"rows": 0, "seconds": 0.0, "first_batch_s": None}
+
+
+WORKERS = {
+    "streambatch": work_streambatch,
+    "sequential": work_sequential,
+    "permutation": work_permutation,
+    "imports": work_imports,
+}
+
+
+def worker_main(spec: dict) -> None:
+    kind = spec.pop("kind")
+    c0 = resource.getrusage(resource.RUSAGE_SELF)
+    result = WORKERS[kind](**spec)
+    c1 = resource.getrusage(resource.RUSAGE_SELF)
+    result["cpu_s"] = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
+    result["peak_rss_bytes"] = c1.ru_maxrss * 1024  # Linux: KiB
+    print("BENCH-RESULT " + json.dumps(result), flush=True)
+
+
+def run_config(spec: dict, timeout: float) -> dict:
+    """Run one configuration in a fresh interpreter; errors become a result with ``error``."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("BENCH-RESULT "):
+            return json.loads(line[len("BENCH-RESULT ") :])
+    err = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
+    return {"error": (err[-1] if err else f"exit {done.returncode}")[:300]}
+
+
+# ----------------------------------------------------------------------------- main benchmark
+def parse_limit(text: str) -> int:
+    from streambatch._units import parse_bytes
+
+    return parse_bytes(text)
+
+
+def fmt_bytes(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def main_run(args, log) -> dict:
+    rows = args.rows
+    data_bytes = rows * ROW_BYTES
+    limit = args.memory_limit
+    npy5 = f"{int(data_bytes * 0.05)}B"
+    paths = {f: ensure_data(args.data_dir, f, rows, args.chunk_rows, log) for f in args.formats}
+    for p in paths.values():
+        warm(p)
+    configs = []  # (key, spec)
+    configs.append((("imports", "-"), {"kind": "imports", "path": "", "fmt": "-"}))
+    for f in args.formats:
+        p = paths[f]
+        configs.append(((f, "sb-shuffle"), {"kind": "streambatch", "path": p, "fmt": f, "memory_limit": limit, "shuffle": True}))
+        configs.append(((f, "sb-noshuffle"), {"kind": "streambatch", "path": p, "fmt": f, "memory_limit": limit, "shuffle": False}))
+        configs.append(((f, "sequential"), {"kind": "sequential", "path": p, "fmt": f}))
+        configs.append(((f, "permutation"), {"kind": "permutation", "path": p, "fmt": f}))
+    if "npy" in args.formats:
+        configs.append((("npy", "sb-shuffle-5pct"), {"kind": "streambatch", "path": paths["npy"], "fmt": "npy", "memory_limit": npy5, "shuffle": True}))
+
+    runs: dict[str, list[dict]] = {}
+    for rep in range(args.repeat):  # round-robin so drift hits every configuration alike
+        for key, spec in configs:
+            if key[0] == "imports" and rep:
+                continue
+            r = run_config(dict(spec), args.timeout)
+            runs.setdefault("|".join(key), []).append(r)
+            desc = "error: " + r["error"] if "error" in r else (
+                f"{r['rows'] / r['seconds']:,.0f} rows/s, peak {fmt_bytes(r['peak_rss_bytes'])}"
+                if r.get("seconds") else f"peak {fmt_bytes(r['peak_rss_bytes'])}")
+            log(f"  [{rep + 1}/{args.repeat}] {key[0]:8s} {key[1]:16s} {desc}")
+    results = {}
+    for key, rs in runs.items():
+        ok = [r for r in rs if "error" not in r]
+        if not ok:
+            results[key] = {"error": rs[0]["error"], "n": len(rs)}
+            continue
+        agg = {"n": len(ok), "errors": len(rs) - len(ok)}
+        if ok[0].get("seconds"):
+            rates = [r["rows"] / r["seconds"] for r in ok]
+            agg["rows_per_s"] = statistics.median(rates)
+            agg["rows_per_s_min"], agg["rows_per_s_max"] = min(rates), max(rates)
+            agg["rows"] = ok[0]["rows"]
+        agg["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in ok)
+        agg["cpu_s"] = statistics.median(r["cpu_s"] for r in ok)
+        for field in ("first_batch_s", "load_s", "score"):
+            vals = [r[field] for r in ok if r.get(field) is not None]
+            if vals:
+                agg[field] = statistics.median(vals)
+        for field in ("window_pieces", "piece_rows", "ring_bytes", "threads"):
+            if field in ok[0]:
+                agg[field] = ok[0][field]
+        results[key] = agg
+    return {
+        "kind": "main",
+        "rows": rows,
+        "data_bytes": data_bytes,
+        "chunk_rows": args.chunk_rows,
+        "memory_limit": limit,
+        "memory_limit_bytes": parse_limit(limit),
+        "npy5_limit": npy5,
+        "repeat": args.repeat,
+        "formats": list(args.formats),
+        "results": results,
+        "file_bytes": {f: dir_bytes(p) for f, p in paths.items()},
+    }
+
+
+def _r(res: dict, key: str) -> dict:
+    return res["results"].get(key, {"error": "not run"})
+
+
+def _rate(d: dict) -> str:
+    if "error" in d:
+        return "error"
+    if "rows_per_s" not in d:
+        return "—"
+    spread = ""
+    if d.get("n", 1) > 1:
+        spread = f" ({d['rows_per_s_min'] / 1e6:.2f}–{d['rows_per_s_max'] / 1e6:.2f})"
+    return f"{d['rows_per_s'] / 1e6:.2f} M{spread}"
+
+
+def _ms(v) -> str:
+    return "—" if v is None else f"{v * 1e3:,.0f} ms" if v >= 0.01 else f"{v * 1e3:.1f} ms"
+
+
+def main_tables(res: dict) -> str:
+    limit = res["memory_limit"]
+    lim_b = res["memory_limit_bytes"]
+    out = []
+    out.append(
+        f"{res['rows']:,} rows × (float32[128] + int64 label) = {res['data_bytes'] / 1e9:.2f} GB per format; "
+        f"batch {BATCH}; Parquet row groups / Zarr chunks of {res['chunk_rows']:,} rows, uncompressed; "
+        f"warm page cache; each configuration in a fresh process, {res['repeat']} run(s) each, "
+        f"median rows/s with (min–max); peak RSS is the max over runs.\n"
+    )
+    out.append("| format | configuration | rows/s | first batch | peak RSS | CPU s | shuffle score | notes |")
+    out.append("|---|---|---|---|---|---|---|---|")
+    names = {
+        "sb-shuffle": f"streambatch, shuffle, memory_limit {limit}",
+        "sb-noshuffle": f"streambatch, no shuffle, memory_limit {limit}",
+        "sequential": "baseline (a): sequential read, no shuffle",
+        "permutation": "baseline (b): in-memory NumPy permutation",
+        "sb-shuffle-5pct": f"streambatch, shuffle, memory_limit = 5 % ({fmt_bytes(res['data_bytes'] * 0.05)})",
+    }
+    imp = _r(res, "imports|-")
+    for f in res["formats"]:
+        for c in ("sb-shuffle", "sb-noshuffle", "sequential", "permutation", "sb-shuffle-5pct"):
+            key = f"{f}|{c}"
+            if key not in res["results"]:
+                continue
+            d = _r(res, key)
+            if "error" in d:
+                out.append(f"| {f} | {names[c]} | error | | | | | `{d['error'][:160]}` |")
+                continue
+            notes = []
+            if c == "permutation":
+                notes.append(f"load into RAM {d['load_s']:.2f} s (not in rows/s); first batch timed after the load")
+            if c.startswith("sb"):
+                notes.append(f"window {d['window_pieces']} pieces of ≤ {d['piece_rows']:,} rows, ring {fmt_bytes(d['ring_bytes'])}")
+                lb = lim_b if c != "sb-shuffle-5pct" else res["data_bytes"] * 0.05
+                if d["peak_rss_bytes"] > lb + RSS_SLACK:
+                    notes.append(f"**peak RSS over memory_limit + 300 MiB = {fmt_bytes(lb + RSS_SLACK)}**")
+            if c == "sequential" and f == "npy":
+                notes.append("RSS counts the mmap'd pages touched")
+            if d.get("errors"):
+                notes.append(f"{d['errors']} run(s) failed")
+            score = f"{d['score']:.2f}" if "score" in d else "—"
+            out.append(
+                f"| {f} | {names[c]} | {_rate(d)} | {_ms(d.get('first_batch_s'))} | {fmt_bytes(d['peak_rss_bytes'])} "
+                f"| {d['cpu_s']:.1f} | {score} | {'; '.join(notes)} |"
+            )
+    if "error" not in imp:
+        out.append(f"| — | imports only (python + numpy + pyarrow + zarr + streambatch) | — | — | {fmt_bytes(imp['peak_rss_bytes'])} | | | the RSS floor |")
+    out.append("")
+    out.append("**Ratios** (same run): streambatch shuffled rows/s ÷ min(sequential read, in-memory permutation); target ≥ 0.8.\n")
+    out.append("| format | streambatch shuffled | sequential | in-memory perm. | min | ratio | target met | no-shuffle ÷ sequential |")
+    out.append("|---|---|---|---|---|---|---|---|")
+    for f in res["formats"]:
+        sb, seq, perm, ns = (_r(res, f"{f}|{c}") for c in ("sb-shuffle", "sequential", "permutation", "sb-noshuffle"))
+        if any("rows_per_s" not in d for d in (sb, seq, perm)):
+            out.append(f"| {f} | {_rate(sb)} | {_rate(seq)} | {_rate(perm)} | | n/a | n/a | |")
+            continue
+        base = min(seq["rows_per_s"], perm["rows_per_s"])
+        which = "seq" if seq["rows_per_s"] <= perm["rows_per_s"] else "perm"
+        ratio = sb["rows_per_s"] / base
+        nsr = f"{ns['rows_per_s'] / seq['rows_per_s']:.2f}" if "rows_per_s" in ns else "n/a"
+        out.append(
+            f"| {f} | {sb['rows_per_s'] / 1e6:.2f} M | {seq['rows_per_s'] / 1e6:.2f} M | {perm['rows_per_s'] / 1e6:.2f} M "
+            f"| {base / 1e6:.2f} M ({which}) | **{ratio:.2f}** | {'yes' if ratio >= 0.8 else 'no'} | {nsr} |"
+        )
+    d5 = _r(res, "npy|sb-shuffle-5pct")
+    if "score" in d5:
+        out.append(
+            f"\n`.npy` shuffle score at memory_limit = 5 % of the data ({fmt_bytes(res['data_bytes'] * 0.05)}): "
+            f"**{d5['score']:.2f}** (target ≤ 1.2: {'met' if d5['score'] <= 1.2 else 'not met'})."
+        )
+    return "\n".join(out)
+
+
+def main_reading(res: dict) -> list[str]:
+    """Plain statements derived from the numbers (no adjectives the data does not support)."""
+    lines = []
+    lim_b = res["memory_limit_bytes"]
+    for f in res["formats"]:
+        sb, seq, perm = (_r(res, f"{f}|{c}") for c in ("sb-shuffle", "sequential", "permutation"))
+        if any("rows_per_s" not in d for d in (sb, seq, perm)):
+            err = next((d["error"] for d in (sb, seq, perm) if "error" in d), "missing")
+            lines.append(f"- **{f}**: not measured ({err[:120]}).")
+            continue
+        base = min(seq["rows_per_s"], perm["rows_per_s"])
+        ratio = sb["rows_per_s"] / base
+        verdict = "meets" if ratio >= 0.8 else "misses"
+        s = (f"- **{f}**: shuffled streambatch runs at {sb['rows_per_s'] / 1e6:.2f} M rows/s = {ratio:.2f}× the slower "
+             f"baseline ({base / 1e6:.2f} M rows/s) — {verdict} the 0.8 target; score {sb['score']:.2f} at {res['memory_limit']}; "
+             f"peak RSS {fmt_bytes(sb['peak_rss_bytes'])} vs {fmt_bytes(lim_b + RSS_SLACK)} allowed "
+             f"({'within' if sb['peak_rss_bytes'] <= lim_b + RSS_SLACK else 'OVER'}) while the in-memory permutation "
+             f"needs {fmt_bytes(perm['peak_rss_bytes'])}.")
+        lines.append(s)
+    d5 = _r(res, "npy|sb-shuffle-5pct")
+    if "score" in d5:
+        lines.append(f"- `.npy` at 5 % of the data scores {d5['score']:.2f} ({'meets' if d5['score'] <= 1.2 else 'misses'} ≤ 1.2).")
+    return lines
+
+
+# ----------------------------------------------------------------------------- budget sweep
+def sweep_run(args, log) -> dict:
+    rows = args.rows
+    data_bytes = rows * ROW_BYTES
+    fractions = args.sweep_fractions
+    chunks = args.sweep_chunks
+    series = []  # (fmt, chunk or None)
+    if "npy" in args.formats:
+        series.append(("npy", None))
+    for f in ("parquet", "zarr"):
+        if f in args.formats:
+            series += [(f, c) for c in chunks]
+    results = {}
+    t_start = time.perf_counter()
+    for f, c in series:
+        path = ensure_data(args.data_dir, f, rows, c or args.chunk_rows, log)
+        warm(path)
+        for frac in fractions:
+            limit = f"{int(data_bytes * frac)}B"
+            spec = {"kind": "streambatch", "path": path, "fmt": f, "memory_limit": limit, "shuffle": True}
+            if args.label_only:
+                spec["columns"] = ["label"]
+            r = run_config(spec, args.timeout)
+            key = f"{f}|{c or '-'}|{frac}"
+            results[key] = r
+            desc = ("error: " + r["error"][:100]) if "error" in r else (
+                f"score {r['score']:.2f}, {r['rows'] / r['seconds']:,.0f} rows/s, window {r['window_pieces']}, "
+                f"peak {fmt_bytes(r['peak_rss_bytes'])}")
+            log(f"  sweep {f:8s} chunk {str(c or '-'):>6s} limit {frac * 100:4.0f}% ({fmt_bytes(data_bytes * frac)}): {desc}")
+    return {
+        "kind": "sweep",
+        "rows": rows,
+        "data_bytes": data_bytes,
+        "fractions": fractions,
+        "chunks": chunks,
+        "series": [[f, c] for f, c in series],
+        "label_only": args.label_only,
+        "results": results,
+        "seconds": time.perf_counter() - t_start,
+    }
+
+
+def _series_name(f: str, c) -> str:
+    return "npy (random access)" if c is None else f"{f}, {'row group' if f == 'parquet' else 'chunk'} {c:,} rows"
+
+
+def sweep_tables(res: dict) -> str:
+    fr = res["fractions"]
+    out = [
+        f"Shuffle score (1.0 = full random permutation; unshuffled ≈ 12) of one shuffled epoch, {res['rows']:,} rows, batch {BATCH}, "
+        + ("**label column only** (`columns=[\"label\"]`: the budget then holds ~65× more rows than with x, so these "
+           "scores are better than a real all-column load would get)" if res["label_only"]
+           else "all columns loaded (x and label), so the budget buys the same rows as in real use")
+        + f". memory_limit as a share of the data ({res['data_bytes'] / 1e9:.2f} GB). "
+        "Cells: score / window pieces. \"too small\" = the Loader refuses the budget (a unit must fit twice in the ring).\n",
+        "| source | " + " | ".join(f"{x * 100:g} % ({fmt_bytes(res['data_bytes'] * x)})" for x in fr) + " |",
+        "|---|" + "---|" * len(fr),
+    ]
+    for f, c in res["series"]:
+        cells = []
+        for x in fr:
+            r = res["results"].get(f"{f}|{c or '-'}|{x}", {"error": "not run"})
+            if "error" in r:
+                cells.append("too small" if "too small" in r["error"] else "error")
+            else:
+                cells.append(f"{r['score']:.2f} / {r['window_pieces']}")
+        out.append(f"| {_series_name(f, c)} | " + " | ".join(cells) + " |")
+    out.append("")
+    out.append("Throughput and peak RSS of the same runs (rows/s · peak RSS):\n")
+    out.append("| source | " + " | ".join(f"{x * 100:g} %" for x in fr) + " |")
+    out.append("|---|" + "---|" * len(fr))
+    for f, c in res["series"]:
+        cells = []
+        for x in fr:
+            r = res["results"].get(f"{f}|{c or '-'}|{x}", {"error": "not run"})
+            if "error" in r:
+                cells.append("—")
+            else:
+                flag = " **(> limit + 300 MiB)**" if r["peak_rss_bytes"] > res["data_bytes"] * x + RSS_SLACK else ""
+                cells.append(f"{r['rows'] / r['seconds'] / 1e6:.2f} M · {fmt_bytes(r['peak_rss_bytes'])}{flag}")
+        out.append(f"| {_series_name(f, c)} | " + " | ".join(cells) + " |")
+    errs = sorted({r["error"] for r in res["results"].values() if "error" in r and "too small" not in r["error"]})
+    for e in errs:
+        out.append(f"\nError: `{e[:300]}`")
+    return "\n".join(out)
+
+
+def sweep_plot(res: dict, png: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    styles = {"npy": "k-o", "parquet": "-s", "zarr": "--^"}
+    for f, c in res["series"]:
+        xs, ys = [], []
+        for x in res["fractions"]:
+            r = res["results"].get(f"{f}|{c or '-'}|{x}", {})
+            if "score" in r:
+                xs.append(x * 100)
+                ys.append(r["score"])
+        if xs:
+            ax.plot(xs, ys, styles[f], label=_series_name(f, c))
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.axhline(1.2, color="red", lw=0.8, ls=":", label="npy target (1.2)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks([x * 100 for x in res["fractions"]])
+    ax.set_xticklabels([f"{x * 100:g}%" for x in res["fractions"]])
+    ax.set_xlabel("memory_limit (% of the data)")
+    ax.set_ylabel("shuffle score (1 = full permutation)")
+    ax.set_title(f"Shuffle score vs budget ({res['rows']:,} rows, class-sorted labels)")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(png), exist_ok=True)
+    fig.savefig(png)
+    plt.close(fig)
+
+
+def throughput_plot(res: dict, png: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    confs = [("sb-shuffle", "streambatch shuffled"), ("sb-noshuffle", "streambatch unshuffled"),
+             ("sequential", "sequential read"), ("permutation", "in-memory permutation")]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    width = 0.2
+    for k, (c, label) in enumerate(confs):
+        vals = [_r(res, f"{f}|{c}").get("rows_per_s", 0) / 1e6 for f in res["formats"]]
+        ax.bar([i + (k - 1.5) * width for i in range(len(res["formats"]))], vals, width, label=label)
+    ax.set_xticks(range(len(res["formats"])))
+    ax.set_xticklabels(res["formats"])
+    ax.set_ylabel("M rows/s (batch 256, warm cache)")
+    ax.set_title(f"Throughput, memory_limit {res['memory_limit']}, {res['rows']:,} rows")
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(png), exist_ok=True)
+    fig.savefig(png)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- environment & docs
+def environment() -> dict:
+    import numpy
+    import pyarrow
+    import zarr
+
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "streambatch"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit, dirty = "unknown", ""
+    return {
+        "cores": os.cpu_count(),
+        "ram_gib": mem / 2**30,
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "pyarrow": pyarrow.__version__,
+        "zarr": zarr.__version__,
+        "commit": commit,
+        "dirty": dirty.splitlines(),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def env_block(env: dict, command: str) -> str:
+    dirty = ""
+    if env["dirty"]:
+        dirty = " (with uncommitted changes under `streambatch/`: " + ", ".join(f"`{d.strip()}`" for d in env["dirty"]) + ")"
+    return (
+        f"- Machine: {env['cores']} cores, {env['ram_gib']:.1f} GiB RAM, {env['cpu']}, Linux {env['kernel']}\n"
+        f"- Python {env['python']}, numpy {env['numpy']}, pyarrow {env['pyarrow']}, zarr {env['zarr']}\n"
+        f"- streambatch at commit `{env['commit']}`{dirty}; measured {env['date']}\n"
+        f"- Command: `{command}`"
+    )
+
+
+def render_docs(data_dir: str, doc: str) -> None:
+    rdir = os.path.join(data_dir, "results")
+
+    def load(name):
+        p = os.path.join(rdir, name)
+        if os.path.exists(p):
+            with open(p) as f:
+                return json.load(f)
+        return None
+
+    main, sweep = load("main.json"), load("sweep.json")
+    img = os.path.join(os.path.dirname(doc), "img")
+    out = [
+        "# Benchmarks",
+        "",
+        "<!-- generated by scripts/bench.py; edit the script, not this file -->",
+        "",
+        "How fast streambatch turns a dataset larger than its memory budget into shuffled batches, "
+        "measured against the two costs it cannot avoid, **in the same run**: (a) a sequential, unshuffled read of "
+        "the same files, and (b) an in-memory NumPy permutation of the same data (all rows loaded into RAM, then "
+        "`x[perm[i:i+256]]` per batch). Timings on a 2-core machine are noisy: read the ratios, not the absolute "
+        "figures, and re-run `scripts/bench.py` on your machine.",
+        "",
+        "Data: `streambatch.demo.generate` — float32[128] `x` + int64 `label`, labels sorted into 10 contiguous "
+        "classes (the worst case for a windowed shuffle). Shuffle score (`streambatch.quality.ShuffleScore`): mean "
+        "total-variation distance between each batch's label histogram and the global one, divided by the same for a "
+        "full random permutation — 1.0 is a full shuffle, an unshuffled pass scores ≈ 12.",
+        "",
+        "Every configuration runs in a fresh `python` subprocess so peak RSS (`ru_maxrss`) is per configuration. "
+        "Every configuration does the same per-batch work: a label histogram for the score and, on every 16th batch, "
+        "a check that `x[:, 0] == label`. Baselines: npy — `np.load(mmap_mode='r')`, `np.array(x[i:i+256])`; "
+        "Parquet — `ParquetFile.read_row_group(g)` for each group, the FixedSizeBinary tensor column viewed as a "
+        "float32 array (zero-copy, one array per row group, not cut into 256-row batches); Zarr — `arr[i:i+chunk]` "
+        "per chunk (one array per chunk). The page cache is warmed by reading every file once before measuring.",
+        "",
+    ]
+    if main:
+        out += ["## Throughput, latency, memory", "", env_block(main["env"], main["command"]), "", main_tables(main), ""]
+        out += [f"![throughput](img/throughput.png)", ""] if os.path.exists(os.path.join(img, "throughput.png")) else []
+        out += ["### Reading", ""] + main_reading(main) + [""]
+    else:
+        out += ["## Throughput, latency, memory", "", "_Not run yet: `python scripts/bench.py`._", ""]
+    if sweep:
+        out += ["## Shuffle score vs budget and read-unit size", "", env_block(sweep["env"], sweep["command"]),
+                f"- Sweep wall time: {sweep['seconds'] / 60:.1f} min", "", sweep_tables(sweep), ""]
+        out += ["![score vs budget](img/score_vs_budget.png)", ""]
+        out += ["### Reading", ""] + sweep_reading(sweep) + [""]
+    else:
+        out += ["## Shuffle score vs budget", "", "_Not run yet: `python scripts/bench.py --budget-sweep`._", ""]
+    with open(doc, "w") as f:
+        f.write("\n".join(out))
+
+
+def sweep_reading(res: dict) -> list[str]:
+    lines = []
+    for f, c in res["series"]:
+        got = [(x, res["results"].get(f"{f}|{c or '-'}|{x}", {})) for x in res["fractions"]]
+        ok = [(x, r) for x, r in got if "score" in r]
+        refused = [x for x, r in got if "too small" in r.get("error", "")]
+        if not ok:
+            lines.append(f"- {_series_name(f, c)}: no budget in the sweep was accepted.")
+            continue
+        parts = ", ".join(f"{r['score']:.2f} at {x * 100:g} %" for x, r in ok)
+        s = f"- {_series_name(f, c)}: {parts}"
+        if refused:
+            s += f"; refused at {', '.join(f'{x * 100:g} %' for x in refused)} (a unit must fit twice in the ring)"
+        lines.append(s + ".")
+    lines.append("- Parquet and Zarr can only mix whole row groups / chunks: with units of U rows and a budget of B rows "
+                 "the window holds at most ~B/U units, so large units need either a larger budget or a rewrite with "
+                 "`streambatch convert` (smaller units, or `--shuffle`).")
+    return lines
+
+
+# ----------------------------------------------------------------------------- CLI
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default="./bench-data", help="generated data and cached results (default ./bench-data)")
+    p.add_argument("--rows", type=int, default=None, help="rows per dataset (default 2,000,000; 200,000 with --quick)")
+    p.add_argument("--chunk-rows", type=int, default=8192, help="Parquet row group / Zarr chunk rows for the main run")
+    p.add_argument("--memory-limit", default="256MiB")
+    p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset of npy,parquet,zarr")
+    p.add_argument("--repeat", type=int, default=None, help="runs per configuration (default 3; 1 with --quick)")
+    p.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
+    p.add_argument("--budget-sweep", action="store_true", help="score vs memory_limit x unit size instead of the main run")
+    p.add_argument("--sweep-fractions", default="0.02,0.05,0.10,0.25")
+    p.add_argument("--sweep-chunks", default="1024,8192,65536")
+    p.add_argument("--label-only", action="store_true", help="sweep with columns=['label'] (fast but the budget buys ~65x more rows)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 200k rows, 1 run each, a reduced sweep; does not write the docs")
+    p.add_argument("--docs", default=os.path.join(REPO, "docs", "benchmarks.md"))
+    p.add_argument("--write-docs", action="store_true", help="write the docs even with --quick/--rows (not the default)")
+    p.add_argument("--no-docs", action="store_true", help="print only")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker:
+        worker_main(json.loads(args.worker))
+        return 0
+
+    command = "python scripts/bench.py" + ("" if argv is None and len(sys.argv) == 1 else " " + shlex.join(sys.argv[1:] if argv is None else argv))
+    args.formats = tuple(f for f in args.formats.split(",") if f)
+    bad = set(args.formats) - set(FORMATS)
+    if bad:
+        p.error(f"unknown formats: {', '.join(sorted(bad))}")
+    args.sweep_fractions = [float(x) for x in args.sweep_fractions.split(",")]
+    args.sweep_chunks = [int(x) for x in args.sweep_chunks.split(",")]
+    if args.quick:
+        args.rows = args.rows or 200_000
+        args.repeat = args.repeat or 1
+        if args.budget_sweep and "--sweep-chunks" not in " ".join(sys.argv):
+            args.sweep_chunks = [1024, 8192]
+        args.timeout = min(args.timeout, 120)
+    args.rows = args.rows or 2_000_000
+    args.repeat = args.repeat or 3
+    official = not args.quick and args.rows == 2_000_000
+    write_docs = not args.no_docs and (official or args.write_docs)
+    args.data_dir = os.path.abspath(args.data_dir)
+    os.makedirs(os.path.join(args.data_dir, "results"), exist_ok=True)
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    env = environment()
+    log(f"bench: {args.rows:,} rows, data in {args.data_dir}, commit {env['commit']}"
+        + (f" (+ uncommitted changes in streambatch/)" if env["dirty"] else ""))
+    t0 = time.perf_counter()
+    if args.budget_sweep:
+        res = sweep_run(args, log)
+        table = sweep_tables(res)
+        name = "sweep.json"
+    else:
+        res = main_run(args, log)
+        table = main_tables(res)
+        name = "main.json"
+    res["env"] = env
+    res["command"] = command
+    if not official:
+        name = "quick-" + name
+    with open(os.path.join(args.data_dir, "results", name), "w") as f:
+        json.dump(res, f, indent=1)
+    print()
+    print(env_block(env, command))
+    print()
+    print(table)
+    if write_docs:
+        img = os.path.join(os.path.dirname(os.path.abspath(args.docs)), "img")
+        if official:
+            if args.budget_sweep:
+                sweep_plot(res, os.path.join(img, "score_vs_budget.png"))
+            else:
+                throughput_plot(res, os.path.join(img, "throughput.png"))
+            render_docs(args.data_dir, args.docs)
+        else:  # --write-docs on a non-official run: render only this result
+            qdir = os.path.join(args.data_dir, "results-doc")
+            os.makedirs(qdir, exist_ok=True)
+            with open(os.path.join(qdir, name.replace("quick-", "")), "w") as f:
+                json.dump(res, f)
+            if args.budget_sweep:
+                sweep_plot(res, os.path.join(img, "score_vs_budget.png"))
+            else:
+                throughput_plot(res, os.path.join(img, "throughput.png"))
+            render_docs(os.path.dirname(qdir) if False else args.data_dir.rstrip("/") + "/_qd", args.docs) if False else _render_single(qdir, args.docs)
+        log(f"wrote {args.docs}")
+    log(f"bench: done in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _render_single(qdir: str, doc: str) -> None:
+    """Render docs from results in ``qdir`` (laid out like ``<data-dir>/results``)."""
+    parent = os.path.dirname(qdir)
+    tmp = os.path.join(parent, "_render")
+    os.makedirs(os.path.join(tmp, "results"), exist_ok=True)
+    for n in os.listdir(qdir):
+        with open(os.path.join(qdir, n)) as src, open(os.path.join(tmp, "results", n), "w") as dst:
+            dst.write(src.read())
+    render_docs(tmp, doc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
