@@ -59,10 +59,24 @@ def dataset_path(data_dir: str, fmt: str, rows: int, chunk_rows: int) -> str:
     return os.path.join(os.path.abspath(data_dir), fmt, sub, leaf)
 
 
-def ensure_data(data_dir: str, fmt: str, rows: int, chunk_rows: int, log) -> str:
-    """Generate once with ``streambatch.demo.generate``; a ``.done`` marker guards partial writes."""
+def work_generate(fmt: str, parent: str, rows: int, chunk_rows: int) -> dict:
+    """``streambatch.demo.generate``. Zarr: ``write_empty_chunks`` is forced on, because the
+    demo's ZarrWriter uses fill_value=0 and zarr then skips the all-zero first ``label``
+    chunk, which streambatch's Zarr reader (rightly) rejects as missing."""
     from streambatch.demo import generate
 
+    if fmt == "zarr":
+        import zarr
+
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            out = generate(fmt, parent, rows, chunk_rows)
+    else:
+        out = generate(fmt, parent, rows, chunk_rows)
+    return {"path": out}
+
+
+def ensure_data(data_dir: str, fmt: str, rows: int, chunk_rows: int, log) -> str:
+    """Generate once (in a subprocess, to keep this process small); a ``.done`` marker guards partial writes."""
     path = dataset_path(data_dir, fmt, rows, chunk_rows)
     parent = os.path.dirname(path)
     marker = os.path.join(parent, ".done")
@@ -73,7 +87,10 @@ def ensure_data(data_dir: str, fmt: str, rows: int, chunk_rows: int, log) -> str
     shutil.rmtree(parent, ignore_errors=True)
     os.makedirs(parent, exist_ok=True)
     t0 = time.perf_counter()
-    out = generate(fmt, parent, rows, chunk_rows)
+    r = run_config({"kind": "generate", "fmt": fmt, "parent": parent, "rows": rows, "chunk_rows": chunk_rows}, 3600)
+    if "error" in r:
+        raise RuntimeError(f"generating {fmt} failed: {r['error']}")
+    out = r["path"]
     assert os.path.abspath(out) == path, (out, path)
     with open(marker, "w") as f:
         f.write(f"{rows} {chunk_rows}\n")
@@ -91,7 +108,7 @@ def warm(path: str) -> None:
     files = [path] if os.path.isfile(path) else [
         os.path.join(d, n) for d, _, names in os.walk(path) for n in names
     ]
-    buf = bytearray(16 << 20)
+    buf = bytearray(1 << 20)
     for name in files:
         with open(name, "rb", buffering=0) as f:
             while f.readinto(buf):
@@ -274,6 +291,8 @@ WORKERS = {
     "sequential": work_sequential,
     "permutation": work_permutation,
     "imports": work_imports,
+    "generate": work_generate,
+    "env": lambda: environment(),
 }
 
 
@@ -283,7 +302,16 @@ def worker_main(spec: dict) -> None:
     result = WORKERS[kind](**spec)
     c1 = resource.getrusage(resource.RUSAGE_SELF)
     result["cpu_s"] = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
-    result["peak_rss_bytes"] = c1.ru_maxrss * 1024  # Linux: KiB
+    # ru_maxrss (KiB on Linux). Caveat: Linux carries the parent's RSS high-water mark across
+    # exec into the child's ru_maxrss, so the parent (this script) stays small on purpose —
+    # it imports neither numpy nor pyarrow — and VmHWM (this process's own mm) is kept as a check.
+    result["peak_rss_bytes"] = c1.ru_maxrss * 1024
+    try:
+        with open("/proc/self/status") as f:
+            hwm = next(line for line in f if line.startswith("VmHWM:"))
+        result["vmhwm_bytes"] = int(hwm.split()[1]) * 1024
+    except (OSError, StopIteration):
+        pass
     print("BENCH-RESULT " + json.dumps(result), flush=True)
 
 
@@ -303,10 +331,18 @@ def run_config(spec: dict, timeout: float) -> dict:
 
 
 # ----------------------------------------------------------------------------- main benchmark
-def parse_limit(text: str) -> int:
-    from streambatch._units import parse_bytes
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 10**6, "mb": 10**6, "mib": 2**20,
+          "g": 10**9, "gb": 10**9, "gib": 2**30}
 
-    return parse_bytes(text)
+
+def parse_limit(text: str) -> int:
+    """``"256MiB"`` -> bytes (streambatch accepts the same spellings; the Loader re-parses it)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"cannot parse memory limit {text!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 def fmt_bytes(n: float) -> str:
@@ -356,6 +392,7 @@ def main_run(args, log) -> dict:
             agg["rows_per_s_min"], agg["rows_per_s_max"] = min(rates), max(rates)
             agg["rows"] = ok[0]["rows"]
         agg["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in ok)
+        agg["vmhwm_bytes"] = max(r.get("vmhwm_bytes", 0) for r in ok)
         agg["cpu_s"] = statistics.median(r["cpu_s"] for r in ok)
         for field in ("first_batch_s", "load_s", "score"):
             vals = [r[field] for r in ok if r.get(field) is not None]
@@ -436,6 +473,8 @@ def main_tables(res: dict) -> str:
                 lb = lim_b if c != "sb-shuffle-5pct" else res["data_bytes"] * 0.05
                 if d["peak_rss_bytes"] > lb + RSS_SLACK:
                     notes.append(f"**peak RSS over memory_limit + 300 MiB = {fmt_bytes(lb + RSS_SLACK)}**")
+            if abs(d.get("vmhwm_bytes", d["peak_rss_bytes"]) - d["peak_rss_bytes"]) > (32 << 20):
+                notes.append(f"VmHWM {fmt_bytes(d['vmhwm_bytes'])}")
             if c == "sequential" and f == "npy":
                 notes.append("RSS counts the mmap'd pages touched")
             if d.get("errors"):
@@ -692,17 +731,15 @@ def env_block(env: dict, command: str) -> str:
     )
 
 
-def render_docs(data_dir: str, doc: str) -> None:
-    rdir = os.path.join(data_dir, "results")
+def load_results(data_dir: str, name: str):
+    p = os.path.join(data_dir, "results", name)
+    if os.path.exists(p):
+        with open(p) as f:
+            return json.load(f)
+    return None
 
-    def load(name):
-        p = os.path.join(rdir, name)
-        if os.path.exists(p):
-            with open(p) as f:
-                return json.load(f)
-        return None
 
-    main, sweep = load("main.json"), load("sweep.json")
+def render_docs(main: dict | None, sweep: dict | None, doc: str) -> None:
     img = os.path.join(os.path.dirname(doc), "img")
     out = [
         "# Benchmarks",
@@ -813,7 +850,7 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    env = environment()
+    env = run_config({"kind": "env"}, 120)
     log(f"bench: {args.rows:,} rows, data in {args.data_dir}, commit {env['commit']}"
         + (f" (+ uncommitted changes in streambatch/)" if env["dirty"] else ""))
     t0 = time.perf_counter()
@@ -837,36 +874,17 @@ def main(argv=None) -> int:
     print(table)
     if write_docs:
         img = os.path.join(os.path.dirname(os.path.abspath(args.docs)), "img")
-        if official:
-            if args.budget_sweep:
-                sweep_plot(res, os.path.join(img, "score_vs_budget.png"))
-            else:
-                throughput_plot(res, os.path.join(img, "throughput.png"))
-            render_docs(args.data_dir, args.docs)
-        else:  # --write-docs on a non-official run: render only this result
-            qdir = os.path.join(args.data_dir, "results-doc")
-            os.makedirs(qdir, exist_ok=True)
-            with open(os.path.join(qdir, name.replace("quick-", "")), "w") as f:
-                json.dump(res, f)
-            if args.budget_sweep:
-                sweep_plot(res, os.path.join(img, "score_vs_budget.png"))
-            else:
-                throughput_plot(res, os.path.join(img, "throughput.png"))
-            render_docs(os.path.dirname(qdir) if False else args.data_dir.rstrip("/") + "/_qd", args.docs) if False else _render_single(qdir, args.docs)
+        if args.budget_sweep:
+            sweep_plot(res, os.path.join(img, "score_vs_budget.png"))
+        else:
+            throughput_plot(res, os.path.join(img, "throughput.png"))
+        prefix = "" if official else "quick-"
+        main_res = res if not args.budget_sweep else load_results(args.data_dir, prefix + "main.json")
+        sweep_res = res if args.budget_sweep else load_results(args.data_dir, prefix + "sweep.json")
+        render_docs(main_res, sweep_res, args.docs)
         log(f"wrote {args.docs}")
     log(f"bench: done in {time.perf_counter() - t0:.0f} s")
     return 0
-
-
-def _render_single(qdir: str, doc: str) -> None:
-    """Render docs from results in ``qdir`` (laid out like ``<data-dir>/results``)."""
-    parent = os.path.dirname(qdir)
-    tmp = os.path.join(parent, "_render")
-    os.makedirs(os.path.join(tmp, "results"), exist_ok=True)
-    for n in os.listdir(qdir):
-        with open(os.path.join(qdir, n)) as src, open(os.path.join(tmp, "results", n), "w") as dst:
-            dst.write(src.read())
-    render_docs(tmp, doc)
 
 
 if __name__ == "__main__":

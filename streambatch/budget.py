@@ -9,7 +9,8 @@ The budget ``M`` pays for:
 * **decode scratch** (Parquet, Zarr only): a unit is decoded in a pool thread
   before it is copied into the ring; the number of concurrent decodes is capped
   so that scratch stays under a quarter of ``M``.
-* **batches in flight**: the batch being assembled and ~2 the caller holds.
+* **batches in flight**: the batch being assembled, 2 ready in the hand-over
+  queue, and ~2 the caller holds.
 
 Python, numpy, pyarrow and the interpreter (~150-250 MiB) come on top; the
 documented contract is peak RSS <= M + 300 MiB.
@@ -33,7 +34,7 @@ _TARGET_WINDOW_PIECES = 1024
 _MIN_PIECE_BYTES = 16 << 10
 _JOB_BYTES = 1 << 20
 _SCRATCH_SHARE = 0.25
-_BATCHES_IN_FLIGHT = 3
+_BATCHES_IN_FLIGHT = 5
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ from .distributed import detect_rank_and_world_size
 from .errors import EmptyDatasetError, ReaderError, StreambatchError
 from .plan import EpochPlan, Remainder, make_plan, rows_per_rank
 from .resume import advance, rank_slices
-from .prefetch import ReaderPool
+from .prefetch import BackgroundIterator, ReaderPool, Stopped
 from .ring import RowRing
 from .shuffle import WindowShuffle
 from .sources import Dataset, SourceLike, open_dataset
@@ -39,6 +40,9 @@ from .state import LoaderState
 __all__ = ["EpochIterator", "Loader"]
 
 Batch = dict[str, np.ndarray]
+
+#: batches assembled ahead of the consumer (counted in the budget's batches in flight)
+_READY_BATCHES = 2
 
 
 def _default_threads() -> int:
@@ -236,9 +240,14 @@ class _Resources:
     def __init__(self, pool: ReaderPool, cache: ReaderCache) -> None:
         self.pool = pool
         self.cache = cache
+        self.batches: BackgroundIterator | None = None
 
     def close(self) -> None:
+        if self.batches is not None:
+            self.batches._stop.set()
         self.pool.close()
+        if self.batches is not None:
+            self.batches.close()
         self.cache.close()
 
 
@@ -272,7 +281,10 @@ class EpochIterator(Iterator[Batch]):
             contiguous=not loader.shuffle,
         )
         streams = [(plans[s.rank], s.lo, s.hi) for s in remaining]
-        self._batches = _emit(streams, dataset, ring, pool, cache, budget, filler)
+        stop = threading.Event()
+        producer = _emit(streams, dataset, ring, pool, cache, budget, filler, stop)
+        self._batches = BackgroundIterator(producer, _READY_BATCHES, stop, f"streambatch-batcher-{id(self):x}")
+        self._resources.batches = self._batches
 
     def __next__(self) -> Batch:
         if os.getpid() != self._pid:
@@ -280,7 +292,7 @@ class EpochIterator(Iterator[Batch]):
                 "this iterator was created in another process (fork); call iter(loader) in this process"
             )
         try:
-            batch = next(self._batches)
+            batch = self._batches.get()
         except StopIteration:
             self.close()
             self._loader._delivered(self.epoch, self._history, self.batches_delivered, finished=True)
@@ -294,7 +306,6 @@ class EpochIterator(Iterator[Batch]):
 
     def close(self) -> None:
         """Stop the threads, close files, free the ring; idempotent."""
-        self._batches.close()
         self._finalizer()
 
     def __enter__(self) -> EpochIterator:
@@ -315,7 +326,9 @@ class _PieceReads:
         pool: ReaderPool,
         cache: ReaderCache,
         budget: Budget,
+        stop: threading.Event,
     ) -> None:
+        self.stop = stop
         self.plan = plan
         self.ring = ring
         self.pool = pool
@@ -338,7 +351,7 @@ class _PieceReads:
         """Wait for every read in flight (their ring slots are about to be reused)."""
         while self.jobs:
             _, _, future = self.jobs.popleft()
-            future.result()
+            _result(future, self.stop)
 
     def admit(self) -> None:
         """Submit reads for the next pieces while the ring has room for them."""
@@ -364,11 +377,23 @@ class _PieceReads:
                         f"(ring of {self.ring.capacity} rows full); please report this"
                     )
             first, end, future = self.jobs.popleft()
-            future.result()
+            _result(future, self.stop)
             self.loaded = end
 
     def release(self, first_live: int) -> None:
         self.released = max(self.released, first_live)
+
+
+def _result(future: Future[None], stop: threading.Event) -> None:
+    """``future.result()``, giving up when the consumer has gone away."""
+    while True:
+        try:
+            return future.result(timeout=0.1)
+        except FutureTimeout:
+            if stop.is_set():
+                raise Stopped from None
+        except CancelledError:
+            raise Stopped from None
 
 
 def _job_ends(offsets: np.ndarray, job_rows: int) -> list[int]:
@@ -461,6 +486,7 @@ def _emit(
     cache: ReaderCache,
     budget: Budget,
     filler: BatchFiller,
+    stop: threading.Event,
 ) -> Iterator[Batch]:
     """The consumer side: for each stream slice ``(plan, lo, hi)``, the segments of
     its window shuffle from row ``lo`` to ``hi``, gathered into batches that run
@@ -470,7 +496,7 @@ def _emit(
             if filler.finished:
                 return
             shuffle = WindowShuffle(plan, budget.max_segment_ticks)
-            reads = _PieceReads(plan, dataset, ring, pool, cache, budget)
+            reads = _PieceReads(plan, dataset, ring, pool, cache, budget, stop)
             tick, skip = shuffle.locate(lo)
             end_tick = shuffle.locate(hi)[0] + 1 if hi < plan.num_rows else plan.num_pieces
             reads.start_at(shuffle.first_live_piece(tick), min(end_tick, plan.num_pieces))

@@ -16,11 +16,11 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-__all__ = ["ReaderPool"]
+__all__ = ["BackgroundIterator", "ReaderPool", "Stopped"]
 
 _pool_ids = itertools.count()
 _JOIN_TIMEOUT_S = 5.0
@@ -95,3 +95,73 @@ def _work(jobs: queue.SimpleQueue[Any], stop: threading.Event) -> None:
         else:
             future.set_result(result)
         del future, fn, item  # drop references to ring slots before blocking again
+
+
+class Stopped(Exception):
+    """Raised inside a producer when its consumer has gone away."""
+
+
+class BackgroundIterator:
+    """Runs an iterator on a named daemon thread, handing its items over a queue
+    of at most ``depth`` ready items, so the consumer's own work (a training
+    step) overlaps with producing the next items.
+
+    Items arrive in order; an exception in the producer is re-raised by the
+    next ``get()``, after which ``get()`` raises ``StopIteration``. ``close()``
+    stops the producer within a bounded time and is idempotent.
+    """
+
+    def __init__(self, items: Iterator[Any], depth: int, stop: threading.Event, name: str) -> None:
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(1, depth))
+        self._stop = stop
+        self._done = False
+        self._thread = threading.Thread(target=_produce, args=(items, self._queue, stop), name=name, daemon=True)
+        self._thread.start()
+
+    def get(self) -> Any:
+        if self._done:
+            raise StopIteration
+        kind, value = self._queue.get()
+        if kind == "item":
+            return value
+        self._done = True
+        if kind == "error":
+            raise value
+        raise StopIteration
+
+    def close(self, timeout: float = _JOIN_TIMEOUT_S) -> None:
+        self._done = True
+        self._stop.set()
+        while True:  # unblock a producer waiting to put
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+
+def _produce(items: Iterator[Any], out: queue.Queue[tuple[str, Any]], stop: threading.Event) -> None:
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        for item in items:
+            if not put(("item", item)):
+                return
+        put(("end", None))
+    except Stopped:
+        return
+    except BaseException as error:  # noqa: BLE001 - travels to the consumer
+        if not stop.is_set():
+            put(("error", error))
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()

@@ -92,6 +92,8 @@ class ZarrWriter:
                 dtype=np.dtype(dtype),
                 compressors=compressors,
                 fill_value=0,
+                # write every chunk, even all-fill ones, so a missing chunk file always means damage
+                config={"write_empty_chunks": True},
             )
             for name, (dtype, shape) in columns.items()
         }

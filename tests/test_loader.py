@@ -19,7 +19,7 @@ from tests.conftest import collect, ids_of, make_columns, write_dataset
 def test_every_row_exactly_once_per_epoch(dataset_factory, fmt, shuffle, drop_last, batch_size):
     n = 1000
     path = dataset_factory(fmt, n=n, chunk_rows=64, shards=2)
-    loader = sb.Loader(path, batch_size, shuffle=shuffle, drop_last=drop_last, memory_limit="1MiB")
+    loader = sb.Loader(path, batch_size, shuffle=shuffle, drop_last=drop_last, memory_limit="2MiB")
     batches = collect(loader)
     ids = ids_of(batches)
     assert len(batches) == len(loader)

@@ -1,0 +1,436 @@
+"""ZarrShard: what a Zarr store (format 3 or 2) looks like to streambatch.
+
+A shard reads metadata documents only; a group is a column per array, a lone
+array is one column named after its store; the units are chunks (or shards)
+along axis 0. Broken metadata is a ``CorruptInputError`` naming the document,
+mismatched or unsupported arrays a ``SchemaError`` naming the arrays. Reads are
+strict: a missing chunk is a ``CorruptInputError`` naming the chunk key (zarr
+alone would read ``fill_value``), unless ``allow_missing_chunks=True``; a chunk
+that does not decode is a ``CorruptInputError`` naming the chunk key.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import pickle
+import threading
+import uuid
+
+import fsspec
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import ZstdCodec
+
+from streambatch.errors import CorruptInputError, SchemaError, SourceNotFoundError
+from streambatch.sources._base import ColumnSpec
+from streambatch.sources._fs import resolve
+from streambatch.sources._zarr import ZarrShard
+
+N = 50  # rows in the standard store
+CHUNK = 8  # rows per chunk along axis 0: 7 chunks, the last one short
+
+# --------------------------------------------------------------------------- helpers
+
+
+def source_columns(n: int = N) -> dict[str, np.ndarray]:
+    """``images[i]`` and ``labels[i]`` both encode ``i``, and no chunk is all zeros
+    (zarr would not write it), so every chunk exists on disk."""
+    ids = np.arange(n, dtype=np.int64)
+    images = ((ids[:, None, None] * 12 + np.arange(12).reshape(4, 3)) % 251 + 1).astype(np.uint8)
+    return {"images": images, "labels": ids * 10 + 1}
+
+
+def write_group(path, columns=None, zarr_format: int = 3, chunk_rows: int = CHUNK, **kwargs) -> str:
+    """A group with one array per column, chunked along rows only."""
+    columns = source_columns() if columns is None else columns
+    group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
+    for name, values in columns.items():
+        array = group.create_array(
+            name,
+            shape=values.shape,
+            chunks=(chunk_rows, *values.shape[1:]),
+            dtype=values.dtype,
+            fill_value=0,
+            **kwargs,
+        )
+        array[:] = values
+    return str(path)
+
+
+def shard_of(path, **kwargs) -> ZarrShard:
+    return ZarrShard(resolve(str(path)), **kwargs)
+
+
+def read(shard: ZarrShard, start: int, stop: int, columns: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Rows [start, stop) of ``columns`` through a fresh reader, closed after."""
+    columns = list(shard.columns) if columns is None else columns
+    out = {c: np.empty((stop - start, *shard.columns[c].shape), shard.columns[c].dtype) for c in columns}
+    reader = shard.open_reader(columns)
+    try:
+        reader.read_into(start, stop, out)
+    finally:
+        reader.close()
+    return out
+
+
+def read_by_unit(shard: ZarrShard) -> dict[str, np.ndarray]:
+    """Every row, one read per unit (how the loader calls it)."""
+    out = {c: np.empty((shard.num_rows, *s.shape), s.dtype) for c, s in shard.columns.items()}
+    reader = shard.open_reader(list(shard.columns))
+    try:
+        bounds = shard.unit_bounds.tolist()
+        for start, stop in itertools.pairwise(bounds):
+            reader.read_into(start, stop, {c: a[start:stop] for c, a in out.items()})
+    finally:
+        reader.close()
+    return out
+
+
+def chunk_file(store, array: str, key: str) -> str:
+    """The file holding chunk ``key`` of ``array`` (``c/3/0/0`` or ``3.0.0``)."""
+    return os.path.join(str(store), array, *key.split("/"))
+
+
+@pytest.fixture
+def store(tmp_path) -> str:
+    return write_group(tmp_path / "data.zarr")
+
+
+@pytest.fixture
+def memory_url():
+    """A fresh ``memory://`` prefix, removed afterwards (fsspec's memory store is global)."""
+    url = f"memory://streambatch-test-{uuid.uuid4().hex}/data.zarr"
+    yield url
+    fs = fsspec.filesystem("memory")
+    root = url[len("memory://") :].split("/")[0]
+    if fs.exists(f"/{root}"):
+        fs.rm(f"/{root}", recursive=True)
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def test_a_group_is_one_column_per_array_sorted_by_name(store):
+    shard = shard_of(store)
+    assert shard.path == store
+    assert list(shard.columns) == ["images", "labels"]
+    assert shard.columns["images"] == ColumnSpec(np.uint8, (4, 3))
+    assert shard.columns["labels"] == ColumnSpec(np.int64, ())
+    assert shard.num_rows == N
+
+
+def test_units_are_the_chunks_along_axis_0_the_last_one_short(store):
+    bounds = shard_of(store).unit_bounds
+    assert bounds.dtype == np.int64
+    assert bounds.tolist() == [0, 8, 16, 24, 32, 40, 48, 50]
+
+
+@pytest.mark.parametrize("start, stop", [(0, 8), (8, 16), (48, 50), (3, 7), (17, 24), (40, 41), (5, 5)])
+def test_any_row_range_within_a_unit_reads_back_the_source(store, start, stop):
+    source = source_columns()
+    got = read(shard_of(store), start, stop)
+    for name, values in source.items():
+        np.testing.assert_array_equal(got[name], values[start:stop])
+
+
+def test_reading_unit_by_unit_gives_every_row(store):
+    got = read_by_unit(shard_of(store))
+    for name, values in source_columns().items():
+        np.testing.assert_array_equal(got[name], values)
+
+
+def test_a_reader_reads_only_the_columns_it_was_opened_with(store):
+    shard = shard_of(store)
+    got = read(shard, 10, 16, ["labels"])
+    assert list(got) == ["labels"]
+    reader = shard.open_reader(["labels"])
+    with pytest.raises(SchemaError, match="'images'"):
+        reader.read_into(0, 8, {"images": np.empty((8, 4, 3), np.uint8)})
+    reader.close()
+    with pytest.raises(SchemaError, match="no array 'nope'"):
+        shard.open_reader(["nope"])
+
+
+def test_sub_groups_are_skipped(tmp_path):
+    path = write_group(tmp_path / "data.zarr")
+    zarr.open_group(path, mode="a").create_group("extra").create_array("other", shape=(3,), dtype="f4")
+    assert list(shard_of(path).columns) == ["images", "labels"]
+
+
+def test_zarr_format_2_stores_work(tmp_path):
+    path = write_group(tmp_path / "v2.zarr", zarr_format=2)
+    assert os.path.exists(os.path.join(path, "labels", ".zarray"))
+    shard = shard_of(path)
+    assert shard.columns == {"images": (np.dtype(np.uint8), (4, 3)), "labels": (np.dtype(np.int64), ())}
+    assert shard.unit_bounds.tolist() == [0, 8, 16, 24, 32, 40, 48, 50]
+    np.testing.assert_array_equal(read(shard, 16, 24)["images"], source_columns()["images"][16:24])
+
+
+def test_a_single_array_store_is_one_column_named_after_the_store(tmp_path):
+    values = source_columns()["images"]
+    array = zarr.create_array(str(tmp_path / "images.zarr"), shape=values.shape, chunks=(CHUNK, 4, 3), dtype="u1")
+    array[:] = values
+    shard = shard_of(tmp_path / "images.zarr")
+    assert list(shard.columns) == ["images"]
+    assert shard.num_rows == N
+    np.testing.assert_array_equal(read(shard, 40, 48)["images"], values[40:48])
+
+
+def test_the_largest_chunk_along_axis_0_sets_the_units_and_other_arrays_still_read_correctly(tmp_path):
+    path = str(tmp_path / "mixed.zarr")
+    group = zarr.open_group(path, mode="w")
+    source = source_columns()
+    for name, rows in (("images", 5), ("labels", 20)):
+        values = source[name]
+        group.create_array(name, shape=values.shape, chunks=(rows, *values.shape[1:]), dtype=values.dtype)[:] = values
+    shard = shard_of(path)
+    assert shard.unit_bounds.tolist() == [0, 20, 40, 50]
+    got = read_by_unit(shard)
+    for name, values in source.items():
+        np.testing.assert_array_equal(got[name], values)
+
+
+def test_a_sharded_array_is_read_one_shard_per_unit(tmp_path):
+    path = str(tmp_path / "sharded.zarr")
+    labels = source_columns()["labels"]
+    zarr.open_group(path, mode="w").create_array("labels", shape=(N,), chunks=(5,), shards=(20,), dtype="i8")[:] = (
+        labels
+    )
+    shard = shard_of(path)
+    assert shard.unit_bounds.tolist() == [0, 20, 40, 50]
+    np.testing.assert_array_equal(read_by_unit(shard)["labels"], labels)
+
+
+# --------------------------------------------------------------------------- schema errors
+
+
+def test_arrays_of_different_lengths_are_a_schema_error_listing_each(tmp_path):
+    path = str(tmp_path / "ragged.zarr")
+    group = zarr.open_group(path, mode="w")
+    group.create_array("a", shape=(10,), dtype="f4")
+    group.create_array("b", shape=(12, 2), dtype="f4")
+    with pytest.raises(SchemaError) as info:
+        shard_of(path)
+    assert "'a' has 10 rows" in str(info.value)
+    assert "'b' has 12 rows" in str(info.value)
+    assert path in str(info.value)
+
+
+def test_a_0d_array_is_a_schema_error(tmp_path):
+    path = str(tmp_path / "scalar.zarr")
+    group = zarr.open_group(path, mode="w")
+    group.create_array("rows", shape=(4,), dtype="f4")
+    group.create_array("scalar", shape=(), dtype="f4")
+    with pytest.raises(SchemaError, match=r"'scalar' is 0-d"):
+        shard_of(path)
+
+
+def test_a_variable_length_string_array_is_a_schema_error_naming_it(tmp_path):
+    path = str(tmp_path / "text.zarr")
+    group = zarr.open_group(path, mode="w")
+    group.create_array("rows", shape=(4,), dtype="f4")
+    group.create_array("names", shape=(4,), dtype=str)
+    with pytest.raises(SchemaError, match=r"'names'.*variable length"):
+        shard_of(path)
+
+
+# --------------------------------------------------------------------------- not a store / broken metadata
+
+
+def test_a_missing_path_is_source_not_found(tmp_path):
+    with pytest.raises(SourceNotFoundError, match=r"nope\.zarr"):
+        shard_of(tmp_path / "nope.zarr")
+
+
+def test_a_directory_without_zarr_metadata_is_source_not_found(tmp_path):
+    (tmp_path / "plain.zarr").mkdir()
+    with pytest.raises(SourceNotFoundError, match=r"plain\.zarr: not a Zarr store"):
+        shard_of(tmp_path / "plain.zarr")
+
+
+def test_a_file_is_not_a_store(tmp_path):
+    (tmp_path / "file.zarr").write_bytes(b"PK\x03\x04 not a directory")
+    with pytest.raises(CorruptInputError, match=r"file\.zarr: not a Zarr store: it is a file"):
+        shard_of(tmp_path / "file.zarr")
+
+
+def test_a_group_without_arrays_is_source_not_found(tmp_path):
+    path = str(tmp_path / "hollow.zarr")
+    zarr.open_group(path, mode="w").create_group("only_a_subgroup")
+    with pytest.raises(SourceNotFoundError, match="holds no arrays"):
+        shard_of(path)
+
+
+@pytest.mark.parametrize("document", ["zarr.json", "labels/zarr.json"])
+def test_truncated_zarr_json_is_corrupt_input_naming_the_document(store, document):
+    path = os.path.join(store, document)
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(CorruptInputError, match=f"{path}: unreadable Zarr metadata") as info:
+        shard_of(store)
+    assert info.value.__cause__ is not None
+
+
+def test_truncated_zarray_is_corrupt_input_naming_the_document(tmp_path):
+    store = write_group(tmp_path / "v2.zarr", zarr_format=2)
+    path = os.path.join(store, "labels", ".zarray")
+    with open(path, "r+b") as f:
+        f.truncate(20)
+    with pytest.raises(CorruptInputError, match=f"{path}: unreadable Zarr metadata"):
+        shard_of(store)
+
+
+def test_array_metadata_missing_a_field_is_corrupt_input_not_a_silently_skipped_array(store):
+    # zarr's own Group.members() skips such an array with a warning
+    with open(os.path.join(store, "labels", "zarr.json"), "w") as f:
+        f.write('{"zarr_format": 3, "node_type": "array"}')
+    with pytest.raises(CorruptInputError, match=r"labels/zarr\.json: invalid Zarr metadata"):
+        shard_of(store)
+
+
+# --------------------------------------------------------------------------- missing and corrupt chunks
+
+
+@pytest.mark.parametrize(("zarr_format", "key"), [(3, "c/3"), (2, "3")])
+def test_a_deleted_chunk_is_corrupt_input_naming_the_chunk_key(tmp_path, zarr_format, key):
+    store = write_group(tmp_path / "data.zarr", zarr_format=zarr_format)
+    os.remove(chunk_file(store, "labels", key))
+    shard = shard_of(store)  # metadata is intact: opening succeeds
+    read(shard, 16, 24)  # other chunks still read
+    with pytest.raises(CorruptInputError) as info:
+        read(shard, 24, 32)
+    message = str(info.value)
+    assert f"labels/{key}" in message
+    assert store in message
+    assert "'labels'" in message
+
+
+def test_a_deleted_chunk_of_an_n_d_array_names_its_full_key(store):
+    os.remove(chunk_file(store, "images", "c/0/0/0"))
+    with pytest.raises(CorruptInputError, match=r"array 'images' chunk images/c/0/0/0: missing"):
+        read(shard_of(store), 0, 8)
+
+
+def test_allow_missing_chunks_reads_fill_value_and_logs_a_warning(store, caplog):
+    os.remove(chunk_file(store, "labels", "c/3"))
+    shard = shard_of(store, allow_missing_chunks=True)
+    with caplog.at_level(logging.WARNING, logger="streambatch"):
+        got = read(shard, 24, 32)
+        read(shard, 24, 32)
+    np.testing.assert_array_equal(got["labels"], np.zeros(8, np.int64))
+    np.testing.assert_array_equal(got["images"], source_columns()["images"][24:32])
+    warnings = [r for r in caplog.records if "labels/c/3" in r.getMessage()]
+    assert len(warnings) == 1  # once per chunk, not once per read
+    assert warnings[0].levelno == logging.WARNING
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty"])
+def test_a_corrupt_chunk_is_corrupt_input_naming_the_chunk_key(tmp_path, damage):
+    store = write_group(tmp_path / "data.zarr", compressors=[ZstdCodec()])
+    path = chunk_file(store, "images", "c/2/0/0")
+    size = os.path.getsize(path)
+    with open(path, "wb") as f:
+        f.write(b"\x00" * size if damage == "garbage" else b"")
+    shard = shard_of(store)
+    with pytest.raises(CorruptInputError, match=r"array 'images' chunk images/c/2/0/0: cannot decode") as info:
+        read(shard, 16, 24)
+    assert store in str(info.value)
+    assert info.value.__cause__ is not None  # zarr's own error, e.g. RuntimeError from zstd
+    np.testing.assert_array_equal(read(shard, 8, 16)["images"], source_columns()["images"][8:16])
+
+
+# --------------------------------------------------------------------------- reader contract
+
+
+def test_reads_from_four_threads_at_once_are_correct(tmp_path):
+    n = 400
+    store = write_group(tmp_path / "data.zarr", columns=source_columns(n), compressors=[ZstdCodec()])
+    shard = shard_of(store)
+    source = source_columns(n)
+    reader = shard.open_reader(list(shard.columns))
+    bounds = shard.unit_bounds.tolist()
+    units = list(itertools.pairwise(bounds))
+    out = {c: np.zeros((n, *s.shape), s.dtype) for c, s in shard.columns.items()}
+    errors: list[BaseException] = []
+
+    def work(mine):
+        try:
+            for _ in range(3):
+                for start, stop in mine:
+                    reader.read_into(start, stop, {c: a[start:stop] for c, a in out.items()})
+        except BaseException as e:  # surfaced below, in the test's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(units[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    reader.close()
+    assert not errors
+    for name, values in source.items():
+        np.testing.assert_array_equal(out[name], values)
+
+
+def test_reads_check_rows_and_out_arrays(store):
+    shard = shard_of(store)
+    reader = shard.open_reader(["labels"])
+    with pytest.raises(ValueError, match=r"rows 48:51 are outside 0:50"):
+        reader.read_into(48, 51, {"labels": np.empty(3, np.int64)})
+    with pytest.raises(ValueError, match=r"out\['labels'\] is int32"):
+        reader.read_into(0, 8, {"labels": np.empty(8, np.int32)})
+    reader.close()
+
+
+def test_close_is_idempotent_and_a_closed_reader_refuses_reads(store):
+    reader = shard_of(store).open_reader(["labels"])
+    reader.close()
+    reader.close()
+    with pytest.raises(ValueError, match="closed"):
+        reader.read_into(0, 8, {"labels": np.empty(8, np.int64)})
+
+
+def test_a_shard_pickles_by_reopening_its_store(store):
+    shard = shard_of(store)
+    copy = pickle.loads(pickle.dumps(shard))
+    assert copy.columns == shard.columns
+    assert copy.unit_bounds.tolist() == shard.unit_bounds.tolist()
+    np.testing.assert_array_equal(read(copy, 8, 16)["labels"], source_columns()["labels"][8:16])
+
+
+# --------------------------------------------------------------------------- fsspec URLs
+
+
+def test_a_memory_url_reads_through_fsspec(memory_url):
+    write_group(memory_url)
+    shard = ZarrShard(resolve(memory_url))
+    assert shard.path == memory_url
+    assert shard.num_rows == N
+    assert shard.unit_bounds.tolist() == [0, 8, 16, 24, 32, 40, 48, 50]
+    got = read_by_unit(shard)
+    for name, values in source_columns().items():
+        np.testing.assert_array_equal(got[name], values)
+
+
+def test_a_missing_chunk_in_a_memory_store_is_corrupt_input(memory_url):
+    write_group(memory_url)
+    location = resolve(memory_url)
+    location.fs.rm(f"{location.path}/labels/c/1")
+    with pytest.raises(CorruptInputError, match=r"chunk labels/c/1: missing"):
+        read(ZarrShard(location), 8, 16)
+
+
+def test_a_missing_memory_url_is_source_not_found(memory_url):
+    with pytest.raises(SourceNotFoundError):
+        ZarrShard(resolve(memory_url))
+
+
+def test_a_file_url_is_read_as_a_local_store(store):
+    shard = ZarrShard(resolve(f"file://{store}"))
+    assert shard.path == store
+    np.testing.assert_array_equal(read(shard, 48, 50)["labels"], source_columns()["labels"][48:50])
