@@ -719,7 +719,15 @@ def environment() -> dict:
     }
 
 
-def env_block(env: dict, command: str) -> str:
+def _loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
+def env_block(env: dict, command: str, loadavg_end: str | None = None) -> str:
     dirty = ""
     if env["dirty"]:
         dirty = " (with uncommitted changes under `streambatch/`: " + ", ".join(f"`{d.strip()}`" for d in env["dirty"]) + ")"
@@ -728,6 +736,8 @@ def env_block(env: dict, command: str) -> str:
         f"- Python {env['python']}, numpy {env['numpy']}, pyarrow {env['pyarrow']}, zarr {env['zarr']}\n"
         f"- streambatch at commit `{env['commit']}`{dirty}; measured {env['date']}\n"
         f"- Command: `{command}`"
+        + (f"\n- Load average (1/5/15 min) at start {env['loadavg_start']}, at end {loadavg_end}: "
+           "a load above ~1 means other processes shared the 2 cores" if env.get("loadavg_start") and loadavg_end else "")
     )
 
 
@@ -766,13 +776,13 @@ def render_docs(main: dict | None, sweep: dict | None, doc: str) -> None:
         "",
     ]
     if main:
-        out += ["## Throughput, latency, memory", "", env_block(main["env"], main["command"]), "", main_tables(main), ""]
+        out += ["## Throughput, latency, memory", "", env_block(main["env"], main["command"], main.get("loadavg_end")), "", main_tables(main), ""]
         out += [f"![throughput](img/throughput.png)", ""] if os.path.exists(os.path.join(img, "throughput.png")) else []
         out += ["### Reading", ""] + main_reading(main) + [""]
     else:
         out += ["## Throughput, latency, memory", "", "_Not run yet: `python scripts/bench.py`._", ""]
     if sweep:
-        out += ["## Shuffle score vs budget and read-unit size", "", env_block(sweep["env"], sweep["command"]),
+        out += ["## Shuffle score vs budget and read-unit size", "", env_block(sweep["env"], sweep["command"], sweep.get("loadavg_end")),
                 f"- Sweep wall time: {sweep['seconds'] / 60:.1f} min", "", sweep_tables(sweep), ""]
         out += ["![score vs budget](img/score_vs_budget.png)", ""]
         out += ["### Reading", ""] + sweep_reading(sweep) + [""]
@@ -820,6 +830,8 @@ def main(argv=None) -> int:
     p.add_argument("--docs", default=os.path.join(REPO, "docs", "benchmarks.md"))
     p.add_argument("--write-docs", action="store_true", help="write the docs even with --quick/--rows (not the default)")
     p.add_argument("--no-docs", action="store_true", help="print only")
+    p.add_argument("--render-only", action="store_true",
+                   help="re-render docs/benchmarks.md and the plots from the cached full-run results; measure nothing")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -850,7 +862,19 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
+    if args.render_only:
+        main_res, sweep_res = load_results(args.data_dir, "main.json"), load_results(args.data_dir, "sweep.json")
+        img = os.path.join(os.path.dirname(os.path.abspath(args.docs)), "img")
+        if main_res:
+            throughput_plot(main_res, os.path.join(img, "throughput.png"))
+        if sweep_res:
+            sweep_plot(sweep_res, os.path.join(img, "score_vs_budget.png"))
+        render_docs(main_res, sweep_res, args.docs)
+        log(f"wrote {args.docs} from {args.data_dir}/results")
+        return 0
+
     env = run_config({"kind": "env"}, 120)
+    env["loadavg_start"] = _loadavg()
     log(f"bench: {args.rows:,} rows, data in {args.data_dir}, commit {env['commit']}"
         + (f" (+ uncommitted changes in streambatch/)" if env["dirty"] else ""))
     t0 = time.perf_counter()
@@ -863,6 +887,7 @@ def main(argv=None) -> int:
         table = main_tables(res)
         name = "main.json"
     res["env"] = env
+    res["loadavg_end"] = _loadavg()
     res["command"] = command
     if not official:
         name = "quick-" + name

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._units import format_bytes
-from .errors import SchemaError
 from .plan import PlanParams
 from .sources import Dataset
 
@@ -96,12 +95,15 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
 
     fitting = ring_rows // max_piece
     if ring_rows < max_piece + job_rows or fitting < 2:
-        needed = (2 * max_piece + job_rows) * (row_nbytes + _INDEX_BYTES_PER_ROW) + scratch + batch_bytes
-        raise SchemaError(
-            f"memory_limit={format_bytes(memory_limit)} is too small: a read unit of "
-            f"{max_piece} rows ({format_bytes(max_piece * row_nbytes)}) must fit twice in the ring "
-            f"beside batches of {batch_size} rows; use at least {format_bytes(needed / (1 - _SCRATCH_SHARE if scratch else 1))}, "
-            "or rewrite the data in smaller row groups/chunks with `streambatch convert`"
+        unit = max(unit_rows, min_piece if has_random_access else 0, 1)
+        ring_need = 3 * unit * (row_nbytes + _INDEX_BYTES_PER_ROW)
+        needed = (ring_need + batch_bytes) / (1 - _SCRATCH_SHARE if unit_rows else 1)
+        raise ValueError(
+            f"memory_limit={format_bytes(memory_limit)} is too small for this dataset: it must hold "
+            f"{_BATCHES_IN_FLIGHT} batches of {batch_size} rows ({format_bytes(batch_bytes)}) and a few read units of "
+            f"{unit} rows ({format_bytes(unit * row_nbytes)} each){' plus decode scratch' if unit_rows else ''}; "
+            f"use memory_limit >= {format_bytes(needed)}"
+            + (", or rewrite the data in smaller row groups/chunks with `streambatch convert`" if unit_rows else "")
         )
     if shuffle:
         # live pieces <= window - 1 + segment, plus one job admitted ahead and read-ahead

@@ -434,3 +434,19 @@ def test_an_exception_in_a_reader_thread_reaches_next_as_reader_error(dataset_fa
     assert _our_threads() == []
     captured = capfd.readouterr()
     assert "Exception in thread" not in captured.err and "Traceback" not in captured.err, captured.err
+
+
+def test_an_epoch_that_failed_is_not_counted_as_finished(dataset_factory, fail_third_read):
+    """After a reader error the iterator is done, but the epoch is not: the
+    loader's position must stay in epoch 0 at the batches the consumer got, so
+    a checkpoint saved in an ``except`` handler resumes instead of skipping rows."""
+    dataset = sb.open_dataset(dataset_factory("npy", n=20000))
+    fail_third_read(dataset)
+    loader = sb.Loader(dataset, 64, memory_limit="1MiB", num_threads=2)
+    iterator = iter(loader)
+    delivered, error, _ = _next_until_error(iterator)
+    assert isinstance(error, sb.ReaderError)
+    with pytest.raises(StopIteration):
+        next(iterator)
+    assert loader.epoch == 0, "a failed epoch was counted as finished"
+    assert loader.state_dict()["epoch"] == 0

@@ -139,6 +139,10 @@ def _shards_at(location: FileSystemPath, top_level: bool) -> list[Shard]:
         return shards
     if not location.exists():
         raise SourceNotFoundError(f"no such file or directory: {location.url}")
+    from ._manifest import has_manifest, shards_from_manifest
+
+    if has_manifest(location):  # written by `streambatch convert`: trust-but-check, no footer scan
+        return shards_from_manifest(location)
     if _is_zarr(location):
         from ._zarr import ZarrShard
 

@@ -133,6 +133,42 @@ class ParquetShard(Shard):
         self._leaf_index = _leaf_columns(schema, metadata)
         self._null_reports: dict[str, str | None] = {}
 
+    @classmethod
+    def from_manifest(
+        cls,
+        location: FileSystemPath,
+        columns: Mapping[str, ColumnSpec],
+        row_group_rows: list[int],
+        verify: bool = True,
+    ) -> ParquetShard:
+        """A shard described by a ``streambatch convert`` manifest, without reading
+        the footer: columns and row-group sizes come from the manifest (whose
+        writer stores tensors as FixedSizeBinary with dtype/shape metadata). The
+        footer is read when a reader is opened, as for any file."""
+        from ..writers import arrow_field
+
+        self = cls.__new__(cls)
+        self.location = location
+        self.path = location.url
+        self.verify = bool(verify)
+        self._metadata = None
+        counts = [int(c) for c in row_group_rows]
+        self.num_rows = sum(counts)
+        self._bounds = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
+        self._bounds.flags.writeable = False
+        self.columns = {}
+        self.unsupported = {}
+        self._plans = {}
+        for name, spec in columns.items():
+            plan = _plan_for(arrow_field(name, spec.dtype, spec.shape))
+            if isinstance(plan, str):
+                raise SchemaError(f"{self.path}: manifest column {name!r} {spec}: {plan}")
+            self._plans[name] = plan
+            self.columns[name] = plan.spec
+        self._leaf_index = None  # no footer statistics: nulls are checked per decoded row group
+        self._null_reports = {}
+        return self
+
     @property
     def unit_bounds(self) -> np.ndarray:
         """Row offsets of the row groups; 0-row groups give equal neighbours."""

@@ -1,0 +1,156 @@
+"""The manifest ``streambatch convert`` writes last into its output directory,
+and the shards built from it.
+
+``DEST/manifest.json`` lists every shard with its files (relative paths, bytes,
+sha256), rows and unit sizes, plus the schema and the convert parameters.
+``open_dataset(DEST)`` builds the shards from it instead of scanning footers,
+after checking that every listed file exists with the recorded size and that no
+path points outside ``DEST``.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Any
+
+from ..errors import CorruptInputError, SchemaError, SourceNotFoundError
+from ._base import ColumnSpec, Shard
+from ._fs import FileSystemPath
+
+__all__ = ["MANIFEST_FORMAT", "MANIFEST_NAME", "MANIFEST_VERSION", "has_manifest", "read_manifest", "shards_from_manifest"]
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "streambatch"
+MANIFEST_VERSION = 1
+SHARD_FORMATS = ("parquet", "npy", "zarr")
+
+
+def _manifest_location(location: FileSystemPath) -> FileSystemPath:
+    return location.child(f"{location.path.rstrip('/')}/{MANIFEST_NAME}")
+
+
+def has_manifest(location: FileSystemPath) -> bool:
+    """Whether ``location`` is a directory holding a streambatch ``manifest.json``."""
+    if not location.isdir():
+        return False
+    manifest = _manifest_location(location)
+    if not manifest.exists():
+        return False
+    try:
+        return read_manifest(location).get("format") == MANIFEST_FORMAT
+    except CorruptInputError:
+        return True  # claims to be ours: let shards_from_manifest report it
+
+
+def read_manifest(location: FileSystemPath) -> dict[str, Any]:
+    """The parsed manifest of the directory ``location``; ``CorruptInputError`` if unreadable."""
+    manifest = _manifest_location(location)
+    try:
+        with manifest.fs.open(manifest.path, "rb") as f:
+            data = json.loads(f.read().decode("utf-8"))
+    except FileNotFoundError as e:
+        raise SourceNotFoundError(f"no manifest: {manifest.url}") from e
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptInputError(f"{manifest.url}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise CorruptInputError(f"{manifest.url}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def manifest_columns(manifest: dict[str, Any], where: str) -> dict[str, ColumnSpec]:
+    try:
+        return {
+            str(c["name"]): ColumnSpec(c["dtype"], tuple(c["shape"])) for c in manifest["schema"]["columns"]
+        }
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorruptInputError(f"{where}: malformed schema in the manifest ({e!r})") from e
+
+
+def safe_relative(path: Any, where: str) -> str:
+    """``path`` if it is a relative POSIX path staying inside the dataset directory."""
+    if not isinstance(path, str) or not path:
+        raise CorruptInputError(f"{where}: a shard path must be a non-empty string, got {path!r}")
+    normal = posixpath.normpath(path)
+    if path.startswith(("/", "\\")) or "\\" in path or ":" in path or normal == ".." or normal.startswith("../"):
+        raise CorruptInputError(f"{where}: shard path {path!r} points outside the dataset directory; refused")
+    if any(part == ".." for part in path.split("/")):
+        raise CorruptInputError(f"{where}: shard path {path!r} contains '..'; refused")
+    return normal
+
+
+def shards_from_manifest(location: FileSystemPath) -> list[Shard]:
+    """The shards listed in ``location/manifest.json``, checked against the files
+    on disk (presence and byte size; checksums are checked by ``verify_dataset``)."""
+    manifest = read_manifest(location)
+    where = _manifest_location(location).url
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise CorruptInputError(f"{where}: not a streambatch manifest (format {manifest.get('format')!r})")
+    version = manifest.get("format_version")
+    if version != MANIFEST_VERSION:
+        raise CorruptInputError(f"{where}: manifest format_version {version!r} is not supported (expected {MANIFEST_VERSION})")
+    shard_format = manifest.get("shard_format")
+    if shard_format not in SHARD_FORMATS:
+        raise CorruptInputError(f"{where}: unknown shard_format {shard_format!r}; expected one of {SHARD_FORMATS}")
+    columns = manifest_columns(manifest, where)
+    entries = manifest.get("shards")
+    if not isinstance(entries, list) or not entries:
+        raise CorruptInputError(f"{where}: the manifest lists no shards")
+    root = location.path.rstrip("/")
+    shards: list[Shard] = []
+    for i, entry in enumerate(entries):
+        try:
+            shard_path = safe_relative(entry["path"], where)
+            files = entry["files"]
+            rows = int(entry["rows"])
+            units = [int(u) for u in entry["unit_rows"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise CorruptInputError(f"{where}: shard {i} is malformed ({e!r})") from e
+        for f in files:
+            _check_file(location, root, f, where)
+        shard_location = location.child(f"{root}/{shard_path}")
+        shard = _build_shard(shard_format, shard_location, columns, units)
+        if shard.num_rows != rows or sum(units) != rows:
+            raise CorruptInputError(
+                f"{shard_location.url}: the manifest says {rows} rows, the shard holds {shard.num_rows}"
+            )
+        if dict(shard.columns) != columns:
+            raise SchemaError(f"{shard_location.url}: columns {dict(shard.columns)} differ from the manifest's {columns}")
+        shards.append(shard)
+    return shards
+
+
+def _check_file(location: FileSystemPath, root: str, entry: Any, where: str) -> None:
+    try:
+        rel = safe_relative(entry["path"], where)
+        expected = int(entry["bytes"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorruptInputError(f"{where}: malformed file entry {entry!r} ({e!r})") from e
+    target = location.child(f"{root}/{rel}")
+    try:
+        size = target.size()
+    except (FileNotFoundError, OSError) as e:
+        if isinstance(e, FileNotFoundError) or not target.exists():
+            raise SourceNotFoundError(f"shard file {target.url} listed in {where} is missing") from e
+        raise
+    if size != expected:
+        raise CorruptInputError(
+            f"shard file {target.url} is {size} bytes but {where} records {expected} bytes "
+            "(truncated, replaced or still being written)"
+        )
+
+
+def _build_shard(shard_format: str, location: FileSystemPath, columns: dict[str, ColumnSpec], units: list[int]) -> Shard:
+    if shard_format == "parquet":
+        from ._parquet import ParquetShard
+
+        return ParquetShard.from_manifest(location, columns, units, verify=True)
+    if shard_format == "zarr":
+        from ._zarr import ZarrShard
+
+        return ZarrShard(location)
+    from ._npy import NpyShard
+
+    root = location.path.rstrip("/")
+    files = {name: location.child(f"{root}/{name}.npy") for name in columns}
+    return NpyShard(files, location.url)
