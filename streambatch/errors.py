@@ -11,6 +11,8 @@ __all__ = [
     "CorruptInputError",
     "EmptyDatasetError",
     "ReaderError",
+    "ReaderTimeoutError",
+    "RemoteReadError",
     "SchemaError",
     "SourceNotFoundError",
     "StateMismatchError",
@@ -40,6 +42,17 @@ class EmptyDatasetError(SchemaError):
 
 class ReaderError(StreambatchError, OSError):
     """A read failed inside the prefetching pool; ``__cause__`` holds the original error."""
+
+
+class RemoteReadError(ReaderError):
+    """A remote read failed for good: retries were exhausted (``__cause__`` is the
+    last attempt's error) or the storage kept returning fewer bytes than asked.
+    The message names the URL and the row range, row group or chunk, never
+    credentials."""
+
+
+class ReaderTimeoutError(RemoteReadError, TimeoutError):
+    """A remote read kept timing out until the retries were exhausted."""
 
 
 class StateMismatchError(StreambatchError, ValueError):

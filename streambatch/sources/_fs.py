@@ -10,19 +10,25 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from ..errors import SourceNotFoundError
+from ._retry import redact, secrets_of
 
 __all__ = ["FileSystemPath", "resolve"]
 
 
 class FileSystemPath:
-    """A path together with the filesystem that serves it."""
+    """A path together with the filesystem that serves it.
 
-    __slots__ = ("fs", "path", "url")
+    ``url`` is for messages: ``user:password@`` and every credential of the
+    filesystem's ``storage_options`` are redacted from it; ``secrets`` lists those
+    credentials so that error texts from the storage can be redacted too."""
+
+    __slots__ = ("fs", "path", "secrets", "url")
 
     def __init__(self, fs: fsspec.AbstractFileSystem, path: str, url: str) -> None:
         self.fs = fs
         self.path = path
-        self.url = url
+        self.secrets: tuple[str, ...] = () if _is_local_fs(fs) else secrets_of(getattr(fs, "storage_options", None))
+        self.url = redact(url, self.secrets)
 
     @property
     def is_local(self) -> bool:

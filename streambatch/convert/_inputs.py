@@ -1,0 +1,244 @@
+"""What ``convert`` reads: a concatenation of *parts*, each either a dataset that
+``open_dataset`` reads or a raw staging directory (one ``{column}.bin`` per
+column, rows back to back) such as a streamed CSV file becomes.
+
+Parts are small picklable descriptions; :class:`InputReader` opens them in the
+process that reads (a worker reopens metadata, never receives open handles)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import CorruptInputError, SchemaError
+from ..sources import ColumnSpec, open_dataset
+from ..sources._fs import resolve
+
+__all__ = ["DatasetPart", "InputReader", "RawPart", "fingerprint_sources", "is_csv_source", "stage_csv"]
+
+_CSV = (".csv", ".csv.gz", ".tsv")
+_CSV_BLOCK_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class DatasetPart:
+    """A source ``open_dataset`` reads (a path or URL), projected on ``columns``."""
+
+    source: str
+    columns: tuple[str, ...] | None
+    num_rows: int
+    storage_options: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class RawPart:
+    """A staging directory: ``{directory}/{name}.bin`` holds ``num_rows`` C-order rows."""
+
+    directory: str
+    specs: tuple[tuple[str, str, tuple[int, ...]], ...]
+    num_rows: int
+
+
+Part = DatasetPart | RawPart
+
+
+def part_columns(part: Part) -> dict[str, ColumnSpec]:
+    if isinstance(part, RawPart):
+        return {name: ColumnSpec(np.dtype(d), shape) for name, d, shape in part.specs}
+    ds = open_dataset(part.source, part.columns, storage_options=dict(part.storage_options) or None)
+    return dict(ds.columns)
+
+
+class InputReader:
+    """Reads global row ranges of the concatenated ``parts``; a context manager
+    that closes every handle it opened."""
+
+    def __init__(self, parts: Sequence[Part], columns: Mapping[str, ColumnSpec]) -> None:
+        self.parts = list(parts)
+        self.columns = dict(columns)
+        self.offsets = np.concatenate([[0], np.cumsum([p.num_rows for p in self.parts], dtype=np.int64)])
+        self._opened: dict[int, Any] = {}  # part index -> (dataset, {shard index: reader})
+
+    def __enter__(self) -> InputReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        opened, self._opened = self._opened, {}
+        for _, readers in opened.values():
+            for reader in readers.values():
+                reader.close()
+
+    def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Rows ``[start, stop)`` of every column, as fresh arrays."""
+        out = {n: np.empty((stop - start, *s.shape), dtype=s.dtype) for n, s in self.columns.items()}
+        row = start
+        while row < stop:
+            i = int(np.searchsorted(self.offsets, row, side="right")) - 1
+            end = min(stop, int(self.offsets[i + 1]))
+            local = row - int(self.offsets[i])
+            target = {n: a[row - start : end - start] for n, a in out.items()}
+            self._read_part(i, local, local + end - row, target)
+            row = end
+        return out
+
+    def _read_part(self, i: int, start: int, stop: int, out: dict[str, np.ndarray]) -> None:
+        part = self.parts[i]
+        if isinstance(part, RawPart):
+            for name, target in out.items():
+                spec = self.columns[name]
+                path = os.path.join(part.directory, f"{name}.bin")
+                data = np.fromfile(path, dtype=spec.dtype, count=(stop - start) * int(np.prod(spec.shape, dtype=np.int64)),
+                                   offset=start * spec.row_nbytes)
+                if data.size * spec.dtype.itemsize != (stop - start) * spec.row_nbytes:
+                    raise CorruptInputError(f"{path}: staging file is shorter than expected (rows {start}:{stop})")
+                target[...] = data.reshape(target.shape)
+            return
+        if i not in self._opened:
+            ds = open_dataset(part.source, list(self.columns), storage_options=dict(part.storage_options) or None)
+            self._opened[i] = (ds, {})
+        ds, readers = self._opened[i]
+        row = start
+        while row < stop:
+            s = int(np.searchsorted(ds.shard_offsets, row, side="right")) - 1
+            end = min(stop, int(ds.shard_offsets[s + 1]))
+            if s not in readers:
+                readers[s] = ds.shards[s].open_reader(list(self.columns))
+            base = int(ds.shard_offsets[s])
+            readers[s].read_into(row - base, end - base, {n: a[row - start : end - start] for n, a in out.items()})
+            row = end
+
+
+def largest_unit_rows(parts: Sequence[Part]) -> int:
+    """The largest read unit (row group, chunk) of any dataset part, 0 if none."""
+    largest = 0
+    for part in parts:
+        if isinstance(part, DatasetPart):
+            ds = open_dataset(part.source, part.columns, storage_options=dict(part.storage_options) or None)
+            for shard in ds.shards:
+                bounds = shard.unit_bounds
+                if bounds is not None and len(bounds) > 1:
+                    largest = max(largest, int(np.max(np.diff(np.asarray(bounds)))))
+    return largest
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+def is_csv_source(source: str) -> bool:
+    return str(source).lower().endswith(_CSV)
+
+
+def csv_columns(path: str, columns: Sequence[str] | None) -> dict[str, ColumnSpec]:
+    """The numeric/bool columns of a CSV file (types inferred from its first block);
+    ``SchemaError`` naming the column for anything else that is selected."""
+    reader = _open_csv(path, columns)
+    try:
+        schema = reader.schema
+    finally:
+        reader.close()
+    return _csv_specs(path, schema)
+
+
+def _open_csv(path: str, columns: Sequence[str] | None):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    location = resolve(path)
+    convert = pacsv.ConvertOptions(include_columns=list(columns) if columns else None)
+    read = pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, use_threads=True)
+    try:
+        raw = location.fs.open(location.path, "rb") if not location.is_local else pa.input_stream(location.path)
+        if location.path.lower().endswith(".gz"):
+            raw = pa.CompressedInputStream(raw, "gzip")
+        return pacsv.open_csv(raw, read_options=read, convert_options=convert,
+                              parse_options=pacsv.ParseOptions(delimiter="\t" if path.lower().endswith(".tsv") else ","))
+    except (pa.ArrowInvalid, KeyError) as e:
+        raise SchemaError(f"{path}: cannot read as CSV ({e})") from e
+
+
+def _csv_specs(path: str, schema) -> dict[str, ColumnSpec]:
+    import pyarrow as pa
+
+    specs: dict[str, ColumnSpec] = {}
+    for field in schema:
+        t = field.type
+        if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+            specs[field.name] = ColumnSpec(t.to_pandas_dtype(), ())
+        elif pa.types.is_null(t):
+            raise SchemaError(f"{path}: column {field.name!r} is empty in the first block (all nulls)")
+        else:
+            raise SchemaError(
+                f"{path}: column {field.name!r} has Arrow type {t}; convert writes fixed-size numeric "
+                "or bool columns only: exclude it with --columns"
+            )
+    if not specs:
+        raise SchemaError(f"{path}: no columns selected")
+    return specs
+
+
+def stage_csv(path: str, directory: str, columns: Sequence[str] | None, specs: Mapping[str, ColumnSpec]) -> RawPart:
+    """Stream the CSV at ``path`` block by block into ``directory/{column}.bin``."""
+    import pyarrow as pa
+
+    os.makedirs(directory, exist_ok=True)
+    rows = 0
+    reader = _open_csv(path, columns)
+    files = {name: open(os.path.join(directory, f"{name}.bin"), "wb") for name in specs}  # noqa: SIM115
+    try:
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            except pa.ArrowInvalid as e:
+                raise SchemaError(f"{path}: after row {rows}: {e} (types are inferred from the first block)") from e
+            for name, spec in specs.items():
+                column = batch.column(name)
+                if column.null_count:
+                    raise SchemaError(f"{path}: column {name!r} has {column.null_count} empty value(s) near row {rows}")
+                values = column.to_numpy(zero_copy_only=False)
+                if values.dtype != spec.dtype:
+                    raise SchemaError(f"{path}: column {name!r} changes type to {values.dtype} near row {rows}")
+                files[name].write(np.ascontiguousarray(values).data)
+            rows += batch.num_rows
+        for f in files.values():
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        reader.close()
+        for f in files.values():
+            f.close()
+    return RawPart(directory, tuple((n, s.dtype.str, s.shape) for n, s in specs.items()), rows)
+
+
+# --------------------------------------------------------------------------- fingerprint
+
+
+def fingerprint_sources(sources: Sequence[str], storage_options: Mapping[str, Any] | None = None) -> str:
+    """A hash of every input file's path, size and modification time: a resumed
+    conversion refuses to continue when this changed."""
+    listing = []
+    for source in sources:
+        location = resolve(source, dict(storage_options or {}) or None)
+        fs = location.fs
+        if any(ch in location.path for ch in "*?["):
+            paths = sorted(fs.glob(location.path))
+        else:
+            paths = [location.path]
+        for p in paths:
+            found = fs.find(p, detail=True) if fs.isdir(p) else {p: fs.info(p)}
+            for name in sorted(found):
+                info = found[name]
+                mtime = info.get("mtime", info.get("LastModified", info.get("created", "")))
+                listing.append([name, int(info.get("size") or 0), str(mtime)])
+    text = json.dumps(listing, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,367 @@
+"""Retries of remote reads, and the redaction of credentials from what we say.
+
+A remote read fails in two ways that must be told apart:
+
+* **transient**: the request may succeed if sent again (connection reset or
+  refused, timeouts, HTTP 5xx, 429 and S3 throttling, a body that ended early,
+  fewer bytes than asked). ``call_with_retry`` sends the *same* request again
+  after an exponential, jittered delay, at most ``max_attempts`` times in all,
+  then raises ``RemoteReadError`` (``ReaderTimeoutError`` when the last attempt
+  timed out) from the last error;
+* **permanent**: missing (``FileNotFoundError``, 404), forbidden
+  (``PermissionError``, 403), corrupt or mistyped data (``CorruptInputError``,
+  ``SchemaError``) and everything not recognised as transient: raised at once,
+  unchanged.
+
+Because a retry repeats the same byte range into the same caller-owned buffer,
+nothing is read twice into the output and nothing is skipped.
+
+botocore and aiohttp errors are recognised by class name and attributes, so
+neither is imported here; s3fs and gcsfs wrap them in ``OSError``, so the
+whole ``__cause__``/``__context__`` chain is inspected.
+
+Credentials: ``redact`` removes ``user:password@`` from URLs and every secret
+value of ``storage_options`` (keys named like key, secret, token, password,
+credential ...) from a text; every message and log line of this module goes
+through it, and an original error whose text holds a secret is replaced, in
+``__cause__``, by a redacted stand-in.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ..errors import CorruptInputError, ReaderTimeoutError, RemoteReadError, SchemaError, StreambatchError
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "RetryPolicy",
+    "ShortReadError",
+    "call_with_retry",
+    "is_transient",
+    "read_exactly",
+    "redact",
+    "secrets_of",
+]
+
+T = TypeVar("T")
+
+logger = logging.getLogger("streambatch")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a failed remote read is sent again.
+
+    ``max_attempts`` counts every attempt (1 disables retries). The delay before
+    attempt ``k + 1`` is ``min(max_delay, base_delay * 2**(k - 1))``, scaled by a
+    uniform factor in ``[0.5, 1)`` when ``jitter`` is on (so that many threads
+    hit by the same outage do not retry in lockstep).
+
+    >>> RetryPolicy(max_attempts=3).delay(1, random.Random(0)) <= 0.1
+    True
+    """
+
+    max_attempts: int = 5
+    base_delay: float = 0.1
+    max_delay: float = 5.0
+    jitter: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be a positive integer, got {self.max_attempts!r}")
+        for name in ("base_delay", "max_delay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name} must be a non-negative number of seconds, got {value!r}")
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        delay = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
+        if self.jitter:
+            delay *= 0.5 + 0.5 * (rng or random).random()
+        return delay
+
+
+DEFAULT_POLICY = RetryPolicy()
+
+
+class ShortReadError(RemoteReadError):
+    """The storage returned fewer bytes than asked (transient: retried)."""
+
+    transient = True
+
+
+# ----------------------------------------------------------------- classification
+
+_TRANSIENT_ERRNOS = frozenset(
+    e
+    for e in (
+        errno.ECONNRESET,
+        errno.ETIMEDOUT,
+        errno.EPIPE,
+        errno.ECONNABORTED,
+        errno.ECONNREFUSED,
+        errno.EAGAIN,
+        getattr(errno, "ENETRESET", None),
+        getattr(errno, "ENETUNREACH", None),
+        getattr(errno, "EHOSTUNREACH", None),
+    )
+    if e is not None
+)
+
+_PERMANENT_TYPES: tuple[type[BaseException], ...] = (
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    CorruptInputError,
+    SchemaError,
+)
+
+#: botocore / aiohttp / gcsfs classes (matched by name) that mean "try again".
+_TRANSIENT_CLASS_NAMES = frozenset(
+    {
+        # botocore
+        "EndpointConnectionError",
+        "ConnectionClosedError",
+        "ReadTimeoutError",
+        "ConnectTimeoutError",
+        "IncompleteReadError",
+        "ResponseStreamingError",
+        # aiohttp
+        "ClientConnectionError",
+        "ClientOSError",
+        "ServerDisconnectedError",
+        "ServerTimeoutError",
+        "ClientPayloadError",
+        "ContentLengthError",
+        # s3fs / gcsfs
+        "RetryableError",
+    }
+)
+
+_THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "EC2ThrottledException",
+        "InternalError",
+        "ServiceUnavailable",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
+    }
+)
+
+
+def _status_of(error: BaseException) -> int | None:
+    """The HTTP status an error carries (aiohttp ``status``, requests/gcsfs
+    ``status_code``/``code``, botocore ``response``), if any."""
+    response = getattr(error, "response", None)
+    if isinstance(response, Mapping):
+        meta = response.get("ResponseMetadata")
+        if isinstance(meta, Mapping) and isinstance(meta.get("HTTPStatusCode"), int):
+            return int(meta["HTTPStatusCode"])
+    for name in ("status", "status_code", "code"):
+        value = getattr(error, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+            return value
+    return None
+
+
+def _error_code_of(error: BaseException) -> str | None:
+    response = getattr(error, "response", None)
+    if isinstance(response, Mapping):
+        err = response.get("Error")
+        if isinstance(err, Mapping) and isinstance(err.get("Code"), str):
+            return err["Code"]
+    return None
+
+
+def _is_transient_one(error: BaseException) -> bool | None:
+    """True / False when this one exception decides, None to look at its causes."""
+    marked = getattr(error, "transient", None)
+    if isinstance(marked, bool):
+        return marked
+    if isinstance(error, _PERMANENT_TYPES):
+        return False
+    if isinstance(error, StreambatchError):
+        return False
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS:
+        return True
+    names = {cls.__name__ for cls in type(error).__mro__}
+    if names & _TRANSIENT_CLASS_NAMES:
+        return True
+    code = _error_code_of(error)
+    if code is not None and code in _THROTTLING_CODES:
+        return True
+    module = type(error).__module__ or ""
+    if module.split(".")[0] in ("botocore", "aiobotocore", "aiohttp", "gcsfs", "s3fs", "requests", "fsspec") or names & {
+        "ClientError",
+        "ClientResponseError",
+        "HttpError",
+        "HTTPError",
+    }:
+        status = _status_of(error)
+        if status is not None:
+            return status >= 500 or status in (408, 429)
+    return None
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether sending the same request again may succeed (see the module doc)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        verdict = _is_transient_one(current)
+        if verdict is not None:
+            return verdict
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return False
+
+
+def _is_timeout(error: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, TimeoutError) or "Timeout" in type(current).__name__:
+            return True
+        if isinstance(current, OSError) and current.errno == errno.ETIMEDOUT:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+# ----------------------------------------------------------------- redaction
+
+_SECRET_KEY = re.compile(r"key|secret|token|passw|credential|auth|signature|sas|session", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/@\s'\"]+)@")
+_REDACTED = "***"
+
+
+def secrets_of(options: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """Every credential-like string value in ``storage_options`` (nested dicts too),
+    longest first, so that ``redact`` removes a secret before any part of it."""
+    found: set[str] = set()
+
+    def walk(mapping: Mapping[str, Any]) -> None:
+        for name, value in mapping.items():
+            if isinstance(value, Mapping):
+                walk(value)
+            elif isinstance(value, str) and _SECRET_KEY.search(str(name)) and len(value) >= 3:
+                if str(name).lower() in ("key_prefix", "default_block_size"):
+                    continue
+                found.add(value)
+
+    if options:
+        walk(options)
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` without ``user:password@`` in URLs and without any of ``secrets``.
+
+    >>> redact("https://bob:hunter2@host/x.npy failed, key=AKIA123", ["AKIA123"])
+    'https://***@host/x.npy failed, key=***'
+    """
+    text = _URL_USERINFO.sub(lambda m: f"{m.group('scheme')}{_REDACTED}@", text)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, _REDACTED)
+    return text
+
+
+class _RedactedError(Exception):
+    """Stands in, as ``__cause__``, for an error whose own text held a credential."""
+
+
+def _safe_cause(error: BaseException, secrets: tuple[str, ...]) -> BaseException:
+    text = f"{type(error).__name__}: {error}"
+    clean = redact(text, secrets)
+    if clean == text:
+        return error
+    return _RedactedError(clean)
+
+
+# ----------------------------------------------------------------- the wrapper
+
+
+def call_with_retry(
+    fn: Callable[[], T],
+    policy: RetryPolicy | None,
+    describe: str | Callable[[], str],
+    *,
+    secrets: tuple[str, ...] = (),
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+) -> T:
+    """``fn()``, sent again on transient errors as ``policy`` says.
+
+    ``describe`` names what is read (URL and rows, row group or chunk), as a
+    string or a function called only on failure. Permanent errors propagate
+    unchanged after the first attempt; when the attempts run out,
+    ``RemoteReadError`` (``ReaderTimeoutError`` for timeouts) is raised from the
+    last error. ``fn`` must be idempotent: each attempt rewrites the same output.
+    """
+    policy = policy or DEFAULT_POLICY
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return fn()
+        except Exception as error:  # noqa: BLE001 - classified below
+            if not is_transient(error):
+                if secrets and isinstance(error, StreambatchError):
+                    clean = redact(str(error), secrets)
+                    if clean != str(error):
+                        raise type(error)(clean) from _safe_cause(error, secrets)
+                raise
+            what = describe() if callable(describe) else describe
+            if attempt >= policy.max_attempts:
+                kind = ReaderTimeoutError if _is_timeout(error) else RemoteReadError
+                message = redact(
+                    f"{what}: failed after {attempt} attempt{'s' if attempt > 1 else ''}: "
+                    f"{type(error).__name__}: {error}",
+                    secrets,
+                )
+                raise kind(message) from _safe_cause(error, secrets)
+            delay = policy.delay(attempt, rng)
+            logger.info(
+                "%s",
+                redact(
+                    f"{what}: attempt {attempt}/{policy.max_attempts} failed "
+                    f"({type(error).__name__}: {error}); retrying in {delay:.2f} s",
+                    secrets,
+                ),
+            )
+            del error  # no traceback (and the frames' buffers) kept across the sleep
+            sleep(delay)
+
+
+def read_exactly(data: bytes | bytearray | memoryview, expected: int, describe: str) -> bytes | bytearray | memoryview:
+    """``data`` if it holds ``expected`` bytes; else a (retryable) ``ShortReadError``."""
+    if len(data) != expected:
+        raise ShortReadError(f"{describe}: short read: got {len(data)} of {expected} bytes")
+    return data

@@ -1,0 +1,161 @@
+"""Peak memory stays within ``memory_limit`` + 300 MiB however large the data
+(RELIABILITY.md B7; the contract in ``streambatch.budget``).
+
+Each format gets a ~620 MB dataset, about 10x the 64 MiB ``memory_limit``,
+written block by block in this (parent) process. A fresh child process then
+streams one full shuffled epoch, checks that every row arrived exactly once,
+and reports its peak RSS (``ru_maxrss``) together with its RSS right after the
+imports (the baseline the 300 MiB allowance is meant to cover).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from streambatch.writers import NpyWriter, ParquetWriter, ZarrWriter
+
+pytestmark = pytest.mark.slow
+
+MiB = 1 << 20
+LIMIT = "64MiB"
+LIMIT_BYTES = 64 * MiB
+ALLOWANCE = 300 * MiB
+WIDTH = 128  # x: float32[128] -> 512 B/row, + label int64 -> 520 B/row
+ROWS = 1_200_000  # ~624 MB, ~10x the memory_limit
+UNIT_ROWS = 8192  # Parquet row group / Zarr chunk
+BLOCK_ROWS = 8 * UNIT_ROWS
+LABELS = 1000
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPECS = {"x": (np.dtype(np.float32), (WIDTH,)), "label": (np.dtype(np.int64), ())}
+
+
+def _blocks(n: int):
+    """Rows in blocks: ``x[:, 0]`` is the row id, the rest noise; ``label = id % LABELS``."""
+    rng = np.random.default_rng(0)
+    for start in range(0, n, BLOCK_ROWS):
+        stop = min(n, start + BLOCK_ROWS)
+        ids = np.arange(start, stop, dtype=np.int64)
+        x = rng.standard_normal((stop - start, WIDTH), dtype=np.float32)
+        x[:, 0] = ids
+        yield {"x": x, "label": ids % LABELS}
+
+
+def _write(fmt: str, root, n: int) -> str:
+    root = str(root)
+    if fmt == "npy":
+        path, writer = os.path.join(root, "npy"), NpyWriter(os.path.join(root, "npy"), SPECS, n)
+    elif fmt == "parquet":
+        path = os.path.join(root, "data.parquet")
+        writer = ParquetWriter(path, SPECS, row_group_rows=UNIT_ROWS)
+    elif fmt == "zarr":
+        path = os.path.join(root, "data.zarr")
+        writer = ZarrWriter(path, SPECS, n, chunk_rows=UNIT_ROWS)
+    else:
+        raise ValueError(fmt)
+    try:
+        for block in _blocks(n):
+            writer.write(block)
+    finally:
+        writer.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    """One dataset per (format, rows), written on first use and shared by the module."""
+    made: dict[tuple[str, int], str] = {}
+
+    def get(fmt: str, n: int = ROWS) -> str:
+        if (fmt, n) not in made:
+            made[(fmt, n)] = _write(fmt, tmp_path_factory.mktemp(f"{fmt}-{n}"), n)
+        return made[(fmt, n)]
+
+    return get
+
+
+_CHILD = textwrap.dedent(
+    """
+    import json, resource, sys
+
+    def rss_now():
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])  # KiB
+
+    import numpy as np
+    import pyarrow, zarr
+    import streambatch as sb
+    baseline = rss_now()
+    baseline_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    path, limit, n, labels = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    seen = np.zeros(n, np.uint8)
+    counts = np.zeros(labels, np.int64)
+    batches = 0
+    with sb.Loader(path, 256, memory_limit=limit, seed=1) as loader:
+        for batch in loader:
+            ids = batch["x"][:, 0].astype(np.int64)
+            assert np.array_equal(batch["label"], ids % labels), "columns are not row-aligned"
+            seen[ids] += 1
+            counts += np.bincount(batch["label"], minlength=labels)
+            batches += 1
+        expected_batches = len(loader)
+    assert batches == expected_batches, (batches, expected_batches)
+    missing, repeated = int((seen == 0).sum()), int((seen > 1).sum())
+    assert missing == 0 and repeated == 0, f"{missing} rows missing, {repeated} repeated"
+    assert (counts == n // labels).all(), f"label counts off: {counts.min()}..{counts.max()}"
+    print(json.dumps({
+        "baseline_kib": baseline,
+        "baseline_peak_kib": baseline_peak,
+        "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "rows": int(seen.sum()),
+    }))
+    """
+)
+
+
+def _stream_in_fresh_process(path: str, n: int) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", _CHILD, path, LIMIT, str(n), str(LABELS)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, f"the child failed (rc={result.returncode}):\n{result.stderr[-4000:]}"
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["rows"] == n
+    return report
+
+
+def _describe(fmt: str, report: dict) -> str:
+    return (
+        f"{fmt}: peak RSS {report['peak_kib'] / 1024:.0f} MiB, baseline after imports "
+        f"{report['baseline_kib'] / 1024:.0f} MiB (peak so far {report['baseline_peak_kib'] / 1024:.0f} MiB), "
+        f"bound {LIMIT} + 300 MiB = {(LIMIT_BYTES + ALLOWANCE) / MiB:.0f} MiB"
+    )
+
+
+@pytest.mark.parametrize("fmt", ["npy", "parquet", "zarr"])
+def test_one_shuffled_epoch_of_10x_the_memory_limit_stays_within_the_bound(datasets, fmt):
+    path = datasets(fmt)
+    report = _stream_in_fresh_process(path, ROWS)
+    print(_describe(fmt, report))
+    assert report["peak_kib"] * 1024 <= LIMIT_BYTES + ALLOWANCE, _describe(fmt, report)
+
+
+def test_npy_peak_memory_does_not_grow_with_the_dataset(datasets):
+    small = _stream_in_fresh_process(datasets("npy", ROWS // 2), ROWS // 2)
+    large = _stream_in_fresh_process(datasets("npy", ROWS), ROWS)
+    growth = (large["peak_kib"] - small["peak_kib"]) / 1024
+    message = f"300 MB -> {_describe('npy', small)}; 600 MB -> {_describe('npy', large)}; growth {growth:.1f} MiB"
+    print(message)
+    assert abs(growth) < 40, message
