@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import streambatch as sb  # noqa: E402
+import streambatch as sb
 
 ROWS = 200_000
 

@@ -11,6 +11,8 @@ from .errors import (
     CorruptInputError,
     EmptyDatasetError,
     ReaderError,
+    ReaderTimeoutError,
+    RemoteReadError,
     SchemaError,
     SourceNotFoundError,
     StateMismatchError,
@@ -18,6 +20,7 @@ from .errors import (
 )
 from .loader import EpochIterator, Loader
 from .sources import ColumnSpec, Dataset, open_dataset
+from .sources._retry import RetryPolicy
 
 __all__ = [
     "ColumnSpec",
@@ -27,6 +30,9 @@ __all__ = [
     "EpochIterator",
     "Loader",
     "ReaderError",
+    "ReaderTimeoutError",
+    "RemoteReadError",
+    "RetryPolicy",
     "SchemaError",
     "SourceNotFoundError",
     "StateMismatchError",

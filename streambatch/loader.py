@@ -12,11 +12,12 @@ or when the iterator is garbage collected.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import weakref
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -29,12 +30,13 @@ from .budget import Budget, plan_budget
 from .distributed import detect_rank_and_world_size
 from .errors import EmptyDatasetError, ReaderError, StreambatchError
 from .plan import EpochPlan, Remainder, make_plan, rows_per_rank
-from .resume import advance, rank_slices
 from .prefetch import BackgroundIterator, ReaderPool, Stopped
+from .resume import advance, rank_slices
 from .ring import RowRing
 from .shuffle import WindowShuffle
 from .sources import Dataset, SourceLike, open_dataset
 from .sources._handles import ReaderCache
+from .sources._retry import RetryPolicy
 from .state import LoaderState
 
 __all__ = ["EpochIterator", "Loader"]
@@ -92,6 +94,7 @@ class Loader:
         world_size: int | None = None,
         remainder: Remainder = "pad",
         storage_options: dict[str, Any] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -118,7 +121,7 @@ class Loader:
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.remainder: Remainder = remainder
-        self.dataset: Dataset = open_dataset(source, columns, storage_options=storage_options)
+        self.dataset: Dataset = open_dataset(source, columns, storage_options=storage_options, retry=retry)
         if self.dataset.num_rows == 0:
             paths = ", ".join(s.path for s in self.dataset.shards[:5])
             raise EmptyDatasetError(f"the dataset has 0 rows (shards: {paths}); nothing to load")
@@ -362,8 +365,7 @@ class _PieceReads:
             end = min(self.job_end[first], n)
             if offsets[end] - offsets[self.released] > capacity:
                 return
-            read = self._read_piece
-            self.jobs.append((first, end, self.pool.submit(lambda a=first, b=end: read(a, b))))
+            self.jobs.append((first, end, self.pool.submit(functools.partial(self._read_piece, first, end))))
             self.admitted = end
 
     def wait_loaded(self, upto: int) -> None:
@@ -376,7 +378,7 @@ class _PieceReads:
                         f"internal error: piece {self.loaded} cannot be admitted "
                         f"(ring of {self.ring.capacity} rows full); please report this"
                     )
-            first, end, future = self.jobs.popleft()
+            _, end, future = self.jobs.popleft()
             _result(future, self.stop)
             self.loaded = end
 
@@ -404,7 +406,9 @@ def _job_ends(offsets: np.ndarray, job_rows: int) -> list[int]:
     return np.clip(np.maximum(ends, np.arange(1, n + 1)), 0, n).tolist()
 
 
-def _piece_reader(plan: EpochPlan, dataset: Dataset, ring: RowRing, cache: ReaderCache, decode: threading.BoundedSemaphore):
+def _piece_reader(
+    plan: EpochPlan, dataset: Dataset, ring: RowRing, cache: ReaderCache, decode: threading.BoundedSemaphore
+) -> Callable[[int, int], None]:
     """The job body run in pool threads: read pieces ``[a, b)`` into their ring slots.
 
     Consecutive pieces of one shard form a run whose ring slots are contiguous

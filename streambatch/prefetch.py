@@ -90,7 +90,7 @@ def _work(jobs: queue.SimpleQueue[Any], stop: threading.Event) -> None:
             continue
         try:
             result = fn()
-        except BaseException as error:  # noqa: BLE001 - everything travels to the consumer
+        except BaseException as error:
             future.set_exception(error)
         else:
             future.set_result(result)
@@ -158,7 +158,7 @@ def _produce(items: Iterator[Any], out: queue.Queue[tuple[str, Any]], stop: thre
         put(("end", None))
     except Stopped:
         return
-    except BaseException as error:  # noqa: BLE001 - travels to the consumer
+    except BaseException as error:
         if not stop.is_set():
             put(("error", error))
     finally:

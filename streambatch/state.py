@@ -67,7 +67,9 @@ class LoaderState:
             "window_pieces": loader.budget.window_pieces,
             "piece_rows": loader.budget.piece_rows,
         }
-        differing = [f"{k}: saved {getattr(self, k)!r}, loader has {v!r}" for k, v in ours.items() if getattr(self, k) != v]
+        differing = [
+            f"{k}: saved {getattr(self, k)!r}, loader has {v!r}" for k, v in ours.items() if getattr(self, k) != v
+        ]
         if differing:
             hint = ""
             if any(d.startswith(("window_pieces", "piece_rows")) for d in differing):

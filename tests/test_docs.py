@@ -5,7 +5,6 @@ GPUs or credentials); the reason is in the page for readers to see."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -44,7 +43,7 @@ def test_every_python_block_in_the_page_runs(page, tmp_path, monkeypatch):
         if match.group(1):
             continue
         code = compile(match.group(2), f"{page.name} block {number}", "exec")
-        exec(code, namespace)  # noqa: S102 - running our own documentation is the point
+        exec(code, namespace)
         ran += 1
     assert ran, f"every block of {page.name} is marked not run"
     for value in list(namespace.values()):  # close loaders the page left open

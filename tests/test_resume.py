@@ -25,7 +25,7 @@ def test_resume_at_every_batch_boundary_equals_the_uninterrupted_epoch(dataset_f
     reference = collect(_loader(path, shuffle=shuffle))
     states = []
     loader = _loader(path, shuffle=shuffle)
-    for batch in loader:
+    for _ in loader:
         states.append(json.loads(json.dumps(loader.state_dict())))
     for k in [0, 1, 5, len(reference) // 2, len(reference) - 1]:
         state = states[k - 1] if k else _loader(path, shuffle=shuffle).state_dict()

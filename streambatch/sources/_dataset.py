@@ -3,6 +3,7 @@ an ordered list of shards with one shared schema, reading metadata only."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -14,6 +15,7 @@ import numpy as np
 from ..errors import SchemaError, SourceNotFoundError
 from ._base import ColumnSpec, Shard
 from ._fs import FileSystemPath, expand_glob, resolve
+from ._retry import RetryPolicy
 
 __all__ = ["Dataset", "SourceLike", "open_dataset"]
 
@@ -75,6 +77,7 @@ def open_dataset(
     columns: Sequence[str] | None = None,
     *,
     storage_options: dict[str, Any] | None = None,
+    retry: RetryPolicy | None = None,
 ) -> Dataset:
     """Open ``source`` reading metadata only (headers, footers, Zarr metadata).
 
@@ -85,13 +88,27 @@ def open_dataset(
     files directly is one shard with a column per file; a Zarr group gives a column
     per array.
 
+    ``storage_options`` go to every fsspec filesystem made for a URL (including
+    Zarr's store); ``retry`` says how remote reads are retried on transient
+    errors (``None``: ``RetryPolicy()``, 5 attempts; see ``streambatch.sources._retry``).
+    Each shard keeps its policy as ``shard.retry``.
+
     >>> ds = open_dataset({"x": "x.npy", "y": "y.npy"})  # doctest: +SKIP
     >>> ds.num_rows, ds.columns["x"]                      # doctest: +SKIP
     """
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise TypeError(f"retry must be a streambatch.RetryPolicy or None, got {type(retry).__name__}")
     if isinstance(source, Dataset):
+        if retry is not None:  # shards are shared with the given dataset: copy, never mutate them
+            source = Dataset([_with_retry(copy.copy(s), retry) for s in source.shards], list(source.columns))
         return source if columns is None else source.select(columns)
-    shards = _shards_of(source, storage_options)
+    shards = [_with_retry(s, retry) for s in _shards_of(source, storage_options)]
     return Dataset(shards, columns)
+
+
+def _with_retry(shard: Shard, retry: RetryPolicy | None) -> Shard:
+    shard.retry = retry  # type: ignore[attr-defined]  # read by the remote read sites
+    return shard
 
 
 def _shards_of(source: Any, storage_options: dict[str, Any] | None) -> list[Shard]:
@@ -125,7 +142,9 @@ def _npy_columns_shard(mapping: Mapping[str, Any], storage_options: dict[str, An
         if not location.exists():
             raise SourceNotFoundError(f"column {name!r}: no such file: {location.url}")
         if not location.path.endswith(_NPY):
-            raise SchemaError(f"column {name!r}: {location.url} is not a .npy file (a dict source maps columns to .npy files)")
+            raise SchemaError(
+                f"column {name!r}: {location.url} is not a .npy file (a dict source maps columns to .npy files)"
+            )
         files[str(name)] = location
     described = "{" + ", ".join(f"{n}: {f.url}" for n, f in files.items()) + "}"
     return NpyShard(files, described)
