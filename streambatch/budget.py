@@ -29,7 +29,7 @@ from .sources import Dataset
 __all__ = ["Budget", "plan_budget"]
 
 _INDEX_BYTES_PER_ROW = 24
-_TARGET_WINDOW_PIECES = 1024
+_TARGET_WINDOW_PIECES = 2048
 _MIN_PIECE_BYTES = 16 << 10
 _JOB_BYTES = 1 << 20
 _SCRATCH_SHARE = 0.25

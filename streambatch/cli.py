@@ -21,7 +21,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--formats", default="npy,parquet,zarr", help="comma-separated subset of npy,parquet,zarr")
     demo.add_argument("--chunk-rows", type=int, default=8192, help="Parquet row group / Zarr chunk rows")
 
+    _add_convert(commands)
+    info = commands.add_parser("info", help="rows, columns, shards, bytes and chunk sizes of a dataset")
+    info.add_argument("path", help="anything open_dataset reads (a convert output shows its manifest)")
+
     args = parser.parse_args(argv)
+    if args.command == "convert":
+        return _convert(parser, args)
+    if args.command == "info":
+        from .info import describe, format_info
+
+        print(format_info(describe(args.path)))
+        return 0
     if args.command == "demo":
         from .demo import FORMATS, run_demo
 
@@ -32,6 +43,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.rows <= 0:
             parser.error(f"--rows must be positive, got {args.rows}")
         run_demo(args.rows, args.dir, args.memory_limit, args.batch_size, formats, args.chunk_rows)
+    return 0
+
+
+def _add_convert(commands) -> None:
+    c = commands.add_parser("convert", help="rewrite datasets into loader-friendly shards plus a manifest")
+    c.add_argument("paths", nargs="+", metavar="SRC [SRC ...] DEST",
+                   help="inputs (.npy, .parquet, .zarr, .csv, directories, globs) then the output directory")
+    c.add_argument("--format", required=True, choices=("parquet", "npy", "zarr"), help="output shard format")
+    c.add_argument("--columns", default=None, help="comma-separated columns to keep (default: all)")
+    size = c.add_mutually_exclusive_group()
+    size.add_argument("--shard-size", default=None, help="target bytes per shard, e.g. 256MiB (the default)")
+    size.add_argument("--rows-per-shard", type=int, default=None, help="exact rows per shard (the last may be short)")
+    c.add_argument("--chunk-rows", type=int, default=None,
+                   help="rows per Parquet row group / Zarr chunk (default ~128 KiB of rows: see docs/convert.md)")
+    c.add_argument("--compression", default="none", choices=("none", "zstd", "lz4"))
+    c.add_argument("--shuffle", action="store_true", help="write a global random permutation of the rows")
+    c.add_argument("--seed", type=int, default=0, help="seed of --shuffle (default 0)")
+    c.add_argument("--memory-limit", default="1GiB", help="memory budget of the conversion (default 1GiB)")
+    c.add_argument("--workers", type=int, default=1, help="write shards in N processes (default 1)")
+    c.add_argument("--scheduler", default=None, help="run the shard tasks on a dask.distributed scheduler (tcp://host:port)")
+    mode = c.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace a previous conversion in DEST")
+    mode.add_argument("--resume", action="store_true", help="finish an interrupted conversion into DEST")
+    c.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
+
+
+def _convert(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .convert import convert
+
+    if len(args.paths) < 2:
+        parser.error("convert needs at least one SRC and a DEST")
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+    try:
+        result = convert(
+            args.paths[:-1], args.paths[-1], args.format, columns=columns, shard_size=args.shard_size,
+            rows_per_shard=args.rows_per_shard, chunk_rows=args.chunk_rows, compression=args.compression,
+            shuffle=args.shuffle, seed=args.seed, memory_limit=args.memory_limit, workers=args.workers,
+            scheduler=args.scheduler, overwrite=args.overwrite, resume=args.resume,
+            progress=False if args.quiet else None,
+        )
+    except KeyboardInterrupt:
+        print("streambatch convert: interrupted; run again with --resume to finish", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, TypeError, ImportError) as e:
+        print(f"streambatch convert: error: {e}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(result.summary())
     return 0
 
 

@@ -30,6 +30,7 @@ from .sources import Dataset
 __all__ = ["EpochPlan", "PlanParams", "make_plan", "rows_per_rank"]
 
 _PLAN_STREAM = 0x51AB  # separates the plan's random stream from the key stream
+RAMP = 4  # how fast the window widens at the start of an epoch (pieces of span per piece)
 
 Remainder = Literal["pad", "drop"]
 
@@ -87,11 +88,15 @@ class EpochPlan:
 
     def spans(self) -> np.ndarray:
         """How many ticks each piece's rows are spread over: the window size, ramped
-        down near both ends so the first batch needs only the first pieces."""
+        near both ends. At the start piece ``i`` spreads over ``RAMP * (i + 1)``
+        ticks, so the first batch needs only the first few pieces while the window
+        widens quickly; at the end spans shrink so that every key is below
+        ``num_pieces``."""
         i = np.arange(self.num_pieces, dtype=np.int64)
         if not self.shuffle:
             return np.ones_like(i)
-        return np.maximum(1, np.minimum(np.minimum(self.window_pieces, i + 1), self.num_pieces - i))
+        ramp_up = RAMP * (i + 1)
+        return np.maximum(1, np.minimum(np.minimum(self.window_pieces, ramp_up), self.num_pieces - i))
 
 
 def rows_per_rank(num_rows: int, world_size: int, remainder: Remainder) -> int:

@@ -96,11 +96,21 @@ def _write(task: ShardTask, tmp: str) -> None:
     if task.shard_format == "parquet":
         writer: Any = _Aligned(writers.ParquetWriter(tmp, specs, task.chunk_rows, compression=compression), task.chunk_rows)
     elif task.shard_format == "zarr":
-        writer = writers.ZarrWriter(tmp, specs, task.rows, task.chunk_rows, compression=compression)
+        writer = writers.ZarrWriter(tmp, specs, task.rows, min(task.chunk_rows, task.rows), compression=compression)
     else:
         writer = writers.NpyWriter(tmp, specs, task.rows)
     blocks = _bucket_blocks(task) if task.buckets else _range_blocks(task)
-    written = writers.write_blocks(writer, blocks)
+    try:
+        for block in blocks:
+            writer.write(block)
+    except BaseException:
+        try:
+            writer.close()
+        except Exception:  # noqa: S110 - the first error is the one to report
+            pass
+        raise
+    writer.close()
+    written = writer.rows
     if written != task.rows:
         raise RuntimeError(f"shard {task.index}: wrote {written} rows, expected {task.rows}")
 

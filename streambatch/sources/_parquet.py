@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 from ..errors import CorruptInputError, SchemaError, SourceNotFoundError
 from ._base import ColumnSpec, Shard, ShardReader
 from ._fs import FileSystemPath
+from ._retry import RetryPolicy, call_with_retry, read_exactly
 
 __all__ = ["ParquetShard"]
 
@@ -241,6 +242,8 @@ class _ParquetReader(ShardReader):
         self._lock = threading.Lock()
         self._handles: dict[int, tuple[pq.ParquetFile, _RawFile]] = {}
         self._closed = False
+        self._retry: RetryPolicy | None = getattr(shard, "retry", None)
+        self._remote: tuple[pq.FileMetaData, int] | None = None  # (footer, file size) of a remote file
 
     def _handle(self) -> pq.ParquetFile:
         key = threading.get_ident()
@@ -300,7 +303,10 @@ class _ParquetReader(ShardReader):
         """Row group ``group`` of ``names``, checked for its row count and for nulls."""
         path = self._shard.path
         try:
-            table = self._handle().read_row_group(group, columns=names, use_threads=False)
+            if self._shard.location.is_local:
+                table = self._handle().read_row_group(group, columns=names, use_threads=False)
+            else:
+                table = self._decode_remote(group, names)
         except _TRANSIENT_OS_ERRORS:
             raise
         except MemoryError:
@@ -318,6 +324,73 @@ class _ParquetReader(ShardReader):
             if nulls:
                 raise SchemaError(_null_message(path, name, group, nulls))
         return table
+
+    # -- remote (fsspec) files: one retried request per row group --------------
+    def _remote_footer(self) -> tuple[pq.FileMetaData, int]:
+        """The footer and size of the remote file, fetched once per reader (with
+        retries) unless the shard already holds the footer."""
+        with self._lock:
+            if self._remote is not None:
+                return self._remote
+        location = self._shard.location
+        metadata = self._shard._metadata
+
+        def fetch() -> tuple[pq.FileMetaData, int]:
+            size = location.size()
+            if metadata is not None:
+                return metadata, size
+            pf, raw = _open(location, self._shard.verify)
+            try:
+                return pf.metadata, size
+            finally:
+                pf.close()
+                raw.close()
+
+        found = call_with_retry(fetch, self._retry, f"{location.url} (footer)", secrets=location.secrets)
+        with self._lock:
+            self._remote = found
+        return found
+
+    def _decode_remote(self, group: int, names: list[str]) -> pa.Table:
+        """Row group ``group`` of a remote file: the byte span of its requested
+        column chunks is fetched in one request (retried as a whole when it fails
+        or comes back short), then decoded from memory. Pool threads each fetch
+        their own row groups, so the requests of several threads overlap."""
+        location = self._shard.location
+        metadata, size = self._remote_footer()
+        leaves = self._leaf_indices(names, metadata)
+        lo, hi = _column_chunks_span(metadata.row_group(group), leaves)
+
+        def describe() -> str:
+            return f"{location.url} row group {group} (bytes {lo}:{hi})"
+
+        def fetch() -> bytes:
+            data = location.fs.cat_file(location.path, start=lo, end=hi)
+            return read_exactly(data, hi - lo, describe())  # type: ignore[return-value]
+
+        data = call_with_retry(fetch, self._retry, describe, secrets=location.secrets) if hi > lo else b""
+        raw = _RangeFile(data, lo, size, self._fetch_outside)
+        pf = pq.ParquetFile(raw, metadata=metadata, page_checksum_verification=self._shard.verify, pre_buffer=False)
+        try:
+            return pf.read_row_group(group, columns=names, use_threads=False)
+        finally:
+            pf.close()
+
+    def _fetch_outside(self, start: int, stop: int) -> bytes:
+        """Bytes pyarrow asks for outside the fetched span (not expected; correct anyway)."""
+        location = self._shard.location
+
+        def fetch() -> bytes:
+            data = location.fs.cat_file(location.path, start=start, end=stop)
+            return read_exactly(data, stop - start, f"{location.url} bytes {start}:{stop}")  # type: ignore[return-value]
+
+        return call_with_retry(fetch, self._retry, f"{location.url} bytes {start}:{stop}", secrets=location.secrets)
+
+    def _leaf_indices(self, names: list[str], metadata: pq.FileMetaData) -> list[int]:
+        index = self._shard._leaf_index
+        if index is not None and all(n in index for n in names):
+            return sorted(j for n in names for j in index[n])
+        return list(range(metadata.num_columns))
 
     def _copy(self, table: pa.Table, offset: int, length: int, out: Mapping[str, np.ndarray], position: int) -> None:
         """Rows ``[offset, offset + length)`` of a decoded row group into ``out`` at
@@ -340,6 +413,84 @@ class _ParquetReader(ShardReader):
         for pf, raw in handles.values():
             pf.close()
             raw.close()
+
+
+# --------------------------------------------------------------------------- remote
+
+
+def _column_chunks_span(group: pq.RowGroupMetaData, leaves: list[int]) -> tuple[int, int]:
+    """``[lo, hi)``: the bytes holding the column chunks ``leaves`` of one row group
+    (each chunk starts at its dictionary page, if any, else at its first data page)."""
+    lo, hi = None, 0
+    for j in leaves:
+        column = group.column(j)
+        start = column.data_page_offset
+        dictionary = column.dictionary_page_offset
+        if column.has_dictionary_page and dictionary is not None and 0 < dictionary < start:
+            start = dictionary
+        lo = start if lo is None else min(lo, start)
+        hi = max(hi, start + column.total_compressed_size)
+    return (0, 0) if lo is None else (int(lo), int(hi))
+
+
+class _RangeFile:
+    """A read-only file of ``size`` bytes of which ``data`` (starting at ``base``) is in
+    memory: what ``ParquetFile`` reads one row group from. Reads outside ``data``
+    go to ``fetch(start, stop)``."""
+
+    closed = False
+
+    def __init__(self, data: bytes, base: int, size: int, fetch) -> None:  # type: ignore[no-untyped-def]
+        self._data = memoryview(data)
+        self._base = base
+        self._size = size
+        self._fetch = fetch
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = (0, self._pos, self._size)[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def size(self) -> int:
+        return self._size
+
+    def read(self, n: int = -1) -> bytes:
+        start = self._pos
+        stop = self._size if n is None or n < 0 else min(self._size, start + n)
+        if stop <= start:
+            return b""
+        self._pos = stop
+        lo, hi = start - self._base, stop - self._base
+        if 0 <= lo and hi <= len(self._data):
+            return self._data[lo:hi].tobytes()
+        return bytes(self._fetch(start, stop))
+
+    def read_buffer(self, n: int = -1) -> memoryview | bytes:
+        """Like ``read`` without a copy: pyarrow wraps the returned view."""
+        start = self._pos
+        stop = self._size if n is None or n < 0 else min(self._size, start + n)
+        lo, hi = start - self._base, stop - self._base
+        if stop > start and 0 <= lo and hi <= len(self._data):
+            self._pos = stop
+            return self._data[lo:hi]
+        return self.read(n)
+
+    def close(self) -> None:
+        self.closed = True
+        self._data = memoryview(b"")
 
 
 # --------------------------------------------------------------------------- footer

@@ -340,6 +340,8 @@ def call_with_retry(
                 raise
             what = describe() if callable(describe) else describe
             if attempt >= policy.max_attempts:
+                if isinstance(error, CorruptInputError):  # a decode failure that persisted: corrupt after all
+                    raise
                 kind = ReaderTimeoutError if _is_timeout(error) else RemoteReadError
                 message = redact(
                     f"{what}: failed after {attempt} attempt{'s' if attempt > 1 else ''}: "

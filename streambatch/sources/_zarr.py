@@ -72,6 +72,7 @@ from zarr.storage import FsspecStore, LocalStore, WrapperStore
 from ..errors import CorruptInputError, SchemaError, SourceNotFoundError
 from ._base import ColumnSpec, Shard, ShardReader
 from ._fs import FileSystemPath
+from ._retry import RetryPolicy, call_with_retry, is_transient
 
 __all__ = ["ZarrShard"]
 
@@ -197,6 +198,8 @@ class _ZarrReader(ShardReader):
         self._prototype = cpu.buffer_prototype
         self._nd_buffer = cpu.NDBuffer
         self._closed = False
+        self._remote = not shard.location.is_local
+        self._retry: RetryPolicy | None = getattr(shard, "retry", None)
 
     def read_into(self, start: int, stop: int, out: Mapping[str, np.ndarray]) -> None:
         if self._closed:
@@ -216,7 +219,28 @@ class _ZarrReader(ShardReader):
                     f"expected {spec.dtype}{list(expected)}"
                 )
             if stop > start:
-                self._read_array(name, array, start, stop, target)
+                self._read_array_retried(name, array, start, stop, target)
+
+    def _read_array_retried(self, name: str, array: Any, start: int, stop: int, target: np.ndarray) -> None:
+        """``_read_array``, sent again on a remote store when it fails transiently
+        (including a chunk that did not decode but decodes on a second read: its
+        bytes were cut short in transit). Each attempt rewrites all of ``target``."""
+        if not self._remote:
+            self._read_array(name, array, start, stop, target)
+            return
+        rows = _rows_per_object(array)
+
+        def describe() -> str:
+            first, last = start // rows, (stop - 1) // rows
+            where = f"chunk {first}" if first == last else f"chunks {first}-{last}"
+            return f"{self._shard.path} array {name!r} rows {start}:{stop} ({where} along axis 0)"
+
+        call_with_retry(
+            lambda: self._read_array(name, array, start, stop, target),
+            self._retry,
+            describe,
+            secrets=self._shard.location.secrets,
+        )
 
     def _read_array(self, name: str, array: Any, start: int, stop: int, target: np.ndarray) -> None:
         """Decode rows ``[start, stop)`` of one array into ``target``: zarr copies each
@@ -230,7 +254,12 @@ class _ZarrReader(ShardReader):
         except (MemoryError, *_TRANSIENT_OS_ERRORS):
             raise
         except Exception as e:
-            raise self._locate_corrupt_chunk(name, array, start, stop, e) from e
+            if self._remote and is_transient(e):
+                raise  # a connection or HTTP error: the retry layer sends the read again
+            located = self._locate_corrupt_chunk(name, array, start, stop, e)
+            if self._remote and isinstance(located, CorruptInputError) and not isinstance(located, _MissingChunkError):
+                located.transient = True  # type: ignore[attr-defined]  # retried; raised as is if it persists
+            raise located from e
 
     def _locate_corrupt_chunk(self, name: str, array: Any, start: int, stop: int, error: Exception) -> Exception:
         """Zarr's decode errors do not say which chunk failed: read the chunks covering
@@ -250,6 +279,8 @@ class _ZarrReader(ShardReader):
             except _MissingChunkError as e:  # deleted since the first read
                 return CorruptInputError(f"{path} array {name!r} chunk {e.key}: {_MISSING_HINT}")
             except Exception as e:  # the same failure, now with its chunk known
+                if self._remote and is_transient(e):
+                    return e  # the storage failed this time: let the retry layer decide
                 return CorruptInputError(
                     f"{path} array {name!r} chunk {_full_key(array, key)}: cannot decode ({type(e).__name__}: {e})"
                 )

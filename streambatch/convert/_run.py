@@ -1,0 +1,496 @@
+"""The conversion driver: validate options, claim ``DEST``, stage CSV, shuffle
+pass 1, run the shard tasks (here, in processes, or on Dask), journal each one,
+write the manifest last, clean up."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._units import format_bytes, parse_bytes
+from ..errors import EmptyDatasetError, SchemaError, StreambatchError
+from ..sources import ColumnSpec
+from ..sources._fs import resolve
+from ..sources._manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION
+from . import _inputs
+from ._inputs import DatasetPart, Part, RawPart
+from ._journal import JOURNAL_NAME, Journal
+from ._shards import TMP_PREFIX, ConvertWriteError, ShardTask, fsync_dir, remove_path, shard_name, write_shard
+from ._shuffle import bucket_dir, plan_buckets, scatter_to_buckets
+
+__all__ = ["ConvertError", "ConvertOptions", "ConvertResult", "convert", "default_chunk_rows"]
+
+FORMATS = ("parquet", "npy", "zarr")
+COMPRESSIONS = ("none", "zstd", "lz4")
+#: Test-only hook: SIGKILL this process after journaling that many shards.
+KILL_ENV = "STREAMBATCH_CONVERT_KILL_AFTER_SHARDS"
+_STAGE = TMP_PREFIX + "stage"
+_DEFAULT_SHARD_SIZE = "256MiB"
+#: Target bytes of one Parquet row group / Zarr chunk (see default_chunk_rows).
+_CHUNK_TARGET_BYTES = 128 << 10
+
+
+class ConvertError(StreambatchError, ValueError):
+    """The conversion cannot start or resume as asked (e.g. inputs changed since the journal)."""
+
+
+def default_chunk_rows(row_nbytes: int) -> int:
+    """Rows per Parquet row group / Zarr chunk: ~128 KiB, within [64, 65536] rows.
+
+    The loader shuffles by holding many read units in a window; a unit is a whole
+    row group, so smaller groups mean more distinct units in the same memory and
+    a better shuffle (docs/convert.md has the measurements); below ~64 KiB the
+    per-group decode overhead starts to cost throughput."""
+    return int(min(65536, max(64, _CHUNK_TARGET_BYTES // max(1, row_nbytes))))
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Validated options of :func:`convert`; messages name the option and the value."""
+
+    shard_format: str
+    columns: tuple[str, ...] | None = None
+    shard_size: int | None = None
+    rows_per_shard: int | None = None
+    chunk_rows: int | None = None
+    compression: str = "none"
+    shuffle: bool = False
+    seed: int = 0
+    memory_limit: int = 1 << 30
+    workers: int = 1
+    scheduler: str | None = None
+    overwrite: bool = False
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if self.shard_format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.shard_format!r}")
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
+        if self.compression != "none" and self.shard_format == "npy":
+            raise ValueError(f"compression={self.compression!r} is not available for npy output (raw files)")
+        if self.shard_size is not None and self.rows_per_shard is not None:
+            raise ValueError("give shard_size or rows_per_shard, not both")
+        for name in ("rows_per_shard", "chunk_rows", "shard_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or int(value) <= 0):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if int(self.workers) < 1:
+            raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
+        if self.overwrite and self.resume:
+            raise ValueError("give overwrite or resume, not both")
+        if self.columns is not None and not self.columns:
+            raise ValueError("columns is empty: select at least one column")
+
+    def output_params(self) -> dict[str, Any]:
+        """What decides the output bytes (recorded in the manifest and journal)."""
+        return {
+            "format": self.shard_format,
+            "columns": list(self.columns) if self.columns else None,
+            "shard_size": self.shard_size,
+            "rows_per_shard": self.rows_per_shard,
+            "chunk_rows": self.chunk_rows,
+            "compression": self.compression,
+            "shuffle": self.shuffle,
+            "seed": self.seed if self.shuffle else None,
+            "memory_limit": self.memory_limit if self.shuffle else None,
+        }
+
+
+@dataclass
+class ConvertResult:
+    dest: str
+    rows: int
+    shards: int
+    bytes: int
+    seconds: float
+    resumed_shards: int = 0
+    manifest: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def summary(self) -> str:
+        rate = self.bytes / self.seconds / 1e6 if self.seconds > 0 else float("inf")
+        resumed = f" ({self.resumed_shards} already done)" if self.resumed_shards else ""
+        return (
+            f"converted {self.rows:,} rows into {self.shards} shard(s){resumed}, "
+            f"{format_bytes(self.bytes)} in {self.seconds:.1f} s ({rate:.0f} MB/s) -> {self.dest}"
+        )
+
+
+def convert(
+    sources: str | Sequence[str],
+    dest: str,
+    shard_format: str = "parquet",
+    *,
+    columns: Sequence[str] | None = None,
+    shard_size: int | str | None = None,
+    rows_per_shard: int | None = None,
+    chunk_rows: int | None = None,
+    compression: str = "none",
+    shuffle: bool = False,
+    seed: int = 0,
+    memory_limit: int | str = "1GiB",
+    workers: int = 1,
+    scheduler: str | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> ConvertResult:
+    """Convert ``sources`` into shards of ``shard_format`` under the local directory ``dest``.
+
+    Refuses a non-empty ``dest`` (``FileExistsError``) unless ``overwrite`` (only a
+    previous convert output is overwritten) or ``resume`` (finish an interrupted
+    run with the same inputs and options; a complete one is left as it is).
+    ``progress=None`` shows a bar when stderr is a terminal and tqdm is installed.
+    """
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [os.fspath(sources)]
+    sources = [os.fspath(s) for s in sources]
+    if not sources:
+        raise ValueError("sources is empty: give at least one input path")
+    options = ConvertOptions(
+        shard_format=shard_format,
+        columns=tuple(columns) if columns is not None else None,
+        shard_size=parse_bytes(shard_size, "shard_size") if shard_size is not None else None,
+        rows_per_shard=rows_per_shard,
+        chunk_rows=chunk_rows,
+        compression=compression,
+        shuffle=bool(shuffle),
+        seed=int(seed),
+        memory_limit=parse_bytes(memory_limit),
+        workers=int(workers),
+        scheduler=scheduler,
+        overwrite=overwrite,
+        resume=resume,
+    )
+    return _Conversion(sources, dest, options, progress, storage_options or {}).run()
+
+
+class _Conversion:
+    def __init__(self, sources: list[str], dest: str, options: ConvertOptions, progress: bool | None,
+                 storage_options: dict[str, Any]) -> None:
+        location = resolve(dest)
+        if not location.is_local:
+            raise ValueError(f"dest must be a local directory (atomic renames), got {dest!r}")
+        self.dest = location.path
+        self.sources = sources
+        self.options = options
+        self.progress = progress
+        self.storage_options = storage_options
+        self.journal = Journal(os.path.join(self.dest, JOURNAL_NAME))
+        self.stage = os.path.join(self.dest, _STAGE)
+
+    # ------------------------------------------------------------------ main line
+
+    def run(self) -> ConvertResult:
+        started = time.monotonic()
+        header = {
+            "fingerprint": _inputs.fingerprint_sources(self.sources, self.storage_options),
+            "sources": self.sources,
+            "params": self.options.output_params(),
+        }
+        done = self._claim_dest(header)
+        if isinstance(done, ConvertResult):
+            return done
+        try:
+            return self._convert(header, done, started)
+        except BaseException:
+            self._remove_temporaries()
+            raise
+
+    def _convert(self, header: dict[str, Any], done: dict[int, dict[str, Any]], started: float) -> ConvertResult:
+        o = self.options
+        staged = bool(done.pop(-1, None))
+        parts, columns = self._inputs(staged)
+        total = sum(p.num_rows for p in parts)
+        if total == 0:
+            raise EmptyDatasetError(f"the inputs {self.sources} hold zero rows")
+        row_nbytes = sum(s.row_nbytes for s in columns.values())
+        chunk_rows = o.chunk_rows or default_chunk_rows(row_nbytes)
+        per_shard = o.rows_per_shard or max(1, (o.shard_size or parse_bytes(_DEFAULT_SHARD_SIZE)) // max(1, row_nbytes))
+        if not o.rows_per_shard and per_shard > chunk_rows:
+            per_shard -= per_shard % chunk_rows  # whole row groups / chunks per shard
+        bounds = list(range(0, total, per_shard)) + [total]
+        shard_rows = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+        bar = _progress_bar(self.progress, total, row_nbytes)
+        try:
+            tasks = self._tasks(parts, columns, bounds, chunk_rows, row_nbytes, staged, bar)
+            if not staged:
+                self.journal.append({"event": "staged"})
+            resumed = sum(shard_rows[i] for i in done)
+            if bar is not None and resumed:
+                bar.update(resumed)
+            entries = dict(done)
+            kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
+            pending = [t for t in tasks if t.index not in done]
+            for count, entry in enumerate(self._execute(pending), start=1):
+                self.journal.append({"event": "shard", "entry": entry})
+                entries[entry["index"]] = entry
+                if bar is not None:
+                    bar.update(entry["rows"])
+                if kill_after and count >= kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)  # test hook: crash after a journaled shard
+        finally:
+            if bar is not None:
+                bar.close()
+        manifest = self._manifest(header, columns, [entries[i] for i in range(len(tasks))], chunk_rows, per_shard, total)
+        self._finish(manifest)
+        return ConvertResult(self.dest, total, len(tasks), sum(e["bytes"] for e in entries.values()),
+                             time.monotonic() - started, len(done), manifest)
+
+    # ------------------------------------------------------------------ DEST
+
+    def _claim_dest(self, header: dict[str, Any]) -> dict[int, dict[str, Any]] | ConvertResult:
+        """Check ``DEST`` against overwrite/resume; returns the journaled shards to
+        keep (key -1 marks staging as done), or the result of a finished conversion."""
+        o = self.options
+        os.makedirs(self.dest, exist_ok=True)
+        entries = os.listdir(self.dest)
+        manifest_path = os.path.join(self.dest, MANIFEST_NAME)
+        ours = MANIFEST_NAME in entries or JOURNAL_NAME in entries
+        if entries and not (o.overwrite or o.resume):
+            raise FileExistsError(
+                f"{self.dest} is not empty: pass --overwrite to replace a previous conversion, "
+                "or --resume to finish an interrupted one"
+            )
+        if entries and not ours:
+            raise FileExistsError(
+                f"{self.dest} is not empty and holds no streambatch manifest or journal: "
+                "refusing to write into it (choose an empty or new directory)"
+            )
+        if o.resume and os.path.exists(manifest_path):
+            with open(manifest_path, encoding="utf-8") as f:
+                manifest = json.load(f)
+            self._check_same(manifest.get("input", {}), header, manifest_path)
+            return ConvertResult(self.dest, manifest["rows"], len(manifest["shards"]),
+                                 sum(s["bytes"] for s in manifest["shards"]), 0.0,
+                                 len(manifest["shards"]), manifest)
+        previous, events = self.journal.read()
+        done: dict[int, dict[str, Any]] = {}
+        if o.resume and previous is not None:
+            self._check_same(previous, header, self.journal.path)
+            for event in events:
+                if event.get("event") == "staged":
+                    done[-1] = {}
+                elif event.get("event") == "shard" and _shard_intact(self.dest, event["entry"]):
+                    done[event["entry"]["index"]] = event["entry"]
+            self._remove_temporaries(keep_stage=-1 in done)
+            if -1 not in done:  # staging was interrupted: shuffle bucket files are incomplete
+                done = {}
+                self.journal.start(header)
+            return done
+        if o.overwrite and os.path.exists(manifest_path):
+            self._old_manifest = manifest_path
+            with open(manifest_path, encoding="utf-8") as f:
+                self._old_files = {e["path"] for e in json.load(f).get("shards", [])}
+            os.remove(manifest_path)  # the directory is no longer a complete dataset from here on
+        self._remove_temporaries()
+        self.journal.start(header)
+        return done
+
+    def _check_same(self, recorded: dict[str, Any], header: dict[str, Any], where: str) -> None:
+        for key in ("fingerprint", "sources", "params"):
+            if recorded.get(key) != header[key]:
+                what = "the input files changed" if key == "fingerprint" else f"{key} differ"
+                raise ConvertError(
+                    f"cannot resume into {self.dest}: {what} since {where} was written "
+                    f"(recorded {recorded.get(key)!r}, now {header[key]!r}); use --overwrite to start again"
+                )
+
+    def _remove_temporaries(self, keep_stage: bool = False) -> None:
+        try:
+            names = os.listdir(self.dest)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.startswith(TMP_PREFIX) and not (keep_stage and name == _STAGE):
+                remove_path(os.path.join(self.dest, name))
+
+    # ------------------------------------------------------------------ inputs and tasks
+
+    def _inputs(self, staged: bool) -> tuple[list[Part], dict[str, ColumnSpec]]:
+        o = self.options
+        parts: list[Part] = []
+        columns: dict[str, ColumnSpec] | None = None
+        so = tuple(sorted(self.storage_options.items()))
+        for i, source in enumerate(self.sources):
+            if _inputs.is_csv_source(source):
+                specs = _inputs.csv_columns(source, o.columns)
+                directory = os.path.join(self.stage, f"csv-{i:04d}")
+                if staged:
+                    rows = os.path.getsize(os.path.join(directory, f"{next(iter(specs))}.bin")) // next(iter(specs.values())).row_nbytes
+                    part: Part = RawPart(directory, tuple((n, s.dtype.str, s.shape) for n, s in specs.items()), rows)
+                else:
+                    part = _inputs.stage_csv(source, directory, o.columns, specs)
+            else:
+                from ..sources import open_dataset
+
+                ds = open_dataset(source, o.columns, storage_options=self.storage_options or None)
+                specs = dict(ds.columns)
+                part = DatasetPart(source, o.columns, ds.num_rows, so)
+            if columns is None:
+                columns = specs
+            elif specs != columns:
+                raise SchemaError(f"{source}: columns {specs} differ from those of {self.sources[0]}: {columns}")
+            parts.append(part)
+        assert columns is not None
+        return parts, columns
+
+    def _tasks(self, parts: list[Part], columns: dict[str, ColumnSpec], bounds: list[int], chunk_rows: int,
+               row_nbytes: int, staged: bool, bar: Any) -> list[ShardTask]:
+        o = self.options
+        specs = tuple((n, s.dtype.str, s.shape) for n, s in columns.items())
+        budget_rows = max(1, o.memory_limit // 4 // max(1, row_nbytes))
+        common = dict(dest=self.dest, shard_format=o.shard_format, columns=specs, chunk_rows=chunk_rows,
+                      compression=o.compression)
+        shard_rows = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+        if not o.shuffle:
+            unit = _inputs.largest_unit_rows(parts)
+            block = max(unit, budget_rows // (2 * o.workers))
+            block = max(chunk_rows, block - block % chunk_rows)
+            return [ShardTask(index=i, rows=n, block_rows=block, parts=tuple(parts), start=a, stop=a + n, **common)
+                    for i, (a, n) in enumerate(zip(bounds[:-1], shard_rows))]
+        plan = plan_buckets(shard_rows, budget_rows)
+        capacities = [n for sizes in plan for n in sizes]
+        # pass 1 block: bounded by the budget only (not by workers), so the output is independent of them
+        scatter_block = max(1, min(65536, o.memory_limit // 8 // max(1, row_nbytes)))
+        if not staged:
+            remove_path(os.path.join(self.stage, "buckets"))
+            scatter_to_buckets(parts, columns, capacities, os.path.join(self.stage, "buckets"), o.seed, scatter_block,
+                               on_rows=(lambda n: None) if bar is None else bar.scatter)
+        tasks, b = [], 0
+        block = max(chunk_rows, scatter_block - scatter_block % chunk_rows)
+        for i, sizes in enumerate(plan):
+            buckets = tuple((bucket_dir(os.path.join(self.stage, "buckets"), b + j), n, b + j) for j, n in enumerate(sizes))
+            b += len(sizes)
+            tasks.append(ShardTask(index=i, rows=shard_rows[i], block_rows=block, buckets=buckets, seed=o.seed, **common))
+        return tasks
+
+    def _execute(self, tasks: list[ShardTask]) -> Iterator[dict[str, Any]]:
+        o = self.options
+        if not tasks:
+            return iter(())
+        if o.scheduler:
+            return _run_dask(o.scheduler, tasks)
+        if o.workers > 1:
+            return _run_processes(o.workers, tasks)
+        return map(write_shard, tasks)
+
+    # ------------------------------------------------------------------ manifest
+
+    def _manifest(self, header: dict[str, Any], columns: dict[str, ColumnSpec], entries: list[dict[str, Any]],
+                  chunk_rows: int, per_shard: int, total: int) -> dict[str, Any]:
+        from .. import __version__
+
+        return {
+            "format": MANIFEST_FORMAT,
+            "format_version": MANIFEST_VERSION,
+            "shard_format": self.options.shard_format,
+            "written_by": f"streambatch {__version__}",
+            "rows": total,
+            "schema": {"columns": [{"name": n, "dtype": s.dtype.str, "shape": list(s.shape)} for n, s in columns.items()]},
+            "params": {**self.options.output_params(), "chunk_rows": chunk_rows, "rows_per_shard": per_shard},
+            "input": header,
+            "shards": [{k: e[k] for k in ("path", "rows", "bytes", "sha256", "unit_rows", "files")} for e in entries],
+        }
+
+    def _finish(self, manifest: dict[str, Any]) -> None:
+        path = os.path.join(self.dest, MANIFEST_NAME)
+        tmp = os.path.join(self.dest, TMP_PREFIX + MANIFEST_NAME)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            raise ConvertWriteError(e.errno, f"writing the manifest {path} failed: {e.strerror or e}") from e
+        fsync_dir(self.dest)
+        keep = {s["path"] for s in manifest["shards"]}
+        for old in getattr(self, "_old_files", set()) - keep:  # shards of an overwritten, larger conversion
+            remove_path(os.path.join(self.dest, old))
+        self._remove_temporaries()
+        self.journal.remove()
+
+
+def _shard_intact(dest: str, entry: dict[str, Any]) -> bool:
+    """A journaled shard is kept on resume if every file still has its recorded size."""
+    try:
+        return all(os.path.getsize(os.path.join(dest, f["path"])) == f["bytes"] for f in entry["files"])
+    except OSError:
+        return False
+
+
+def _run_processes(workers: int, tasks: list[ShardTask]) -> Iterator[dict[str, Any]]:
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # at most 2 tasks per worker in flight, so a failure stops the run early
+        queue = list(reversed(tasks))
+        running: set[Any] = set()
+        try:
+            while queue or running:
+                while queue and len(running) < 2 * workers:
+                    running.add(pool.submit(write_shard, queue.pop()))
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield future.result()
+        finally:
+            for future in running:
+                future.cancel()
+
+
+def _run_dask(address: str, tasks: list[ShardTask]) -> Iterator[dict[str, Any]]:
+    try:
+        from distributed import Client, as_completed
+    except ImportError as e:
+        raise ImportError("--scheduler needs dask.distributed: pip install 'streambatch[dask]'") from e
+    with Client(address) as client:
+        futures = client.map(write_shard, tasks, pure=False)
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            client.cancel(futures)
+
+
+def _progress_bar(progress: bool | None, total: int, row_nbytes: int) -> Any:
+    import sys
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return _Bar(tqdm(total=total, unit="rows", unit_scale=True, desc="convert", dynamic_ncols=True, file=sys.stderr),
+                row_nbytes)
+
+
+class _Bar:
+    """tqdm counting rows, with bytes/s beside; shuffle pass 1 shows in the description."""
+
+    def __init__(self, bar: Any, row_nbytes: int) -> None:
+        self.bar, self.row_nbytes, self.started, self.scattered = bar, row_nbytes, time.monotonic(), 0
+
+    def scatter(self, rows: int) -> None:
+        self.scattered += rows
+        self.bar.set_description(f"shuffle pass 1: {self.scattered / max(1, self.bar.total):.0%}")
+
+    def update(self, rows: int) -> None:
+        if self.scattered:
+            self.bar.set_description("convert")
+        self.bar.update(rows)
+        rate = self.bar.n * self.row_nbytes / max(1e-9, time.monotonic() - self.started)
+        self.bar.set_postfix_str(f"{format_bytes(rate)}/s")
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,89 @@
+"""``streambatch info PATH``: what a dataset holds, from metadata only (headers,
+footers, Zarr documents, or the convert manifest when there is one)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._units import format_bytes
+from .sources import open_dataset
+from .sources._fs import resolve
+from .sources._manifest import has_manifest, read_manifest
+
+__all__ = ["describe", "format_info"]
+
+
+def describe(path: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Rows, columns, shards, bytes on storage and read-unit sizes of ``path``, plus
+    the manifest's format and convert parameters when ``path`` is a convert output."""
+    ds = open_dataset(path, storage_options=storage_options)
+    location = resolve(path, storage_options)
+    manifest = read_manifest(location) if location.isdir() and has_manifest(location) else None
+    shards = []
+    for i, shard in enumerate(ds.shards):
+        bounds = shard.unit_bounds
+        units = np.diff(np.asarray(bounds)) if bounds is not None and len(bounds) > 1 else None
+        stored = manifest["shards"][i]["bytes"] if manifest else _stored_bytes(shard)
+        shards.append({
+            "path": shard.path,
+            "rows": int(shard.num_rows),
+            "bytes": stored,
+            "units": int(len(units)) if units is not None else None,
+            "unit_rows": [int(units.min()), int(np.median(units)), int(units.max())] if units is not None and len(units) else None,
+        })
+    info: dict[str, Any] = {
+        "path": location.url,
+        "rows": ds.num_rows,
+        "columns": {n: {"dtype": str(s.dtype), "shape": list(s.shape)} for n, s in ds.columns.items()},
+        "row_bytes": ds.row_nbytes,
+        "data_bytes": ds.nbytes,
+        "stored_bytes": sum(s["bytes"] or 0 for s in shards) if all(s["bytes"] is not None for s in shards) else None,
+        "shards": shards,
+    }
+    if manifest is not None:
+        info["manifest"] = {k: manifest.get(k) for k in ("format", "format_version", "shard_format", "written_by", "params")}
+    return info
+
+
+def _stored_bytes(shard: Any) -> int | None:
+    location = getattr(shard, "location", None)
+    try:
+        if location is not None:
+            if location.isdir():
+                return int(sum(location.fs.du(location.path, total=False).values()))
+            return int(location.size())
+        files = getattr(shard, "_files", None)
+        if files:
+            return int(sum(f.size() for f in files.values()))
+    except OSError:
+        return None
+    return None
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """The human-readable text ``streambatch info`` prints."""
+    lines = [f"{info['path']}", f"  rows     {info['rows']:,}"]
+    stored = f", {format_bytes(info['stored_bytes'])} stored" if info["stored_bytes"] is not None else ""
+    lines.append(f"  bytes    {format_bytes(info['data_bytes'])} in memory ({info['row_bytes']} per row){stored}")
+    lines.append(f"  columns  {len(info['columns'])}")
+    for name, spec in info["columns"].items():
+        shape = "x".join(map(str, spec["shape"])) if spec["shape"] else "scalar"
+        lines.append(f"    {name:<16} {spec['dtype']:<10} {shape}")
+    shards = info["shards"]
+    lines.append(f"  shards   {len(shards)}")
+    for s in shards[:20]:
+        units = (f", {s['units']} units of {s['unit_rows'][0]}/{s['unit_rows'][1]}/{s['unit_rows'][2]} rows (min/median/max)"
+                 if s["unit_rows"] else ", random access (no read units)")
+        size = format_bytes(s["bytes"]) if s["bytes"] is not None else "? bytes"
+        lines.append(f"    {s['path']}: {s['rows']:,} rows, {size}{units}")
+    if len(shards) > 20:
+        lines.append(f"    ... {len(shards) - 20} more")
+    manifest = info.get("manifest")
+    if manifest:
+        lines.append(f"  manifest {manifest['format']} v{manifest['format_version']}, {manifest['shard_format']} shards, "
+                     f"{manifest['written_by']}")
+        params = manifest.get("params") or {}
+        lines.append("    " + ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if v is not None))
+    return "\n".join(lines)
