@@ -617,7 +617,7 @@ def sweep_tables(res: dict) -> str:
            "scores are better than a real all-column load would get)" if res["label_only"]
            else "all columns loaded (x and label), so the budget buys the same rows as in real use")
         + f". memory_limit as a share of the data ({res['data_bytes'] / 1e9:.2f} GB). "
-        "Cells: score / window pieces. \"too small\" = the Loader refuses the budget (a unit must fit twice in the ring).\n",
+        "Cells: score / window pieces. \"too small\" = the Loader refuses the budget (ValueError: memory_limit is too small for the read units).\n",
         "| source | " + " | ".join(f"{x * 100:g} % ({fmt_bytes(res['data_bytes'] * x)})" for x in fr) + " |",
         "|---|" + "---|" * len(fr),
     ]
@@ -655,10 +655,14 @@ def sweep_plot(res: dict, png: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    styles = {"npy": "k-o", "parquet": "-s", "zarr": "--^"}
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    colors = {c: f"C{i}" for i, c in enumerate(res["chunks"])}
     for f, c in res["series"]:
+        kw = {"color": "k", "marker": "o", "ls": "-", "lw": 2} if c is None else {
+            "color": colors.get(c, "grey"), "marker": "s" if f == "parquet" else "^",
+            "ls": "-" if f == "parquet" else "--", "mfc": "none" if f == "zarr" else None, "ms": 9 if f == "zarr" else 5}
         xs, ys = [], []
         for x in res["fractions"]:
             r = res["results"].get(f"{f}|{c or '-'}|{x}", {})
@@ -666,18 +670,22 @@ def sweep_plot(res: dict, png: str) -> None:
                 xs.append(x * 100)
                 ys.append(r["score"])
         if xs:
-            ax.plot(xs, ys, styles[f], label=_series_name(f, c))
+            ax.plot(xs, ys, label=_series_name(f, c), **kw)
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
     ax.axhline(1.2, color="red", lw=0.8, ls=":", label="npy target (1.2)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks([x * 100 for x in res["fractions"]])
     ax.set_xticklabels([f"{x * 100:g}%" for x in res["fractions"]])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_yticks([1, 1.2, 2, 3, 5, 8, 12])
+    ax.set_yticklabels(["1", "1.2", "2", "3", "5", "8", "12"])
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("memory_limit (% of the data)")
     ax.set_ylabel("shuffle score (1 = full permutation)")
     ax.set_title(f"Shuffle score vs budget ({res['rows']:,} rows, class-sorted labels)")
-    ax.legend(fontsize=7)
-    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(True, which="major", alpha=0.3)
     fig.tight_layout()
     os.makedirs(os.path.dirname(png), exist_ok=True)
     fig.savefig(png)
@@ -852,7 +860,14 @@ def sweep_reading(res: dict) -> list[str]:
         parts = ", ".join(f"{r['score']:.2f} at {x * 100:g} %" for x, r in ok)
         s = f"- {_series_name(f, c)}: {parts}"
         if refused:
-            s += f"; refused at {', '.join(f'{x * 100:g} %' for x in refused)} (a unit must fit twice in the ring)"
+            s += f"; refused at {', '.join(f'{x * 100:g} %' for x in refused)} (the Loader raises 'memory_limit ... is too small')"
+        one = [x for x, r in ok if r.get("window_pieces") == 1]
+        if one:
+            s += (f"; **accepted at {', '.join(f'{x * 100:g} %' for x in one)} with a window of one unit, i.e. no "
+                  "shuffle at all**")
+        if c is None:
+            w = [r["window_pieces"] for _, r in ok]
+            s += f" (window {min(w)}–{max(w)} pieces: the piece size grows with the budget, the piece count does not)"
         lines.append(s + ".")
     lines.append("- Parquet and Zarr can only mix whole row groups / chunks: with units of U rows and a budget of B rows "
                  "the window holds at most ~B/U units, so large units need either a larger budget or a rewrite with "

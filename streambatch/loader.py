@@ -264,6 +264,7 @@ class EpochIterator(Iterator[Batch]):
         start_batch = self._history[-1][1]
         self.batches_delivered = start_batch
         self._pid = os.getpid()
+        self._stopped = False
         budget = loader.budget
         dataset = loader.dataset
         base_world = self._history[0][0]
@@ -290,6 +291,8 @@ class EpochIterator(Iterator[Batch]):
         self._resources.batches = self._batches
 
     def __next__(self) -> Batch:
+        if self._stopped:
+            raise StopIteration  # closed, failed or finished: only a normal end counts
         if os.getpid() != self._pid:
             raise RuntimeError(
                 "this iterator was created in another process (fork); call iter(loader) in this process"
@@ -308,7 +311,9 @@ class EpochIterator(Iterator[Batch]):
         return batch
 
     def close(self) -> None:
-        """Stop the threads, close files, free the ring; idempotent."""
+        """Stop the threads, close files, free the ring; idempotent. ``next()`` then
+        raises ``StopIteration`` and the epoch is not counted as finished."""
+        self._stopped = True
         self._finalizer()
 
     def __enter__(self) -> EpochIterator:

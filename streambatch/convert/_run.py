@@ -284,11 +284,13 @@ class _Conversion:
                 done = {}
                 self.journal.start(header)
             return done
-        if o.overwrite and os.path.exists(manifest_path):
-            self._old_manifest = manifest_path
-            with open(manifest_path, encoding="utf-8") as f:
-                self._old_files = {e["path"] for e in json.load(f).get("shards", [])}
-            os.remove(manifest_path)  # the directory is no longer a complete dataset from here on
+        if o.overwrite:
+            # shards of the previous (complete or interrupted) conversion that the new one may not rewrite
+            self._old_files = {e["entry"]["path"] for e in events if e.get("event") == "shard"}
+            if os.path.exists(manifest_path):
+                with open(manifest_path, encoding="utf-8") as f:
+                    self._old_files |= {e["path"] for e in json.load(f).get("shards", [])}
+                os.remove(manifest_path)  # the directory is no longer a complete dataset from here on
         self._remove_temporaries()
         self.journal.start(header)
         return done
@@ -361,8 +363,15 @@ class _Conversion:
         scatter_block = max(1, min(65536, o.memory_limit // 8 // max(1, row_nbytes)))
         if not staged:
             remove_path(os.path.join(self.stage, "buckets"))
-            scatter_to_buckets(parts, columns, capacities, os.path.join(self.stage, "buckets"), o.seed, scatter_block,
-                               on_rows=(lambda n: None) if bar is None else bar.scatter)
+            try:
+                scatter_to_buckets(parts, columns, capacities, os.path.join(self.stage, "buckets"), o.seed,
+                                   scatter_block,
+                                   on_rows=(lambda n: None) if bar is None else bar.scatter)
+            except OSError as e:
+                if isinstance(e, ConvertWriteError):
+                    raise
+                where = getattr(e, "filename", None) or self.stage
+                raise ConvertWriteError(e.errno or 5, f"shuffle pass 1 failed writing under {where}: {e.strerror or e}") from e
         tasks, b = [], 0
         block = max(chunk_rows, scatter_block - scatter_block % chunk_rows)
         for i, sizes in enumerate(plan):

@@ -45,7 +45,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import CorruptInputError, SchemaError, SourceNotFoundError
+from ..errors import CorruptInputError, RemoteReadError, SchemaError, SourceNotFoundError
 from ._base import ColumnSpec, Shard, ShardReader
 from ._fs import FileSystemPath
 from ._retry import RetryPolicy, call_with_retry, read_exactly
@@ -307,7 +307,7 @@ class _ParquetReader(ShardReader):
                 table = self._handle().read_row_group(group, columns=names, use_threads=False)
             else:
                 table = self._decode_remote(group, names)
-        except _TRANSIENT_OS_ERRORS:
+        except (*_TRANSIENT_OS_ERRORS, RemoteReadError):
             raise
         except MemoryError:
             raise
