@@ -205,7 +205,7 @@ def _take(iterator, k):
     return [next(iterator) for _ in range(k)]
 
 
-@pytest.mark.parametrize(("workers", "k"), [(0, 0), (0, 7), (2, 4), (2, 5), (2, 11)])
+@pytest.mark.parametrize(("workers", "k"), [(0, 0), (0, 7), (2, 5), (2, 11)])
 def test_plain_resume_continues_exactly(dataset_factory, workers, k):
     path = dataset_factory("parquet", n=900, chunk_rows=40, shards=2)
     reference = list(_dataloader(_adapter(path, 30), workers, "fork"))
@@ -296,6 +296,7 @@ def test_a_mismatched_state_is_refused(dataset_factory):
 # -- resume: torchdata's StatefulDataLoader --------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")
 @pytest.mark.parametrize(("workers", "k"), [(0, 4), (2, 5), (2, 8)])
 def test_stateful_dataloader_resumes_exactly(dataset_factory, workers, k):
     stateful = pytest.importorskip("torchdata.stateful_dataloader")
