@@ -8,6 +8,7 @@ NumPy minibatches, with a hard bound on memory and exact resumption.
 
 from ._units import parse_bytes
 from .errors import (
+    BudgetError,
     CorruptInputError,
     EmptyDatasetError,
     ReaderError,
@@ -23,6 +24,7 @@ from .sources import ColumnSpec, Dataset, open_dataset
 from .sources._retry import RetryPolicy
 
 __all__ = [
+    "BudgetError",
     "ColumnSpec",
     "CorruptInputError",
     "Dataset",

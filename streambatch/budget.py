@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._units import format_bytes
+from .errors import BudgetError
 from .plan import PlanParams
 from .sources import Dataset
 
@@ -98,7 +99,7 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
         unit = max(unit_rows, min_piece if has_random_access else 0, 1)
         ring_need = 3 * unit * (row_nbytes + _INDEX_BYTES_PER_ROW)
         needed = (ring_need + batch_bytes) / (1 - _SCRATCH_SHARE if unit_rows else 1)
-        raise ValueError(
+        raise BudgetError(
             f"memory_limit={format_bytes(memory_limit)} is too small for this dataset: it must hold "
             f"{_BATCHES_IN_FLIGHT} batches of {batch_size} rows ({format_bytes(batch_bytes)}) and a few read units of "
             f"{unit} rows ({format_bytes(unit * row_nbytes)} each){' plus decode scratch' if unit_rows else ''}; "

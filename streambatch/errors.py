@@ -8,6 +8,7 @@ error names what it is about (a path, a column, a chunk) in its message.
 from __future__ import annotations
 
 __all__ = [
+    "BudgetError",
     "CorruptInputError",
     "EmptyDatasetError",
     "ReaderError",
@@ -53,6 +54,10 @@ class RemoteReadError(ReaderError):
 
 class ReaderTimeoutError(RemoteReadError, TimeoutError):
     """A remote read kept timing out until the retries were exhausted."""
+
+
+class BudgetError(StreambatchError, ValueError):
+    """``memory_limit`` cannot hold what one step of the pipeline needs."""
 
 
 class StateMismatchError(StreambatchError, ValueError):

@@ -64,8 +64,8 @@ class Loader:
     * each row of the rank's share is delivered exactly once per epoch;
     * the order is a pure function of (dataset, seed, epoch, rank, world_size,
       memory_limit): ``num_threads`` and timing never change it;
-    * peak memory stays within ``memory_limit`` plus the interpreter and imports
-      (see :mod:`streambatch.budget` for the split);
+    * peak RSS of the process stays <= ``memory_limit`` + 300 MiB (interpreter,
+      imports and allocator slack; see :mod:`streambatch.budget` for the split);
     * epochs advance by themselves when one is iterated to the end;
       ``set_epoch`` picks one explicitly;
     * ``state_dict()``/``load_state_dict()`` resume mid-epoch exactly, also
