@@ -7,8 +7,8 @@ The budget ``M`` pays for:
   It holds the shuffle window (``window_pieces`` pieces), the segment being
   emitted and the read-ahead. Each row also costs ~24 bytes of index arrays.
 * **decode scratch** (Parquet, Zarr only): a unit is decoded in a pool thread
-  before it is copied into the ring; the number of concurrent decodes is capped
-  so that scratch stays under a quarter of ``M``.
+  before it is copied into the ring; scratch is sized for 4 concurrent decodes
+  (at most a quarter of ``M``), and decodes beyond what it holds wait.
 * **batches in flight**: the batch being assembled, 2 ready in the hand-over
   queue, and ~2 the caller holds.
 
@@ -34,6 +34,7 @@ _TARGET_WINDOW_PIECES = 2048
 _MIN_PIECE_BYTES = 16 << 10
 _JOB_BYTES = 1 << 20
 _SCRATCH_SHARE = 0.25
+_DECODES_IN_FLIGHT = 4
 _BATCHES_IN_FLIGHT = 5
 
 
@@ -78,7 +79,10 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
     """Split ``memory_limit`` for ``dataset``; raises if one read unit cannot fit."""
     row_nbytes = max(1, dataset.row_nbytes)
     unit_rows = _largest_unit_rows(dataset)
-    scratch = int(memory_limit * _SCRATCH_SHARE) if unit_rows else 0
+    # enough for a few concurrent decodes (each ~2 units: decoded + compressed pages),
+    # never more than a quarter of the budget; the rest goes to the shuffle window
+    unit_bytes = unit_rows * row_nbytes
+    scratch = min(int(memory_limit * _SCRATCH_SHARE), _DECODES_IN_FLIGHT * 2 * unit_bytes) if unit_rows else 0
     batch_bytes = _BATCHES_IN_FLIGHT * batch_size * row_nbytes
     ring_bytes = memory_limit - scratch - batch_bytes
     ring_rows = max(0, ring_bytes // (row_nbytes + _INDEX_BYTES_PER_ROW))
@@ -98,7 +102,11 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
     if ring_rows < max_piece + job_rows or fitting < 2:
         unit = max(unit_rows, min_piece if has_random_access else 0, 1)
         ring_need = 3 * unit * (row_nbytes + _INDEX_BYTES_PER_ROW)
-        needed = (ring_need + batch_bytes) / (1 - _SCRATCH_SHARE if unit_rows else 1)
+        rest = ring_need + batch_bytes
+        full_scratch = _DECODES_IN_FLIGHT * 2 * unit_bytes  # scratch once M >= full_scratch / share
+        needed = rest / (1 - _SCRATCH_SHARE) if unit_rows else rest
+        if unit_rows and needed * _SCRATCH_SHARE > full_scratch:
+            needed = rest + full_scratch
         raise BudgetError(
             f"memory_limit={format_bytes(memory_limit)} is too small for this dataset: it must hold "
             f"{_BATCHES_IN_FLIGHT} batches of {batch_size} rows ({format_bytes(batch_bytes)}) and a few read units of "
