@@ -9,8 +9,9 @@ The budget ``M`` pays for:
 * **decode scratch** (Parquet, Zarr only): a unit is decoded in a pool thread
   before it is copied into the ring; scratch is sized for 4 concurrent decodes
   (at most a quarter of ``M``), and decodes beyond what it holds wait.
-* **batches in flight**: the batch being assembled, 2 ready in the hand-over
-  queue, and ~2 the caller holds.
+* **batches in flight**: batches travel to the consumer in groups of up to 8
+  (about 1 MiB): the group being assembled, 2 in the hand-over queue, and ~2
+  batches the caller holds.
 
 Python, numpy, pyarrow and the interpreter (~150-250 MiB) come on top; the
 documented contract is peak RSS <= M + 300 MiB.
@@ -35,7 +36,15 @@ _MIN_PIECE_BYTES = 16 << 10
 _JOB_BYTES = 1 << 20
 _SCRATCH_SHARE = 0.25
 _DECODES_IN_FLIGHT = 4
-_BATCHES_IN_FLIGHT = 5
+_GROUP_BYTES = 1 << 20
+_MAX_GROUP = 8
+
+
+def batch_group_size(batch_nbytes: int, memory_limit: int) -> int:
+    """Batches handed to the consumer together: enough to amortise the hand-over
+    between threads for small batches, one for large ones or small budgets."""
+    group_bytes = min(_GROUP_BYTES, memory_limit // 32)
+    return max(1, min(_MAX_GROUP, group_bytes // max(1, batch_nbytes)))
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,7 @@ class Budget:
     scratch_bytes: int
     unit_nbytes: int
     batch_bytes: int
+    batch_group: int
 
     @property
     def ring_bytes(self) -> int:
@@ -83,7 +93,8 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
     # never more than a quarter of the budget; the rest goes to the shuffle window
     unit_bytes = unit_rows * row_nbytes
     scratch = min(int(memory_limit * _SCRATCH_SHARE), _DECODES_IN_FLIGHT * 2 * unit_bytes) if unit_rows else 0
-    batch_bytes = _BATCHES_IN_FLIGHT * batch_size * row_nbytes
+    group = batch_group_size(batch_size * row_nbytes, memory_limit)
+    batch_bytes = (3 * group + 2) * batch_size * row_nbytes
     ring_bytes = memory_limit - scratch - batch_bytes
     ring_rows = max(0, ring_bytes // (row_nbytes + _INDEX_BYTES_PER_ROW))
 
@@ -109,7 +120,7 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
             needed = rest + full_scratch
         raise BudgetError(
             f"memory_limit={format_bytes(memory_limit)} is too small for this dataset: it must hold "
-            f"{_BATCHES_IN_FLIGHT} batches of {batch_size} rows ({format_bytes(batch_bytes)}) and a few read units of "
+            f"{3 * group + 2} batches of {batch_size} rows ({format_bytes(batch_bytes)}) and a few read units of "
             f"{unit} rows ({format_bytes(unit * row_nbytes)} each){' plus decode scratch' if unit_rows else ''}; "
             f"use memory_limit >= {format_bytes(needed)}"
             + (", or rewrite the data in smaller row groups/chunks with `streambatch convert`" if unit_rows else "")
@@ -137,6 +148,7 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
         scratch_bytes=scratch,
         unit_nbytes=unit_rows * row_nbytes,
         batch_bytes=batch_bytes,
+        batch_group=group,
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -40,8 +41,8 @@ __all__ = ["EpochIterator", "Loader"]
 
 Batch = dict[str, np.ndarray]
 
-#: batches assembled ahead of the consumer (counted in the budget's batches in flight)
-_READY_BATCHES = 2
+#: batch groups assembled ahead of the consumer (counted in the budget's batches in flight)
+_READY_GROUPS = 2
 
 
 def _default_threads() -> int:
@@ -127,6 +128,7 @@ class Loader:
         # [(world_size, batches delivered), ...] of the epoch so far, oldest first:
         # where the next iterator starts, and what state_dict() reports
         self._history: list[tuple[int, int]] = [(self.world_size, 0)]
+        self._generation = 0
         self._iterators: weakref.WeakSet[EpochIterator] = weakref.WeakSet()
 
     # -- sizes ---------------------------------------------------------------
@@ -140,7 +142,18 @@ class Loader:
         return rows_per_rank(self.dataset.num_rows, self.world_size, self.remainder)
 
     def __len__(self) -> int:
-        full, rest = divmod(self.rows_per_epoch, self.batch_size)
+        """Batches this rank yields in the epoch ``iter(loader)`` will run, counted
+        from the start of the current world: after an elastic resume, the batches
+        of this world's share of what was left (those already delivered in this
+        world included)."""
+        if len(self._history) == 1:
+            rows = self.rows_per_epoch
+        else:
+            base_world = self._history[0][0]
+            per_base_rank = [rows_per_rank(self.dataset.num_rows, base_world, self.remainder)] * base_world
+            slices = rank_slices(per_base_rank, self._history, self.rank, self.batch_size, self.remainder)
+            rows = sum(s.rows for s in slices)
+        full, rest = divmod(rows, self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
     # -- epochs --------------------------------------------------------------
@@ -155,6 +168,7 @@ class Loader:
             raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
         self._epoch = int(epoch)
         self._history = [(self.world_size, 0)]
+        self._generation += 1  # live iterators no longer move the loader's position
 
     def plan(self, epoch: int | None = None, *, rank: int | None = None, world_size: int | None = None) -> EpochPlan:
         """The pieces a rank reads in ``epoch`` of a fresh run (default: this rank,
@@ -169,15 +183,19 @@ class Loader:
         )
 
     def __iter__(self) -> EpochIterator:
-        iterator = EpochIterator(self, self._epoch, list(self._history))
+        self._generation += 1  # the newest iterator is the one state_dict() follows
+        iterator = EpochIterator(self, self._epoch, list(self._history), self._generation)
         self._iterators.add(iterator)
         return iterator
 
-    def _delivered(self, epoch: int, history: list[tuple[int, int]], batches: int, finished: bool) -> None:
+    def _delivered(
+        self, generation: int, epoch: int, history: list[tuple[int, int]], batches: int, finished: bool
+    ) -> None:
+        if generation != self._generation:
+            return  # set_epoch, load_state_dict or a newer iterator took over
         if finished:
-            if self._epoch == epoch:  # unless set_epoch chose another meanwhile
-                self._epoch = epoch + 1
-                self._history = [(self.world_size, 0)]
+            self._epoch = epoch + 1
+            self._history = [(self.world_size, 0)]
         else:
             self._epoch = epoch
             self._history = [*history[:-1], (history[-1][0], batches)]
@@ -213,6 +231,7 @@ class Loader:
             history.append((self.world_size, 0))
         self._epoch = saved.epoch
         self._history = history
+        self._generation += 1
 
     # -- lifecycle -----------------------------------------------------------
     def close(self) -> None:
@@ -254,14 +273,16 @@ class _Resources:
 class EpochIterator(Iterator[Batch]):
     """One pass over one epoch; owns the reader threads, the ring and open files."""
 
-    def __init__(self, loader: Loader, epoch: int, history: list[tuple[int, int]]) -> None:
+    def __init__(self, loader: Loader, epoch: int, history: list[tuple[int, int]], generation: int) -> None:
         self._loader = loader
+        self._generation = generation
         self.epoch = epoch
         self._history = [tuple(h) for h in history]
         start_batch = self._history[-1][1]
         self.batches_delivered = start_batch
         self._pid = os.getpid()
         self._stopped = False
+        self._ready: deque[Batch] = deque()
         budget = loader.budget
         dataset = loader.dataset
         base_world = self._history[0][0]
@@ -284,7 +305,7 @@ class EpochIterator(Iterator[Batch]):
         streams = [(plans[s.rank], s.lo, s.hi) for s in remaining]
         stop = threading.Event()
         producer = _emit(streams, dataset, ring, pool, cache, budget, filler, stop)
-        self._batches = BackgroundIterator(producer, _READY_BATCHES, stop, f"streambatch-batcher-{id(self):x}")
+        self._batches = BackgroundIterator(producer, _READY_GROUPS, stop, f"streambatch-batcher-{id(self):x}")
         self._resources.batches = self._batches
 
     def __next__(self) -> Batch:
@@ -295,16 +316,18 @@ class EpochIterator(Iterator[Batch]):
                 "this iterator was created in another process (fork); call iter(loader) in this process"
             )
         try:
-            batch = self._batches.get()
+            if not self._ready:
+                self._ready.extend(self._batches.get())
+            batch = self._ready.popleft()
         except StopIteration:
             self.close()
-            self._loader._delivered(self.epoch, self._history, self.batches_delivered, finished=True)
+            self._loader._delivered(self._generation, self.epoch, self._history, self.batches_delivered, finished=True)
             raise
         except BaseException:
             self.close()
             raise
         self.batches_delivered += 1
-        self._loader._delivered(self.epoch, self._history, self.batches_delivered, finished=False)
+        self._loader._delivered(self._generation, self.epoch, self._history, self.batches_delivered, finished=False)
         return batch
 
     def close(self) -> None:
@@ -329,10 +352,11 @@ def _emit(
     budget: Budget,
     filler: BatchFiller,
     stop: threading.Event,
-) -> Iterator[Batch]:
-    """The consumer side: for each stream slice ``(plan, lo, hi)``, the segments of
+) -> Iterator[list[Batch]]:
+    """The producer side: for each stream slice ``(plan, lo, hi)``, the segments of
     its window shuffle from row ``lo`` to ``hi``, gathered into batches that run
-    across slice boundaries."""
+    across slice boundaries, handed over in groups (never held back across a
+    wait for reads, so the first batch is not delayed)."""
     try:
         for plan, lo, hi in streams:
             if filler.finished:
@@ -352,9 +376,15 @@ def _emit(
                 if positions.size > left:
                     positions = positions[:left]
                 left -= positions.size
+                group: list[Batch] = []
                 for batch in filler.fill(positions):
-                    yield batch
+                    group.append(batch)
+                    if len(group) == budget.batch_group:
+                        yield group
+                        group = []
                     reads.admit()
+                if group:
+                    yield group
                 if filler.finished or left == 0:
                     break
                 reads.release(shuffle.first_live_piece(segment.tick_hi))

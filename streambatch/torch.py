@@ -34,8 +34,12 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import IterableDataset, get_worker_info
+
+try:
+    import torch
+    from torch.utils.data import IterableDataset, get_worker_info
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError("streambatch.torch needs PyTorch: pip install 'streambatch[torch]'") from error
 
 from .distributed import detect_rank_and_world_size
 from .errors import StateMismatchError
@@ -171,13 +175,17 @@ class StreambatchIterable(IterableDataset):
         """The state of the Loader this process iterates: what ``StatefulDataLoader``
         stores per worker (or for the main process with ``num_workers=0``).
 
-        Before any iteration in this process, the state the next ``iter()`` starts from."""
+        After :meth:`load_state_dict` and before ``iter()``, the loaded state. With
+        DataLoader workers and a plain DataLoader, the state lives in the workers: in
+        the main process use :meth:`state_at` instead (this raises there)."""
         if self._loader is None or self._loader_key is None or self._loader_key[0] != os.getpid():
             if self._pending is not None:
                 return _copy(self._pending["original"])
-            probe = self._probe or self._make_loader(self.rank, self.world_size)
-            probe.set_epoch(self._epoch)
-            return _rank_state(probe.state_dict(), self.world_size, 1, 0)
+            raise RuntimeError(
+                "no Loader has been iterated in this process, so there is no progress to save here: "
+                "with DataLoader workers use torchdata's StatefulDataLoader (which calls state_dict() "
+                "inside the workers), or StreambatchIterable.state_at(batches, num_workers)"
+            )
         worker, workers = self._slot
         return {
             "kind": _WORKER_KIND,

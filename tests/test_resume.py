@@ -144,3 +144,22 @@ def test_a_state_from_another_dataset_or_seed_is_refused(dataset_factory):
         _loader(a).load_state_dict({**state, "format_version": 99})
     with pytest.raises(sb.StateMismatchError, match="history"):
         _loader(a).load_state_dict({**state, "history": [[0, 1]]})
+
+
+def test_len_after_an_elastic_resume_counts_this_worlds_batches(dataset_factory):
+    path = dataset_factory("npy", n=1000)
+    delivered, state = _run_world(path, 2, batches=4, batch_size=10)
+    resumed = _loader(path, rank=0, world_size=3, batch_size=10)
+    resumed.load_state_dict(state)
+    assert len(resumed) == sum(1 for _ in resumed) == 31  # ceil((1000 - 2*4*10) / 3) = 307 rows in batches of 10
+
+
+def test_set_epoch_during_a_live_iteration_is_not_undone(dataset_factory):
+    path = dataset_factory("npy", n=500)
+    loader = _loader(path)
+    it = iter(loader)
+    next(it)
+    loader.set_epoch(5)
+    next(it)
+    assert loader.epoch == 5 and loader.state_dict()["history"][-1][1] == 0
+    it.close()

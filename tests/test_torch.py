@@ -24,10 +24,10 @@ if os.environ.get("CI") or os.environ.get("STREAMBATCH_REQUIRE_TORCH"):
 else:
     torch = pytest.importorskip("torch")
 
-from torch.utils.data import DataLoader  # noqa: E402
+from torch.utils.data import DataLoader
 
-import streambatch.torch as sbt  # noqa: E402
-from tests.conftest import collect, ids_of  # noqa: E402
+import streambatch.torch as sbt
+from tests.conftest import collect, ids_of
 
 REPO = Path(__file__).resolve().parents[1]
 LIMIT = "256KiB"
@@ -185,6 +185,17 @@ def test_set_epoch_reaches_the_workers(dataset_factory):
     assert inproc.epoch == 1
 
 
+def test_persistent_workers_move_to_the_next_epoch_by_themselves(dataset_factory):
+    path = dataset_factory("npy", n=640, chunk_rows=32)
+    loader = DataLoader(
+        _adapter(path), batch_size=None, num_workers=2, persistent_workers=True, multiprocessing_context="fork"
+    )
+    epoch0, epoch1 = list(loader), list(loader)
+    _same(epoch0, _expected(path, 32, 2, epoch=0))
+    _same(epoch1, _expected(path, 32, 2, epoch=1))
+    del loader
+
+
 def test_the_adapter_pickles_small_without_a_loader(dataset_factory):
     path = dataset_factory("npy", n=300)
     adapter = _adapter(path)
@@ -289,7 +300,7 @@ def test_a_mismatched_state_is_refused(dataset_factory):
     other.load_state_dict(state)
     with pytest.raises(sb.StateMismatchError, match="dataset"):
         list(_dataloader(other, 0))
-    with pytest.raises(sb.StateMismatchError, match="not a streambatch.torch state"):
+    with pytest.raises(sb.StateMismatchError, match=r"not a streambatch\.torch state"):
         _adapter(a).load_state_dict({"kind": "something else"})
 
 
@@ -305,7 +316,9 @@ def test_stateful_dataloader_resumes_exactly(dataset_factory, workers, k):
     def make(adapter):
         if workers == 0:
             return stateful.StatefulDataLoader(adapter, batch_size=None, num_workers=0)
-        return stateful.StatefulDataLoader(adapter, batch_size=None, num_workers=workers, multiprocessing_context="fork")
+        return stateful.StatefulDataLoader(
+            adapter, batch_size=None, num_workers=workers, multiprocessing_context="fork"
+        )
 
     reference = list(make(_adapter(path, 30)))
     data = make(_adapter(path, 30))
@@ -323,14 +336,20 @@ def test_stateful_dataloader_resumes_exactly(dataset_factory, workers, k):
 def test_a_worker_state_cannot_change_the_world_size(dataset_factory):
     path = dataset_factory("npy", n=600)
     adapter = _adapter(path, rank=0, world_size=1)
+    with pytest.raises(RuntimeError, match="state_at"):
+        adapter.state_dict()  # nothing iterated in this process: no progress to report
     iterator = iter(_dataloader(adapter, 0))
-    next(iterator)
+    head = [next(iterator)]
     state = adapter.state_dict()
     del iterator
     assert state["kind"] == "streambatch.torch/worker"
-    elastic = _adapter(path, rank=0, world_size=2)  # one stream per rank: the Loader re-splits it
-    elastic.load_state_dict(state)
-    assert len(list(_dataloader(elastic, 0))) > 0
+    tails = []
+    for rank in range(2):  # one stream per rank (num_workers=0): the Loader re-splits the rest
+        elastic = _adapter(path, rank=rank, world_size=2)
+        elastic.load_state_dict(state)
+        tails.append(list(_dataloader(elastic, 0)))
+    everything = np.concatenate([_ids(head), *map(_ids, tails)])
+    assert len(everything) == 600 and set(everything.tolist()) == set(range(600))
     multi = {**state, "num_workers": 2}
     refused = _adapter(path, rank=0, world_size=2)
     refused.load_state_dict(multi)
