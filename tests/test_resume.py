@@ -148,7 +148,7 @@ def test_a_state_from_another_dataset_or_seed_is_refused(dataset_factory):
 
 def test_len_after_an_elastic_resume_counts_this_worlds_batches(dataset_factory):
     path = dataset_factory("npy", n=1000)
-    delivered, state = _run_world(path, 2, batches=4, batch_size=10)
+    _, state = _run_world(path, 2, batches=4, batch_size=10)
     resumed = _loader(path, rank=0, world_size=3, batch_size=10)
     resumed.load_state_dict(state)
     assert len(resumed) == sum(1 for _ in resumed) == 31  # ceil((1000 - 2*4*10) / 3) = 307 rows in batches of 10
