@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import CorruptInputError, SchemaError
 from ._base import ColumnSpec, Shard, ShardReader
 from ._fs import FileSystemPath
-from ._retry import RetryPolicy, call_with_retry, is_transient, read_exactly
+from ._retry import RetryPolicy, ShortReadError, call_with_retry, read_exactly
 
 __all__ = ["NpyShard", "read_npy_header"]
 
@@ -165,7 +165,9 @@ class _NpyReader(ShardReader):
                 done += size
 
     # -- remote (fsspec) reads: one request per byte range, retried ----------
-    def _read_remote(self, column: str, view: memoryview, offset: int, start: int, stop: int) -> None:
+    def _read_remote(
+        self, column: str, view: memoryview, offset: int, start: int, stop: int, failed: BaseException | None = None
+    ) -> None:
         """Rows ``[start, stop)`` of ``column`` (at byte ``offset``) into ``view``; a failed
         or short request is sent again for the same bytes (``RetryPolicy``)."""
         location = self._files[column]
@@ -178,7 +180,7 @@ class _NpyReader(ShardReader):
             data = location.fs.cat_file(location.path, start=offset, end=offset + nbytes)
             view[:] = read_exactly(data, nbytes, describe())
 
-        call_with_retry(attempt, self._retry, describe, secrets=location.secrets)
+        call_with_retry(attempt, self._retry, describe, secrets=location.secrets, first_error=failed)
 
     def _read_many_remote(self, starts: np.ndarray, stops: np.ndarray, out: Mapping[str, np.ndarray]) -> None:
         """Adjacent ranges merged, then up to ``_REMOTE_BATCH_RANGES`` requests per
@@ -220,9 +222,12 @@ class _NpyReader(ShardReader):
                     if isinstance(data, (bytes, bytearray, memoryview)) and len(data) == len(part):
                         part[:] = data
                         continue
-                    if isinstance(data, BaseException) and not is_transient(data):
-                        raise data
-                    self._read_remote(column, part, base + starts_l[j] * row, starts_l[j], stops_l[j])
+                    failed: BaseException | None = None  # None: a lone range, not requested yet
+                    if isinstance(data, BaseException):
+                        failed = data
+                    elif data is not None:  # came back short: attempt 1 failed with a short read
+                        failed = ShortReadError(f"{location.url} rows {starts_l[j]}:{stops_l[j]}: short read")
+                    self._read_remote(column, part, base + starts_l[j] * row, starts_l[j], stops_l[j], failed)
                 del results
                 k = end
 

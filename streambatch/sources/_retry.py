@@ -314,6 +314,7 @@ def call_with_retry(
     describe: str | Callable[[], str],
     *,
     secrets: tuple[str, ...] = (),
+    first_error: BaseException | None = None,
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
 ) -> T:
@@ -324,42 +325,49 @@ def call_with_retry(
     unchanged after the first attempt; when the attempts run out,
     ``RemoteReadError`` (``ReaderTimeoutError`` for timeouts) is raised from the
     last error. ``fn`` must be idempotent: each attempt rewrites the same output.
+    ``first_error``: the first attempt was already made elsewhere (a batched
+    request) and failed with it; it counts as attempt 1.
     """
     policy = policy or DEFAULT_POLICY
     attempt = 0
+    pending = first_error
     while True:
         attempt += 1
-        try:
-            return fn()
-        except Exception as error:  # noqa: BLE001 - classified below
-            if not is_transient(error):
-                if secrets and isinstance(error, StreambatchError):
-                    clean = redact(str(error), secrets)
-                    if clean != str(error):
-                        raise type(error)(clean) from _safe_cause(error, secrets)
-                raise
-            what = describe() if callable(describe) else describe
-            if attempt >= policy.max_attempts:
-                if isinstance(error, CorruptInputError):  # a decode failure that persisted: corrupt after all
-                    raise
-                kind = ReaderTimeoutError if _is_timeout(error) else RemoteReadError
-                message = redact(
-                    f"{what}: failed after {attempt} attempt{'s' if attempt > 1 else ''}: "
-                    f"{type(error).__name__}: {error}",
-                    secrets,
-                )
-                raise kind(message) from _safe_cause(error, secrets)
-            delay = policy.delay(attempt, rng)
-            logger.info(
-                "%s",
-                redact(
-                    f"{what}: attempt {attempt}/{policy.max_attempts} failed "
-                    f"({type(error).__name__}: {error}); retrying in {delay:.2f} s",
-                    secrets,
-                ),
+        if pending is not None:
+            error, pending = pending, None
+        else:
+            try:
+                return fn()
+            except Exception as caught:  # noqa: BLE001 - classified below
+                error = caught
+        if not is_transient(error):
+            if secrets and isinstance(error, StreambatchError):
+                clean = redact(str(error), secrets)
+                if clean != str(error):
+                    raise type(error)(clean) from _safe_cause(error, secrets)
+            raise error
+        what = describe() if callable(describe) else describe
+        if attempt >= policy.max_attempts:
+            if isinstance(error, CorruptInputError):  # a decode failure that persisted: corrupt after all
+                raise error
+            kind = ReaderTimeoutError if _is_timeout(error) else RemoteReadError
+            message = redact(
+                f"{what}: failed after {attempt} attempt{'s' if attempt > 1 else ''}: "
+                f"{type(error).__name__}: {error}",
+                secrets,
             )
-            del error  # no traceback (and the frames' buffers) kept across the sleep
-            sleep(delay)
+            raise kind(message) from _safe_cause(error, secrets)
+        delay = policy.delay(attempt, rng)
+        logger.info(
+            "%s",
+            redact(
+                f"{what}: attempt {attempt}/{policy.max_attempts} failed "
+                f"({type(error).__name__}: {error}); retrying in {delay:.2f} s",
+                secrets,
+            ),
+        )
+        del error  # no traceback (and the frames' buffers) kept across the sleep
+        sleep(delay)
 
 
 def read_exactly(data: bytes | bytearray | memoryview, expected: int, describe: str) -> bytes | bytearray | memoryview:
