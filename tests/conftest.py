@@ -96,3 +96,18 @@ def collect(loader) -> list[dict[str, np.ndarray]]:
 
 def ids_of(batches) -> np.ndarray:
     return np.concatenate([b["id"] for b in batches]) if batches else np.zeros(0, np.int64)
+
+
+_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """In CI a skipped test is a test that did not run: fail the session."""
+    if os.environ.get("CI") and _skipped and exitstatus == 0:
+        print(f"\n{len(_skipped)} test(s) skipped in CI, where every test must run: {_skipped[:10]}")
+        session.exitstatus = 1
