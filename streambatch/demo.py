@@ -74,8 +74,6 @@ def generate(fmt: str, path: str, rows: int, chunk_rows: int = 8192) -> str:
 def measure_epoch(path: str, fmt: str, batch_size: int, memory_limit: str, shuffle: bool = True) -> EpochReport:
     """Stream one epoch of ``path`` in this process (run it in a fresh one: peak
     RSS is per process)."""
-    import resource
-
     from .loader import Loader
     from .quality import ShuffleScore
 
@@ -93,8 +91,22 @@ def measure_epoch(path: str, fmt: str, batch_size: int, memory_limit: str, shuff
             scorer.add(labels)
             rows += len(labels)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return EpochReport(fmt, rows, seconds, first, peak, scorer.score())
+    return EpochReport(fmt, rows, seconds, first, peak_rss_bytes(), scorer.score())
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak RSS: ``VmHWM`` where Linux has it, since ``ru_maxrss``
+    of a child process starts at its parent's peak (it survives fork and exec)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def measure_in_subprocess(path: str, fmt: str, batch_size: int, memory_limit: str, shuffle: bool = True) -> EpochReport:

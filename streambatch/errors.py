@@ -8,6 +8,7 @@ error names what it is about (a path, a column, a chunk) in its message.
 from __future__ import annotations
 
 __all__ = [
+    "PoorShuffleWarning",
     "BudgetError",
     "CorruptInputError",
     "EmptyDatasetError",
@@ -62,3 +63,7 @@ class BudgetError(StreambatchError, ValueError):
 
 class StateMismatchError(StreambatchError, ValueError):
     """A saved loader state does not fit the loader it is loaded into."""
+
+
+class PoorShuffleWarning(UserWarning):
+    """The shuffle window holds so few read units that batches will be poorly mixed."""

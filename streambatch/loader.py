@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,7 +26,7 @@ from ._units import parse_bytes
 from .batching import BatchFiller, batch_sizes
 from .budget import Budget, plan_budget
 from .distributed import detect_rank_and_world_size
-from .errors import EmptyDatasetError
+from .errors import EmptyDatasetError, PoorShuffleWarning
 from .plan import EpochPlan, Remainder, make_plan, rows_per_rank
 from .prefetch import BackgroundIterator, ReaderPool
 from .reading import PieceReads
@@ -40,6 +41,9 @@ from .state import LoaderState
 __all__ = ["EpochIterator", "Loader"]
 
 Batch = dict[str, np.ndarray]
+
+#: fewer read units than this in the shuffle window draws a PoorShuffleWarning
+_FEW_PIECES = 16
 
 #: batch groups assembled ahead of the consumer (counted in the budget's batches in flight)
 _READY_GROUPS = 2
@@ -124,6 +128,15 @@ class Loader:
             paths = ", ".join(s.path for s in self.dataset.shards[:5])
             raise EmptyDatasetError(f"the dataset has 0 rows (shards: {paths}); nothing to load")
         self.budget: Budget = plan_budget(self.dataset, self.memory_limit, self.batch_size, self.shuffle)
+        if self.shuffle and self.budget.window_pieces < _FEW_PIECES:
+            warnings.warn(
+                f"memory_limit={self.memory_limit} holds only {self.budget.window_pieces} read unit(s) of up to "
+                f"{self.budget.max_piece_rows} rows in the shuffle window: batches will mix few parts of the data "
+                "(see docs/shuffling.md). Raise memory_limit, or rewrite the data with "
+                "`streambatch convert --shuffle` (small row groups, globally permuted).",
+                PoorShuffleWarning,
+                stacklevel=2,
+            )
         self._epoch = 0
         # [(world_size, batches delivered), ...] of the epoch so far, oldest first:
         # where the next iterator starts, and what state_dict() reports

@@ -185,3 +185,14 @@ def test_rank_and_world_size_come_from_torchrun_variables(dataset_factory, monke
     monkeypatch.setenv("RANK", "x")
     with pytest.raises(ValueError, match="RANK"):
         sb.Loader(path, 10)
+
+
+def test_a_window_of_few_read_units_warns(dataset_factory):
+    path = dataset_factory("parquet", n=20_000, chunk_rows=5000)
+    with pytest.warns(sb.PoorShuffleWarning, match="convert --shuffle"):
+        sb.Loader(path, 100, memory_limit="2MiB")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sb.Loader(path, 100, memory_limit="2MiB", shuffle=False)  # no shuffle asked: nothing to warn about
