@@ -105,9 +105,7 @@ def warm(path: str) -> None:
     """Read every file under ``path`` once so the page cache is warm."""
     if path in _warmed:
         return
-    files = [path] if os.path.isfile(path) else [
-        os.path.join(d, n) for d, _, names in os.walk(path) for n in names
-    ]
+    files = [path] if os.path.isfile(path) else [os.path.join(d, n) for d, _, names in os.walk(path) for n in names]
     buf = bytearray(1 << 20)
     for name in files:
         with open(name, "rb", buffering=0) as f:
@@ -335,8 +333,19 @@ def run_config(spec: dict, timeout: float) -> dict:
 
 
 # ----------------------------------------------------------------------------- main benchmark
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 10**6, "mb": 10**6, "mib": 2**20,
-          "g": 10**9, "gb": 10**9, "gib": 2**30}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 10**6,
+    "mb": 10**6,
+    "mib": 2**20,
+    "g": 10**9,
+    "gb": 10**9,
+    "gib": 2**30,
+}
 
 
 def parse_limit(text: str) -> int:
@@ -365,12 +374,21 @@ def main_run(args, log) -> dict:
     configs.append((("imports", "-"), {"kind": "imports", "path": "", "fmt": "-"}))
     for f in args.formats:
         p = paths[f]
-        configs.append(((f, "sb-shuffle"), {"kind": "streambatch", "path": p, "fmt": f, "memory_limit": limit, "shuffle": True}))
-        configs.append(((f, "sb-noshuffle"), {"kind": "streambatch", "path": p, "fmt": f, "memory_limit": limit, "shuffle": False}))
+        configs.append(
+            ((f, "sb-shuffle"), {"kind": "streambatch", "path": p, "fmt": f, "memory_limit": limit, "shuffle": True})
+        )
+        configs.append(
+            ((f, "sb-noshuffle"), {"kind": "streambatch", "path": p, "fmt": f, "memory_limit": limit, "shuffle": False})
+        )
         configs.append(((f, "sequential"), {"kind": "sequential", "path": p, "fmt": f}))
         configs.append(((f, "permutation"), {"kind": "permutation", "path": p, "fmt": f}))
     if "npy" in args.formats:
-        configs.append((("npy", "sb-shuffle-5pct"), {"kind": "streambatch", "path": paths["npy"], "fmt": "npy", "memory_limit": npy5, "shuffle": True}))
+        configs.append(
+            (
+                ("npy", "sb-shuffle-5pct"),
+                {"kind": "streambatch", "path": paths["npy"], "fmt": "npy", "memory_limit": npy5, "shuffle": True},
+            )
+        )
 
     runs: dict[str, list[dict]] = {}
     for rep in range(args.repeat):  # round-robin so drift hits every configuration alike
@@ -379,9 +397,15 @@ def main_run(args, log) -> dict:
                 continue
             r = run_config(dict(spec), args.timeout)
             runs.setdefault("|".join(key), []).append(r)
-            desc = "error: " + r["error"] if "error" in r else (
-                f"{r['rows'] / r['seconds']:,.0f} rows/s, peak {fmt_bytes(r['peak_rss_bytes'])}"
-                if r.get("seconds") else f"peak {fmt_bytes(r['peak_rss_bytes'])}")
+            desc = (
+                "error: " + r["error"]
+                if "error" in r
+                else (
+                    f"{r['rows'] / r['seconds']:,.0f} rows/s, peak {fmt_bytes(r['peak_rss_bytes'])}"
+                    if r.get("seconds")
+                    else f"peak {fmt_bytes(r['peak_rss_bytes'])}"
+                )
+            )
             log(f"  [{rep + 1}/{args.repeat}] {key[0]:8s} {key[1]:16s} {desc}")
     results = {}
     for key, rs in runs.items():
@@ -417,6 +441,7 @@ def main_run(args, log) -> dict:
         "repeat": args.repeat,
         "formats": list(args.formats),
         "results": results,
+        "raw": runs,
         "file_bytes": {f: dir_bytes(p) for f, p in paths.items()},
     }
 
@@ -438,6 +463,18 @@ def _rate(d: dict) -> str:
 
 def _ms(v) -> str:
     return "—" if v is None else f"{v * 1e3:,.0f} ms" if v >= 0.01 else f"{v * 1e3:.1f} ms"
+
+
+def round_ratios(res: dict, f: str) -> list[float]:
+    """Per round (configurations run round-robin), streambatch shuffled ÷ min(sequential, permutation)
+    of the same round: pairs measurements taken close in time, so load drift cancels better."""
+    raw = res.get("raw") or {}
+    sb, seq, perm = (raw.get(f"{f}|{c}", []) for c in ("sb-shuffle", "sequential", "permutation"))
+    out = []
+    for a, b, c in zip(sb, seq, perm):
+        if all("error" not in d and d.get("seconds") for d in (a, b, c)):
+            out.append((a["rows"] / a["seconds"]) / min(b["rows"] / b["seconds"], c["rows"] / c["seconds"]))
+    return out
 
 
 def main_tables(res: dict) -> str:
@@ -473,7 +510,10 @@ def main_tables(res: dict) -> str:
             if c == "permutation":
                 notes.append(f"load into RAM {d['load_s']:.2f} s (not in rows/s); first batch timed after the load")
             if c.startswith("sb"):
-                notes.append(f"window {d['window_pieces']} pieces of ≤ {d['piece_rows']:,} rows, ring {fmt_bytes(d['ring_bytes'])}")
+                notes.append(
+                    f"window {d['window_pieces']} pieces of ≤ {d['piece_rows']:,} rows, "
+                    f"ring {fmt_bytes(d['ring_bytes'])}"
+                )
                 lb = lim_b if c != "sb-shuffle-5pct" else res["data_bytes"] * 0.05
                 if d["peak_rss_bytes"] > lb + RSS_SLACK:
                     notes.append(f"**peak RSS over memory_limit + 300 MiB = {fmt_bytes(lb + RSS_SLACK)}**")
@@ -489,30 +529,47 @@ def main_tables(res: dict) -> str:
                 f"| {d['cpu_s']:.1f} | {score} | {'; '.join(notes)} |"
             )
     if "error" not in imp:
-        out.append(f"| — | imports only (python + numpy + pyarrow + zarr + streambatch) | — | — | {fmt_bytes(imp['peak_rss_bytes'])} | | | the RSS floor |")
+        out.append(
+            "| — | imports only (python + numpy + pyarrow + zarr + streambatch) | — | — | "
+            f"{fmt_bytes(imp['peak_rss_bytes'])} | | | the RSS floor |"
+        )
     out.append("")
-    out.append("**Ratios** (same run): streambatch shuffled rows/s ÷ min(sequential read, in-memory permutation); target ≥ 0.8. "
-               "The last column is the same ratio in rows per CPU-second (whole process for streambatch and the sequential "
-               "read, iteration only for the permutation): less sensitive to other load on the machine, but it charges "
-               "streambatch for its reader threads' CPU, which wall-clock rows/s does not when a core is idle.\n")
-    out.append("| format | streambatch shuffled | sequential | in-memory perm. | min | ratio | target met | no-shuffle ÷ sequential | ratio by CPU time |")
-    out.append("|---|---|---|---|---|---|---|---|---|")
+    out.append(
+        "**Ratios** (same run): streambatch shuffled rows/s ÷ min(sequential read, in-memory permutation); "
+        "target ≥ 0.8. "
+        '"ratio" uses the medians over runs; "per-round ratios" pair each round\'s runs (taken minutes apart at most). '
+        "The last column is the same ratio in rows per CPU-second (whole process for streambatch and the sequential "
+        "read, iteration only for the permutation): less sensitive to other load on the machine, but it charges "
+        "streambatch for its reader threads' CPU, which wall-clock rows/s does not when a core is idle.\n"
+    )
+    out.append(
+        "| format | streambatch shuffled | sequential | in-memory perm. | min | ratio | target met "
+        "| per-round ratios | no-shuffle ÷ sequential | ratio by CPU time |"
+    )
+    out.append("|---|---|---|---|---|---|---|---|---|---|")
     for f in res["formats"]:
         sb, seq, perm, ns = (_r(res, f"{f}|{c}") for c in ("sb-shuffle", "sequential", "permutation", "sb-noshuffle"))
         if any("rows_per_s" not in d for d in (sb, seq, perm)):
-            out.append(f"| {f} | {_rate(sb)} | {_rate(seq)} | {_rate(perm)} | | n/a | n/a | | |")
+            out.append(f"| {f} | {_rate(sb)} | {_rate(seq)} | {_rate(perm)} | | n/a | n/a | | | |")
             continue
         base = min(seq["rows_per_s"], perm["rows_per_s"])
         which = "seq" if seq["rows_per_s"] <= perm["rows_per_s"] else "perm"
         ratio = sb["rows_per_s"] / base
         nsr = f"{ns['rows_per_s'] / seq['rows_per_s']:.2f}" if "rows_per_s" in ns else "n/a"
+        rounds = round_ratios(res, f)
+        rr = ", ".join(f"{x:.2f}" for x in rounds) or "n/a"
+        met = "yes" if ratio >= 0.8 else "no"
+        if rounds:
+            met += f" ({sum(x >= 0.8 for x in rounds)} of {len(rounds)} rounds ≥ 0.8)"
         cpu = "n/a"
         if "iter_cpu_s" in perm and sb.get("cpu_s") and seq.get("cpu_s"):
             per = lambda rows, c: rows / max(c, 1e-9)  # noqa: E731 - rows per CPU-second
-            cpu = f"{per(sb['rows'], sb['cpu_s']) / min(per(seq['rows'], seq['cpu_s']), per(perm['rows'], perm['iter_cpu_s'])):.2f}"
+            floor = min(per(seq["rows"], seq["cpu_s"]), per(perm["rows"], perm["iter_cpu_s"]))
+            cpu = f"{per(sb['rows'], sb['cpu_s']) / floor:.2f}"
         out.append(
-            f"| {f} | {sb['rows_per_s'] / 1e6:.2f} M | {seq['rows_per_s'] / 1e6:.2f} M | {perm['rows_per_s'] / 1e6:.2f} M "
-            f"| {base / 1e6:.2f} M ({which}) | **{ratio:.2f}** | {'yes' if ratio >= 0.8 else 'no'} | {nsr} | {cpu} |"
+            f"| {f} | {sb['rows_per_s'] / 1e6:.2f} M | {seq['rows_per_s'] / 1e6:.2f} M "
+            f"| {perm['rows_per_s'] / 1e6:.2f} M "
+            f"| {base / 1e6:.2f} M ({which}) | **{ratio:.2f}** | {met} | {rr} | {nsr} | {cpu} |"
         )
     d5 = _r(res, "npy|sb-shuffle-5pct")
     if "score" in d5:
@@ -536,17 +593,30 @@ def main_reading(res: dict) -> list[str]:
         base = min(seq["rows_per_s"], perm["rows_per_s"])
         ratio = sb["rows_per_s"] / base
         verdict = "meets" if ratio >= 0.8 else "misses"
-        s = (f"- **{f}**: shuffled streambatch runs at {sb['rows_per_s'] / 1e6:.2f} M rows/s = {ratio:.2f}× the slower "
-             f"baseline ({base / 1e6:.2f} M rows/s) — {verdict} the 0.8 target; score {sb['score']:.2f} at {res['memory_limit']}; "
-             f"peak RSS {fmt_bytes(sb['peak_rss_bytes'])} vs {fmt_bytes(lim_b + RSS_SLACK)} allowed "
-             f"({'within' if sb['peak_rss_bytes'] <= lim_b + RSS_SLACK else 'OVER'}) while the in-memory permutation "
-             f"needs {fmt_bytes(perm['peak_rss_bytes'])}.")
+        s = (
+            f"- **{f}**: shuffled streambatch runs at {sb['rows_per_s'] / 1e6:.2f} M rows/s = {ratio:.2f}× the slower "
+            f"baseline ({base / 1e6:.2f} M rows/s) — {verdict} the 0.8 target; "
+            f"score {sb['score']:.2f} at {res['memory_limit']}; "
+            f"peak RSS {fmt_bytes(sb['peak_rss_bytes'])} vs {fmt_bytes(lim_b + RSS_SLACK)} allowed "
+            f"({'within' if sb['peak_rss_bytes'] <= lim_b + RSS_SLACK else 'OVER'}) while the in-memory permutation "
+            f"needs {fmt_bytes(perm['peak_rss_bytes'])}."
+        )
         lines.append(s)
+    spread = [f"{f} {min(r):.2f}–{max(r):.2f}" for f in res["formats"] if (r := round_ratios(res, f))]
+    if spread:
+        load = res.get("env", {}).get("loadavg_start", "?")
+        lines.append(
+            f"- Noise: per-round ratios span {', '.join(spread)} (load average at start {load} on "
+            f"{res.get('env', {}).get('cores', '?')} cores). Treat a ratio as meeting the target only if most "
+            "rounds do."
+        )
     d5 = _r(res, "npy|sb-shuffle-5pct")
     if "score" in d5:
-        lines.append(f"- `.npy` at 5 % of the data ({fmt_bytes(res['data_bytes'] * 0.05)}) scores {d5['score']:.2f} "
-                     f"({'meets' if d5['score'] <= 1.2 else 'misses'} ≤ 1.2) at {d5['rows_per_s'] / 1e6:.2f} M rows/s, "
-                     f"peak RSS {fmt_bytes(d5['peak_rss_bytes'])}.")
+        lines.append(
+            f"- `.npy` at 5 % of the data ({fmt_bytes(res['data_bytes'] * 0.05)}) scores {d5['score']:.2f} "
+            f"({'meets' if d5['score'] <= 1.2 else 'misses'} ≤ 1.2) at {d5['rows_per_s'] / 1e6:.2f} M rows/s, "
+            f"peak RSS {fmt_bytes(d5['peak_rss_bytes'])}."
+        )
     # end to end: the in-memory permutation must first load everything
     e2e = []
     for f in res["formats"]:
@@ -557,20 +627,31 @@ def main_reading(res: dict) -> list[str]:
             t_sb = rows / sb["rows_per_s"]
             e2e.append(f"{f} {t_sb:.1f} s vs {t_perm:.1f} s ({perm['load_s']:.1f} s of it loading)")
     if e2e:
-        lines.append("- Counting the load, one epoch takes streambatch vs the in-memory permutation: " + "; ".join(e2e)
-                     + ". The target above excludes the load, as the in-memory approach only exists when the data fits in RAM.")
+        lines.append(
+            "- Counting the load, one epoch takes streambatch vs the in-memory permutation: "
+            + "; ".join(e2e)
+            + ". The target above excludes the load, as the in-memory approach only exists when the data fits in RAM."
+        )
     shuf = [(f, _r(res, f"{f}|sb-shuffle")) for f in res["formats"]]
     unit = [f"{f} {d['score']:.2f}" for f, d in shuf if f != "npy" and "score" in d]
     if unit:
-        lines.append(f"- Parquet/Zarr at {res['memory_limit']} score " + ", ".join(unit) + f": they can only mix whole "
-                     f"row groups / chunks ({res['chunk_rows']:,} rows here), and the budget holds few of them "
-                     "(see the sweep below).")
+        lines.append(
+            f"- Parquet/Zarr at {res['memory_limit']} score " + ", ".join(unit) + f": they can only mix whole "
+            f"row groups / chunks ({res['chunk_rows']:,} rows here), and the budget holds few of them "
+            "(see the sweep below)."
+        )
     ns = [(f, _r(res, f"{f}|sb-noshuffle"), _r(res, f"{f}|sequential")) for f in res["formats"]]
-    slow = [f"{f} {a['rows_per_s'] / b['rows_per_s']:.2f}×" for f, a, b in ns
-            if "rows_per_s" in a and "rows_per_s" in b and a["rows_per_s"] < 0.8 * b["rows_per_s"]]
+    slow = [
+        f"{f} {a['rows_per_s'] / b['rows_per_s']:.2f}×"
+        for f, a, b in ns
+        if "rows_per_s" in a and "rows_per_s" in b and a["rows_per_s"] < 0.8 * b["rows_per_s"]
+    ]
     if slow:
-        lines.append("- Even unshuffled, streambatch is well below a plain sequential read of the same files ("
-                     + ", ".join(slow) + " of it): the overhead is in the loader, not in the shuffle alone.")
+        lines.append(
+            "- Even unshuffled, streambatch is well below a plain sequential read of the same files ("
+            + ", ".join(slow)
+            + " of it): the overhead is in the loader, not in the shuffle alone."
+        )
     return lines
 
 
@@ -599,10 +680,18 @@ def sweep_run(args, log) -> dict:
             r = run_config(spec, args.timeout)
             key = f"{f}|{c or '-'}|{frac}"
             results[key] = r
-            desc = ("error: " + r["error"][:100]) if "error" in r else (
-                f"score {r['score']:.2f}, {r['rows'] / r['seconds']:,.0f} rows/s, window {r['window_pieces']}, "
-                f"peak {fmt_bytes(r['peak_rss_bytes'])}")
-            log(f"  sweep {f:8s} chunk {str(c or '-'):>6s} limit {frac * 100:4.0f}% ({fmt_bytes(data_bytes * frac)}): {desc}")
+            desc = (
+                ("error: " + r["error"][:100])
+                if "error" in r
+                else (
+                    f"score {r['score']:.2f}, {r['rows'] / r['seconds']:,.0f} rows/s, window {r['window_pieces']}, "
+                    f"peak {fmt_bytes(r['peak_rss_bytes'])}"
+                )
+            )
+            log(
+                f"  sweep {f:8s} chunk {c or '-'!s:>6s} limit {frac * 100:4.0f}% "
+                f"({fmt_bytes(data_bytes * frac)}): {desc}"
+            )
     return {
         "kind": "sweep",
         "rows": rows,
@@ -623,12 +712,17 @@ def _series_name(f: str, c) -> str:
 def sweep_tables(res: dict) -> str:
     fr = res["fractions"]
     out = [
-        f"Shuffle score (1.0 = full random permutation; unshuffled ≈ 12) of one shuffled epoch, {res['rows']:,} rows, batch {BATCH}, "
-        + ("**label column only** (`columns=[\"label\"]`: the budget then holds ~65× more rows than with x, so these "
-           "scores are better than a real all-column load would get)" if res["label_only"]
-           else "all columns loaded (x and label), so the budget buys the same rows as in real use")
+        "Shuffle score (1.0 = full random permutation; unshuffled ≈ 12) of one shuffled epoch, "
+        f"{res['rows']:,} rows, batch {BATCH}, "
+        + (
+            '**label column only** (`columns=["label"]`: the budget then holds ~65× more rows than with x, so these '
+            "scores are better than a real all-column load would get)"
+            if res["label_only"]
+            else "all columns loaded (x and label), so the budget buys the same rows as in real use"
+        )
         + f". memory_limit as a share of the data ({res['data_bytes'] / 1e9:.2f} GB). "
-        "Cells: score / window pieces. \"too small\" = the Loader refuses the budget (ValueError: memory_limit is too small for the read units).\n",
+        'Cells: score / window pieces. "too small" = the Loader refuses the budget '
+        "(ValueError: memory_limit is too small for the read units).\n",
         "| source | " + " | ".join(f"{x * 100:g} % ({fmt_bytes(res['data_bytes'] * x)})" for x in fr) + " |",
         "|---|" + "---|" * len(fr),
     ]
@@ -671,9 +765,17 @@ def sweep_plot(res: dict, png: str) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
     colors = {c: f"C{i}" for i, c in enumerate(res["chunks"])}
     for f, c in res["series"]:
-        kw = {"color": "k", "marker": "o", "ls": "-", "lw": 2} if c is None else {
-            "color": colors.get(c, "grey"), "marker": "s" if f == "parquet" else "^",
-            "ls": "-" if f == "parquet" else "--", "mfc": "none" if f == "zarr" else None, "ms": 9 if f == "zarr" else 5}
+        kw = (
+            {"color": "k", "marker": "o", "ls": "-", "lw": 2}
+            if c is None
+            else {
+                "color": colors.get(c, "grey"),
+                "marker": "s" if f == "parquet" else "^",
+                "ls": "-" if f == "parquet" else "--",
+                "mfc": "none" if f == "zarr" else None,
+                "ms": 9 if f == "zarr" else 5,
+            }
+        )
         xs, ys = [], []
         for x in res["fractions"]:
             r = res["results"].get(f"{f}|{c or '-'}|{x}", {})
@@ -709,8 +811,12 @@ def throughput_plot(res: dict, png: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    confs = [("sb-shuffle", "streambatch shuffled"), ("sb-noshuffle", "streambatch unshuffled"),
-             ("sequential", "sequential read"), ("permutation", "in-memory permutation")]
+    confs = [
+        ("sb-shuffle", "streambatch shuffled"),
+        ("sb-noshuffle", "streambatch unshuffled"),
+        ("sequential", "sequential read"),
+        ("permutation", "in-memory permutation"),
+    ]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     width = 0.2
     for k, (c, label) in enumerate(confs):
@@ -745,8 +851,12 @@ def environment() -> dict:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "streambatch"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "streambatch"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         commit, dirty = "unknown", ""
     return {
@@ -770,10 +880,16 @@ def code_fingerprint() -> str:
     import hashlib
 
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
         diff = subprocess.run(["git", "diff", "HEAD", "--", "streambatch"], cwd=REPO, capture_output=True).stdout
-        untracked = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "--", "streambatch"],
-                                   cwd=REPO, capture_output=True, text=True).stdout.split()
+        untracked = subprocess.run(
+            ["git", "ls-files", "--others", "--exclude-standard", "--", "streambatch"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
         h = hashlib.sha1(diff)
         for name in sorted(untracked):
             with open(os.path.join(REPO, name), "rb") as f:
@@ -794,17 +910,29 @@ def _loadavg() -> str:
 def env_block(env: dict, command: str, loadavg_end: str | None = None, code_end: str | None = None) -> str:
     dirty = ""
     if env["dirty"]:
-        dirty = " (with uncommitted changes under `streambatch/`: " + ", ".join(f"`{d.strip()}`" for d in env["dirty"]) + ")"
+        dirty = (
+            " (with uncommitted changes under `streambatch/`: "
+            + ", ".join(f"`{d.strip()}`" for d in env["dirty"])
+            + ")"
+        )
     return (
         f"- Machine: {env['cores']} cores, {env['ram_gib']:.1f} GiB RAM, {env['cpu']}, Linux {env['kernel']}\n"
         f"- Python {env['python']}, numpy {env['numpy']}, pyarrow {env['pyarrow']}, zarr {env['zarr']}\n"
         f"- streambatch at commit `{env['commit']}`{dirty}; measured {env['date']}\n"
         f"- Command: `{command}`"
-        + (f"\n- Load average (1/5/15 min) at start {env['loadavg_start']}, at end {loadavg_end}: "
-           "a load above ~1 means other processes shared the 2 cores" if env.get("loadavg_start") and loadavg_end else "")
-        + (f"\n- Code fingerprint (HEAD + hash of uncommitted streambatch/ changes): `{env['code_start']}` at start, "
-           f"`{code_end}` at end" + (" — **the code under test changed during the run**" if env["code_start"] != code_end else "")
-           if env.get("code_start") and code_end else "")
+        + (
+            f"\n- Load average (1/5/15 min) at start {env['loadavg_start']}, at end {loadavg_end}: "
+            "a load above ~1 means other processes shared the 2 cores"
+            if env.get("loadavg_start") and loadavg_end
+            else ""
+        )
+        + (
+            f"\n- Code fingerprint (HEAD + hash of uncommitted streambatch/ changes): `{env['code_start']}` at start, "
+            f"`{code_end}` at end"
+            + (" — **the code under test changed during the run**" if env["code_start"] != code_end else "")
+            if env.get("code_start") and code_end
+            else ""
+        )
     )
 
 
@@ -829,8 +957,12 @@ def main_history(data_dir: str) -> list[dict]:
 
 
 def history_table(runs: list[dict]) -> str:
-    out = ["| measured | code | load avg at start | " + " | ".join(f"{f} ratio" for f in FORMATS) + " | npy score at 5 % |",
-           "|---|---|---|" + "---|" * len(FORMATS) + "---|"]
+    out = [
+        "| measured | code | load avg at start | "
+        + " | ".join(f"{f} ratio" for f in FORMATS)
+        + " | npy score at 5 % |",
+        "|---|---|---|" + "---|" * len(FORMATS) + "---|",
+    ]
     for res in runs:
         cells = []
         for f in FORMATS:
@@ -845,7 +977,9 @@ def history_table(runs: list[dict]) -> str:
         if res.get("code_end") and res["code_end"] != code:
             code += f" → {res['code_end']} (changed during the run)"
         score5 = f"{d5['score']:.2f}" if "score" in d5 else "n/a"
-        out.append(f"| {env['date']} | `{code}` | {env.get('loadavg_start', '?')} | " + " | ".join(cells) + f" | {score5} |")
+        out.append(
+            f"| {env['date']} | `{code}` | {env.get('loadavg_start', '?')} | " + " | ".join(cells) + f" | {score5} |"
+        )
     return "\n".join(out)
 
 
@@ -874,27 +1008,47 @@ def render_docs(main: dict | None, sweep: dict | None, doc: str, history: list[d
         "float32 array (zero-copy, one array per row group, not cut into 256-row batches); Zarr — `arr[i:i+chunk]` "
         "per chunk (one array per chunk). The page cache is warmed by reading every file once before measuring. "
         "rows/s covers the whole epoch from before opening the files (so `Loader` construction and the first-batch "
-        "wait are included); \"first batch\" is the time from then to the first batch in hand (for the in-memory "
+        'wait are included); "first batch" is the time from then to the first batch in hand (for the in-memory '
         "permutation: measured after the load, which is reported separately). Peak RSS is `ru_maxrss` of the worker "
         "process; the parent script imports neither numpy nor pyarrow, because Linux carries the parent's RSS "
         "high-water mark across `exec` into the child's `ru_maxrss` (the worker also records `VmHWM` as a check).",
         "",
     ]
     if main:
-        out += ["## Throughput, latency, memory", "", env_block(main["env"], main["command"], main.get("loadavg_end"), main.get("code_end")), "", main_tables(main), ""]
-        out += [f"![throughput](img/throughput.png)", ""] if os.path.exists(os.path.join(img, "throughput.png")) else []
-        out += ["### Reading", ""] + main_reading(main) + [""]
+        out += [
+            "## Throughput, latency, memory",
+            "",
+            env_block(main["env"], main["command"], main.get("loadavg_end"), main.get("code_end")),
+            "",
+            main_tables(main),
+            "",
+        ]
+        out += ["![throughput](img/throughput.png)", ""] if os.path.exists(os.path.join(img, "throughput.png")) else []
+        out += ["### Reading", "", *main_reading(main), ""]
         if history and len(history) > 1:
-            out += ["### All full runs of this benchmark (ratios)", "",
-                    "The same benchmark, run repeatedly while this checkout was being changed and the machine shared; "
-                    "the spread is the measurement noise plus the code changes.", "", history_table(history), ""]
+            out += [
+                "### All full runs of this benchmark (ratios)",
+                "",
+                "The same benchmark, run repeatedly while this checkout was being changed and the machine shared; "
+                "the spread is the measurement noise plus the code changes.",
+                "",
+                history_table(history),
+                "",
+            ]
     else:
         out += ["## Throughput, latency, memory", "", "_Not run yet: `python scripts/bench.py`._", ""]
     if sweep:
-        out += ["## Shuffle score vs budget and read-unit size", "", env_block(sweep["env"], sweep["command"], sweep.get("loadavg_end"), sweep.get("code_end")),
-                f"- Sweep wall time: {sweep['seconds'] / 60:.1f} min", "", sweep_tables(sweep), ""]
+        out += [
+            "## Shuffle score vs budget and read-unit size",
+            "",
+            env_block(sweep["env"], sweep["command"], sweep.get("loadavg_end"), sweep.get("code_end")),
+            f"- Sweep wall time: {sweep['seconds'] / 60:.1f} min",
+            "",
+            sweep_tables(sweep),
+            "",
+        ]
         out += ["![score vs budget](img/score_vs_budget.png)", ""]
-        out += ["### Reading", ""] + sweep_reading(sweep) + [""]
+        out += ["### Reading", "", *sweep_reading(sweep), ""]
     else:
         out += ["## Shuffle score vs budget", "", "_Not run yet: `python scripts/bench.py --budget-sweep`._", ""]
     with open(doc, "w") as f:
@@ -913,41 +1067,65 @@ def sweep_reading(res: dict) -> list[str]:
         parts = ", ".join(f"{r['score']:.2f} at {x * 100:g} %" for x, r in ok)
         s = f"- {_series_name(f, c)}: {parts}"
         if refused:
-            s += f"; refused at {', '.join(f'{x * 100:g} %' for x in refused)} (the Loader raises 'memory_limit ... is too small')"
+            s += f"; refused at {', '.join(f'{x * 100:g} %' for x in refused)} "
+            s += "(the Loader raises 'memory_limit ... is too small')"
         one = [x for x, r in ok if r.get("window_pieces") == 1]
         if one:
-            s += (f"; **accepted at {', '.join(f'{x * 100:g} %' for x in one)} with a window of one unit, i.e. no "
-                  "shuffle at all**")
+            s += (
+                f"; **accepted at {', '.join(f'{x * 100:g} %' for x in one)} with a window of one unit, i.e. no "
+                "shuffle at all**"
+            )
         if c is None:
             w = [r["window_pieces"] for _, r in ok]
             s += f" (window {min(w)}–{max(w)} pieces: the piece size grows with the budget, the piece count does not)"
         lines.append(s + ".")
-    lines.append("- Parquet and Zarr can only mix whole row groups / chunks: with units of U rows and a budget of B rows "
-                 "the window holds at most ~B/U units, so large units need either a larger budget or a rewrite with "
-                 "`streambatch convert` (smaller units, or `--shuffle`).")
+    lines.append(
+        "- Parquet and Zarr can only mix whole row groups / chunks: with units of U rows and a budget of B rows "
+        "the window holds at most ~B/U units, so large units need either a larger budget or a rewrite with "
+        "`streambatch convert` (smaller units, or `--shuffle`)."
+    )
     return lines
 
 
 # ----------------------------------------------------------------------------- CLI
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default="./bench-data", help="generated data and cached results (default ./bench-data)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--data-dir", default="./bench-data", help="generated data and cached results (default ./bench-data)"
+    )
     p.add_argument("--rows", type=int, default=None, help="rows per dataset (default 2,000,000; 200,000 with --quick)")
     p.add_argument("--chunk-rows", type=int, default=8192, help="Parquet row group / Zarr chunk rows for the main run")
     p.add_argument("--memory-limit", default="256MiB")
     p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset of npy,parquet,zarr")
     p.add_argument("--repeat", type=int, default=None, help="runs per configuration (default 3; 1 with --quick)")
     p.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
-    p.add_argument("--budget-sweep", action="store_true", help="score vs memory_limit x unit size instead of the main run")
+    p.add_argument(
+        "--budget-sweep", action="store_true", help="score vs memory_limit x unit size instead of the main run"
+    )
     p.add_argument("--sweep-fractions", default="0.02,0.05,0.10,0.25")
     p.add_argument("--sweep-chunks", default="1024,8192,65536")
-    p.add_argument("--label-only", action="store_true", help="sweep with columns=['label'] (fast but the budget buys ~65x more rows)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 200k rows, 1 run each, a reduced sweep; does not write the docs")
+    p.add_argument(
+        "--label-only",
+        action="store_true",
+        help="sweep with columns=['label'] (fast but the budget buys ~65x more rows)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 200k rows, 1 run each, a reduced sweep; does not write the docs",
+    )
     p.add_argument("--docs", default=os.path.join(REPO, "docs", "benchmarks.md"))
-    p.add_argument("--write-docs", action="store_true", help="write the docs even with --quick/--rows (not the default)")
+    p.add_argument(
+        "--write-docs", action="store_true", help="write the docs even with --quick/--rows (not the default)"
+    )
     p.add_argument("--no-docs", action="store_true", help="print only")
-    p.add_argument("--render-only", action="store_true",
-                   help="re-render docs/benchmarks.md and the plots from the cached full-run results; measure nothing")
+    p.add_argument(
+        "--render-only",
+        action="store_true",
+        help="re-render docs/benchmarks.md and the plots from the cached full-run results; measure nothing",
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -955,7 +1133,9 @@ def main(argv=None) -> int:
         worker_main(json.loads(args.worker))
         return 0
 
-    command = "python scripts/bench.py" + ("" if argv is None and len(sys.argv) == 1 else " " + shlex.join(sys.argv[1:] if argv is None else argv))
+    command = "python scripts/bench.py" + (
+        "" if argv is None and len(sys.argv) == 1 else " " + shlex.join(sys.argv[1:] if argv is None else argv)
+    )
     args.formats = tuple(f for f in args.formats.split(",") if f)
     bad = set(args.formats) - set(FORMATS)
     if bad:
@@ -992,8 +1172,10 @@ def main(argv=None) -> int:
     env = run_config({"kind": "env"}, 120)
     env["loadavg_start"] = _loadavg()
     env["code_start"] = code_fingerprint()
-    log(f"bench: {args.rows:,} rows, data in {args.data_dir}, commit {env['commit']}"
-        + (f" (+ uncommitted changes in streambatch/)" if env["dirty"] else ""))
+    log(
+        f"bench: {args.rows:,} rows, data in {args.data_dir}, commit {env['commit']}"
+        + (" (+ uncommitted changes in streambatch/)" if env["dirty"] else "")
+    )
     t0 = time.perf_counter()
     if args.budget_sweep:
         res = sweep_run(args, log)
