@@ -98,6 +98,12 @@ def main() -> None:
     p.add_argument("--loader-memory", default="64MiB", help="the loader's memory_limit when reading back")
     p.add_argument("--input-group-rows", type=int, default=32768, help="row-group size of the raw input")
     p.add_argument("--chunk-sweep", action="store_true", help="only the --chunk-rows sweep")
+    p.add_argument(
+        "--chunks",
+        type=lambda t: [int(c) for c in t.split(",")],
+        default=[128, 256, 512, 1024, 2048, 8192],
+        help="--chunk-rows values of the sweep",
+    )
     p.add_argument("--dir", default=None)
     a = p.parse_args()
 
@@ -108,7 +114,10 @@ def main() -> None:
     src = os.path.join(root, "input.parquet")
     data_mb = a.rows * ROW_BYTES / 1e6
     print(f"# {sys.executable} {' '.join(sys.argv)}")
-    print(f"input: {a.rows:,} rows x {ROW_BYTES} B = {data_mb:.0f} MB, row groups of {a.input_group_rows} rows; dir {root}")
+    print(
+        f"input: {a.rows:,} rows x {ROW_BYTES} B = {data_mb:.0f} MB, "
+        f"row groups of {a.input_group_rows} rows; dir {root}"
+    )
     if not os.path.exists(src):
         make_input(src, a.rows, a.input_group_rows)
     try:
@@ -117,21 +126,46 @@ def main() -> None:
             return
         base = run(["baseline", src, os.path.join(root, "baseline.parquet")])
         plain = run(["convert", src, os.path.join(root, "plain"), "--format", "parquet", "--quiet", "--overwrite"])
-        shuf = run(["convert", src, os.path.join(root, "shuffled"), "--format", "parquet", "--quiet", "--overwrite",
-                    "--shuffle", "--seed", "0", "--memory-limit", a.memory_limit])
+        shuf = run(
+            [
+                "convert",
+                src,
+                os.path.join(root, "shuffled"),
+                "--format",
+                "parquet",
+                "--quiet",
+                "--overwrite",
+                "--shuffle",
+                "--seed",
+                "0",
+                "--memory-limit",
+                a.memory_limit,
+            ]
+        )
         limit = parse_bytes(a.memory_limit)
         print("\n| step | seconds | MB/s | peak RSS |\n|---|---|---|---|")
-        for name, r in (("pyarrow read_table -> write_table (baseline)", base),
-                        ("streambatch convert (no shuffle, parquet)", plain),
-                        (f"streambatch convert --shuffle --memory-limit {a.memory_limit}", shuf)):
+        for name, r in (
+            ("pyarrow read_table -> write_table (baseline)", base),
+            ("streambatch convert (no shuffle, parquet)", plain),
+            (f"streambatch convert --shuffle --memory-limit {a.memory_limit}", shuf),
+        ):
             print(f"| {name} | {r['seconds']:.1f} | {data_mb / r['seconds']:.0f} | {r['maxrss'] / 2**20:.0f} MiB |")
         ok = shuf["maxrss"] <= limit + RSS_SLACK
-        print(f"\ninput / memory limit = {a.rows * ROW_BYTES / limit:.1f}x; shuffle peak RSS "
-              f"{shuf['maxrss'] / 2**20:.0f} MiB {'<=' if ok else '>'} limit + 300 MiB = {(limit + RSS_SLACK) / 2**20:.0f} MiB")
-        print(f"\nloader at memory_limit={a.loader_memory}, batch 256:\n| data | loader shuffle | rows/s | score |\n|---|---|---|---|")
-        for name, path, shuffle in (("raw input", src, True), ("converted, unshuffled", os.path.join(root, "plain"), True),
-                                    ("converted --shuffle", os.path.join(root, "shuffled"), False),
-                                    ("converted --shuffle", os.path.join(root, "shuffled"), True)):
+        print(
+            f"\ninput / memory limit = {a.rows * ROW_BYTES / limit:.1f}x; shuffle peak RSS "
+            f"{shuf['maxrss'] / 2**20:.0f} MiB {'<=' if ok else '>'} limit + 300 MiB = "
+            f"{(limit + RSS_SLACK) / 2**20:.0f} MiB"
+        )
+        print(
+            f"\nloader at memory_limit={a.loader_memory}, batch 256:\n"
+            "| data | loader shuffle | rows/s | score |\n|---|---|---|---|"
+        )
+        for name, path, shuffle in (
+            ("raw input", src, True),
+            ("converted, unshuffled", os.path.join(root, "plain"), True),
+            ("converted --shuffle", os.path.join(root, "shuffled"), False),
+            ("converted --shuffle", os.path.join(root, "shuffled"), True),
+        ):
             try:
                 rate, score = loader_figures(path, shuffle, a.loader_memory)
                 print(f"| {name} | {shuffle} | {rate / 1e6:.2f} M | {score:.2f} |")
@@ -145,7 +179,7 @@ def main() -> None:
 def sweep(root: str, src: str, a: argparse.Namespace) -> None:
     print(f"\nloader shuffle on unshuffled convert output, memory_limit={a.loader_memory}, batch 256")
     print("| --chunk-rows | chunk bytes | convert s | loader rows/s | score |\n|---|---|---|---|---|")
-    for chunk in (128, 256, 2048, 8192):
+    for chunk in a.chunks:
         out = os.path.join(root, f"chunk{chunk}")
         r = run(["convert", src, out, "--format", "parquet", "--quiet", "--overwrite", "--chunk-rows", str(chunk)])
         rate, score = loader_figures(out, True, a.loader_memory)

@@ -24,14 +24,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_convert(commands)
     info = commands.add_parser("info", help="rows, columns, shards, bytes and chunk sizes of a dataset")
     info.add_argument("path", help="anything open_dataset reads (a convert output shows its manifest)")
+    info.add_argument(
+        "--verify", action="store_true", help="also check every sha256 the manifest records (reads all data)"
+    )
 
     args = parser.parse_args(argv)
     if args.command == "convert":
         return _convert(parser, args)
     if args.command == "info":
-        from .info import describe, format_info
+        from .info import describe, format_info, verify
 
-        print(format_info(describe(args.path)))
+        try:
+            print(format_info(describe(args.path)))
+            if args.verify:
+                print(f"  verified {verify(args.path)} file(s): every sha256 matches the manifest")
+        except (OSError, ValueError, TypeError) as e:
+            print(f"streambatch info: error: {e}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "demo":
         from .demo import FORMATS, run_demo
@@ -56,7 +65,8 @@ def _add_convert(commands) -> None:
     size.add_argument("--shard-size", default=None, help="target bytes per shard, e.g. 256MiB (the default)")
     size.add_argument("--rows-per-shard", type=int, default=None, help="exact rows per shard (the last may be short)")
     c.add_argument("--chunk-rows", type=int, default=None,
-                   help="rows per Parquet row group / Zarr chunk (default ~128 KiB of rows: see docs/convert.md)")
+                   help="rows per Parquet row group / Zarr chunk "
+                   "(default ~128 KiB of rows, ~1 MiB with --shuffle: docs/convert.md)")
     c.add_argument("--compression", default="none", choices=("none", "zstd", "lz4"))
     c.add_argument("--shuffle", action="store_true", help="write a global random permutation of the rows")
     c.add_argument("--seed", type=int, default=0, help="seed of --shuffle (default 0)")

@@ -10,9 +10,9 @@ import numpy as np
 from ._units import format_bytes
 from .sources import open_dataset
 from .sources._fs import resolve
-from .sources._manifest import has_manifest, read_manifest
+from .sources._manifest import has_manifest, read_manifest, verify_manifest
 
-__all__ = ["describe", "format_info"]
+__all__ = ["describe", "format_info", "verify"]
 
 
 def describe(path: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -26,13 +26,17 @@ def describe(path: str, storage_options: dict[str, Any] | None = None) -> dict[s
         bounds = shard.unit_bounds
         units = np.diff(np.asarray(bounds)) if bounds is not None and len(bounds) > 1 else None
         stored = manifest["shards"][i]["bytes"] if manifest else _stored_bytes(shard)
-        shards.append({
-            "path": shard.path,
-            "rows": int(shard.num_rows),
-            "bytes": stored,
-            "units": int(len(units)) if units is not None else None,
-            "unit_rows": [int(units.min()), int(np.median(units)), int(units.max())] if units is not None and len(units) else None,
-        })
+        shards.append(
+            {
+                "path": shard.path,
+                "rows": int(shard.num_rows),
+                "bytes": stored,
+                "units": len(units) if units is not None else None,
+                "unit_rows": [int(units.min()), int(np.median(units)), int(units.max())]
+                if units is not None and len(units)
+                else None,
+            }
+        )
     info: dict[str, Any] = {
         "path": location.url,
         "rows": ds.num_rows,
@@ -43,8 +47,19 @@ def describe(path: str, storage_options: dict[str, Any] | None = None) -> dict[s
         "shards": shards,
     }
     if manifest is not None:
-        info["manifest"] = {k: manifest.get(k) for k in ("format", "format_version", "shard_format", "written_by", "params")}
+        info["manifest"] = {
+            k: manifest.get(k) for k in ("format", "format_version", "shard_format", "written_by", "params")
+        }
     return info
+
+
+def verify(path: str, storage_options: dict[str, Any] | None = None) -> int:
+    """Check every shard file of the convert output ``path`` against its recorded
+    sha256; returns the number of files checked."""
+    location = resolve(path, storage_options)
+    if not (location.isdir() and has_manifest(location)):
+        raise ValueError(f"{location.url} has no streambatch manifest: nothing to verify against")
+    return verify_manifest(location)
 
 
 def _stored_bytes(shard: Any) -> int | None:
@@ -74,16 +89,21 @@ def format_info(info: dict[str, Any]) -> str:
     shards = info["shards"]
     lines.append(f"  shards   {len(shards)}")
     for s in shards[:20]:
-        units = (f", {s['units']} units of {s['unit_rows'][0]}/{s['unit_rows'][1]}/{s['unit_rows'][2]} rows (min/median/max)"
-                 if s["unit_rows"] else ", random access (no read units)")
+        units = (
+            f", {s['units']} units of {s['unit_rows'][0]}/{s['unit_rows'][1]}/{s['unit_rows'][2]} rows (min/median/max)"
+            if s["unit_rows"]
+            else ", random access (no read units)"
+        )
         size = format_bytes(s["bytes"]) if s["bytes"] is not None else "? bytes"
         lines.append(f"    {s['path']}: {s['rows']:,} rows, {size}{units}")
     if len(shards) > 20:
         lines.append(f"    ... {len(shards) - 20} more")
     manifest = info.get("manifest")
     if manifest:
-        lines.append(f"  manifest {manifest['format']} v{manifest['format_version']}, {manifest['shard_format']} shards, "
-                     f"{manifest['written_by']}")
+        lines.append(
+            f"  manifest {manifest['format']} v{manifest['format_version']}, {manifest['shard_format']} shards, "
+            f"{manifest['written_by']}"
+        )
         params = manifest.get("params") or {}
         lines.append("    " + ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if v is not None))
     return "\n".join(lines)

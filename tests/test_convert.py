@@ -64,7 +64,10 @@ def write_csv(path, columns: dict[str, np.ndarray], extra: dict[str, list[str]] 
     with open(path, "w") as f:
         f.write(",".join(names) + "\n")
         for i in range(len(columns["id"])):
-            cells = [("true" if v else "false") if isinstance(v, np.bool_) else repr(v.item()) for v in (c[i] for c in columns.values())]
+            cells = [
+                ("true" if v else "false") if isinstance(v, np.bool_) else repr(v.item())
+                for v in (c[i] for c in columns.values())
+            ]
             cells += [e[i] for e in (extra or {}).values()]
             f.write(",".join(cells) + "\n")
     return str(path)
@@ -89,8 +92,9 @@ def make_source(fmt: str, tmp_path, n: int = N) -> tuple[str, dict[str, np.ndarr
 def test_round_trip(tmp_path, in_fmt, out_fmt, shuffle):
     src, expected = make_source(in_fmt, tmp_path)
     dest = tmp_path / "out"
-    result = convert([src], str(dest), out_fmt, rows_per_shard=300, chunk_rows=64, shuffle=shuffle, seed=3,
-                     memory_limit="32KiB")
+    result = convert(
+        [src], str(dest), out_fmt, rows_per_shard=300, chunk_rows=64, shuffle=shuffle, seed=3, memory_limit="32KiB"
+    )
     assert (result.rows, result.shards) == (N, 4)
     assert (dest / "manifest.json").exists()
     assert not [p for p in os.listdir(dest) if p.startswith(".")], "temporary files left behind"
@@ -108,7 +112,11 @@ def test_round_trip(tmp_path, in_fmt, out_fmt, shuffle):
 
 def test_several_sources_and_column_selection(tmp_path):
     a = write_dataset("npy", tmp_path / "a", make_columns(100), shards=1) if (tmp_path / "a").mkdir() is None else ""
-    b = write_dataset("parquet", tmp_path / "b", make_columns(50), chunk_rows=16) if (tmp_path / "b").mkdir() is None else ""
+    b = (
+        write_dataset("parquet", tmp_path / "b", make_columns(50), chunk_rows=16)
+        if (tmp_path / "b").mkdir() is None
+        else ""
+    )
     convert([a, b], str(tmp_path / "out"), "npy", columns=["id", "img"])
     got = read_all(tmp_path / "out")
     assert list(got) == ["id", "img"]
@@ -149,8 +157,9 @@ def test_shuffled_output_read_in_order_scores_like_a_full_shuffle(tmp_path):
     np.save(src / "label.npy", labels)
     np.save(src / "x.npy", x)
     # the input (~1.6 MB) is ~25x the memory limit: many buckets
-    convert([str(src)], str(tmp_path / "out"), "parquet", shuffle=True, seed=0, memory_limit="64KiB",
-            rows_per_shard=8192)
+    convert(
+        [str(src)], str(tmp_path / "out"), "parquet", shuffle=True, seed=0, memory_limit="64KiB", rows_per_shard=8192
+    )
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["params"]["shuffle"] is True and manifest["params"]["seed"] == 0
 
@@ -176,7 +185,7 @@ def converted(tmp_path):
 def test_manifest_is_used_and_checked_missing_shard(converted):
     assert sb.open_dataset(converted).num_rows == N
     os.remove(converted / "part-00001.parquet")
-    with pytest.raises(SourceNotFoundError, match="part-00001.parquet"):
+    with pytest.raises(SourceNotFoundError, match=r"part-00001\.parquet"):
         sb.open_dataset(converted)
 
 
@@ -193,8 +202,20 @@ def test_manifest_paths_outside_dest_are_refused(converted, bad):
     manifest = json.loads(path.read_text())
     manifest["shards"][0]["files"][0]["path"] = bad
     path.write_text(json.dumps(manifest))
-    with pytest.raises(CorruptInputError, match="outside|'\\.\\.'"):
+    with pytest.raises(CorruptInputError, match=r"outside|'\.\.'"):
         sb.open_dataset(converted)
+
+
+def test_info_verify_catches_a_flipped_byte(converted, capsys):
+    assert cli.main(["info", str(converted), "--verify"]) == 0
+    assert "verified 3 file(s)" in capsys.readouterr().out
+    path = converted / "part-00001.parquet"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: open_dataset's size check cannot see it
+    path.write_bytes(bytes(data))
+    assert sb.open_dataset(converted).num_rows == N
+    assert cli.main(["info", str(converted), "--verify"]) == 1
+    assert "part-00001.parquet: sha256 differs" in capsys.readouterr().err
 
 
 def test_manifest_shards_need_no_footer_scan(converted, monkeypatch):
@@ -214,15 +235,25 @@ def test_manifest_shards_need_no_footer_scan(converted, monkeypatch):
 
 def run_cli(args, env_extra=None):
     env = dict(os.environ, PYTHONPATH=ROOT, **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "streambatch.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=120, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "streambatch.cli", *args], capture_output=True, text=True, env=env, timeout=120, cwd=ROOT
+    )
 
 
 @pytest.mark.parametrize("shuffle", [False, True], ids=["ordered", "shuffled"])
 def test_kill_then_resume_equals_an_uninterrupted_run(tmp_path, shuffle):
     src, _ = make_source("zarr", tmp_path)
-    args = ["--format", "parquet", "--rows-per-shard", "150", "--chunk-rows", "50", "--quiet",
-            "--memory-limit", "16KiB"] + (["--shuffle", "--seed", "7"] if shuffle else [])
+    args = [
+        "--format",
+        "parquet",
+        "--rows-per-shard",
+        "150",
+        "--chunk-rows",
+        "50",
+        "--quiet",
+        "--memory-limit",
+        "16KiB",
+    ] + (["--shuffle", "--seed", "7"] if shuffle else [])
     clean, dest = str(tmp_path / "clean"), str(tmp_path / "dest")
     opts = dict(rows_per_shard=150, chunk_rows=50, memory_limit="16KiB", shuffle=shuffle, seed=7)
     convert([src], clean, "parquet", **opts)
@@ -244,6 +275,29 @@ def test_kill_then_resume_equals_an_uninterrupted_run(tmp_path, shuffle):
     assert again.resumed_shards == 7 and digest_tree(dest) == digest_tree(clean)
 
 
+def test_kill_in_shuffle_pass_1_then_resume_equals_an_uninterrupted_run(tmp_path):
+    src, _ = make_source("npy", tmp_path)
+    opts = dict(rows_per_shard=300, memory_limit="8KiB", shuffle=True, seed=1)
+    clean, dest = str(tmp_path / "clean"), str(tmp_path / "dest")
+    convert([src], clean, "npy", **opts)
+    args = ["--format", "npy", "--rows-per-shard", "300", "--memory-limit", "8KiB", "--shuffle", "--seed", "1"]
+    killed = run_cli(["convert", src, dest, *args, "--quiet"], {"STREAMBATCH_CONVERT_KILL_AFTER_BLOCKS": "3"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert sorted(os.listdir(dest)) == [".convert-journal.jsonl", ".tmp-stage"], "only the journal and staging"
+    result = convert([src], dest, "npy", resume=True, **opts)
+    assert result.resumed_shards == 0 and result.rows == N
+    assert digest_tree(dest) == digest_tree(clean)
+
+
+def test_progress_bar_and_summary(tmp_path, capsys):
+    pytest.importorskip("tqdm")
+    src, _ = make_source("npy", tmp_path)
+    result = convert([src], str(tmp_path / "out"), "parquet", progress=True, shuffle=True, memory_limit="16KiB")
+    err = capsys.readouterr().err
+    assert "rows" in err and "/s" in err and "1.00k/1.00k" in err, err
+    assert result.summary().startswith("converted 1,000 rows into 1 shard(s)")
+
+
 def test_resume_refuses_changed_inputs_or_parameters(tmp_path):
     src, _ = make_source("npy", tmp_path)
     dest = str(tmp_path / "dest")
@@ -255,11 +309,18 @@ def test_resume_refuses_changed_inputs_or_parameters(tmp_path):
         convert([src], dest, "npy", rows_per_shard=300, resume=True)
 
 
+def test_dest_inside_a_source_is_refused(tmp_path):
+    src, _ = make_source("npy", tmp_path)
+    with pytest.raises(ValueError, match="inside the source"):
+        convert([src], os.path.join(src, "converted"), "npy")
+    assert not os.path.exists(os.path.join(src, "converted"))
+
+
 def test_non_empty_dest_is_refused_and_overwrite_replaces(tmp_path):
     src, _ = make_source("npy", tmp_path)
     dest = tmp_path / "dest"
     convert([src], str(dest), "parquet", rows_per_shard=200)
-    with pytest.raises(FileExistsError, match="not empty.*--overwrite"):
+    with pytest.raises(FileExistsError, match=r"not empty.*--overwrite"):
         convert([src], str(dest), "parquet", rows_per_shard=200)
     convert([src], str(dest), "parquet", rows_per_shard=500, overwrite=True)
     assert sorted(os.listdir(dest)) == ["manifest.json", "part-00000.parquet", "part-00001.parquet"]
@@ -316,7 +377,7 @@ def test_csv_mixed_types_and_string_column(tmp_path):
 def test_csv_with_empty_cells_is_refused(tmp_path):
     path = tmp_path / "holes.csv"
     path.write_text("id,value\n1,2.0\n2,\n3,4.0\n")
-    with pytest.raises(SchemaError, match="'value'.*empty"):
+    with pytest.raises(SchemaError, match=r"'value'.*empty"):
         convert([str(path)], str(tmp_path / "out"), "npy")
 
 
@@ -329,8 +390,13 @@ def test_dask_local_cluster_equals_local_run(tmp_path):
     src, _ = make_source("parquet", tmp_path)
     opts = dict(rows_per_shard=200, chunk_rows=50, shuffle=True, seed=5, memory_limit="16KiB")
     convert([src], str(tmp_path / "local"), "zarr", **opts)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  local_directory=str(tmp_path / "dask")) as cluster:
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        local_directory=str(tmp_path / "dask"),
+    ) as cluster:
         convert([src], str(tmp_path / "dask-out"), "zarr", scheduler=cluster.scheduler_address, **opts)
     assert digest_tree(tmp_path / "dask-out") == digest_tree(tmp_path / "local")
 
@@ -341,7 +407,9 @@ def test_dask_local_cluster_equals_local_run(tmp_path):
 def test_cli_convert_and_info(tmp_path, capsys):
     src, _ = make_source("zarr", tmp_path)
     dest = str(tmp_path / "out")
-    assert cli.main(["convert", src, dest, "--format", "parquet", "--rows-per-shard", "600", "--chunk-rows", "100"]) == 0
+    assert (
+        cli.main(["convert", src, dest, "--format", "parquet", "--rows-per-shard", "600", "--chunk-rows", "100"]) == 0
+    )
     assert "converted 1,000 rows into 2 shard(s)" in capsys.readouterr().out
     assert cli.main(["info", dest]) == 0
     text = capsys.readouterr().out
@@ -356,7 +424,8 @@ def test_cli_convert_and_info(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
 
 
-def test_default_chunk_rows_is_about_128_kib():
+def test_default_chunk_rows_is_about_128_kib_or_1_mib_when_shuffled():
     assert default_chunk_rows(520) == 252
+    assert default_chunk_rows(520, shuffled=True) == 2016
     assert default_chunk_rows(1) == 65536
     assert default_chunk_rows(10 << 20) == 64

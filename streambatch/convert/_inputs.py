@@ -96,8 +96,12 @@ class InputReader:
             for name, target in out.items():
                 spec = self.columns[name]
                 path = os.path.join(part.directory, f"{name}.bin")
-                data = np.fromfile(path, dtype=spec.dtype, count=(stop - start) * int(np.prod(spec.shape, dtype=np.int64)),
-                                   offset=start * spec.row_nbytes)
+                data = np.fromfile(
+                    path,
+                    dtype=spec.dtype,
+                    count=(stop - start) * int(np.prod(spec.shape, dtype=np.int64)),
+                    offset=start * spec.row_nbytes,
+                )
                 if data.size * spec.dtype.itemsize != (stop - start) * spec.row_nbytes:
                     raise CorruptInputError(f"{path}: staging file is shorter than expected (rows {start}:{stop})")
                 target[...] = data.reshape(target.shape)
@@ -159,8 +163,12 @@ def _open_csv(path: str, columns: Sequence[str] | None):
         raw = location.fs.open(location.path, "rb") if not location.is_local else pa.input_stream(location.path)
         if location.path.lower().endswith(".gz"):
             raw = pa.CompressedInputStream(raw, "gzip")
-        return pacsv.open_csv(raw, read_options=read, convert_options=convert,
-                              parse_options=pacsv.ParseOptions(delimiter="\t" if path.lower().endswith(".tsv") else ","))
+        return pacsv.open_csv(
+            raw,
+            read_options=read,
+            convert_options=convert,
+            parse_options=pacsv.ParseOptions(delimiter="\t" if path.lower().endswith(".tsv") else ","),
+        )
     except (pa.ArrowInvalid, KeyError) as e:
         raise SchemaError(f"{path}: cannot read as CSV ({e})") from e
 
@@ -230,10 +238,7 @@ def fingerprint_sources(sources: Sequence[str], storage_options: Mapping[str, An
     for source in sources:
         location = resolve(source, dict(storage_options or {}) or None)
         fs = location.fs
-        if any(ch in location.path for ch in "*?["):
-            paths = sorted(fs.glob(location.path))
-        else:
-            paths = [location.path]
+        paths = sorted(fs.glob(location.path)) if any(ch in location.path for ch in "*?[") else [location.path]
         for p in paths:
             found = fs.find(p, detail=True) if fs.isdir(p) else {p: fs.info(p)}
             for name in sorted(found):

@@ -8,6 +8,7 @@ it to skip finished work; it refuses when the header differs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -56,7 +57,5 @@ class Journal:
 
     def remove(self) -> None:
         for p in (self.path, self.path + ".tmp"):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(p)
-            except FileNotFoundError:
-                pass

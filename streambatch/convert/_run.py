@@ -18,9 +18,10 @@ from ..sources import ColumnSpec
 from ..sources._fs import resolve
 from ..sources._manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION
 from . import _inputs
+from ._execute import progress_bar, run_dask, run_processes
 from ._inputs import DatasetPart, Part, RawPart
 from ._journal import JOURNAL_NAME, Journal
-from ._shards import TMP_PREFIX, ConvertWriteError, ShardTask, fsync_dir, remove_path, shard_name, write_shard
+from ._shards import TMP_PREFIX, ConvertWriteError, ShardTask, fsync_dir, remove_path, write_shard
 from ._shuffle import bucket_dir, plan_buckets, scatter_to_buckets
 
 __all__ = ["ConvertError", "ConvertOptions", "ConvertResult", "convert", "default_chunk_rows"]
@@ -33,20 +34,25 @@ _STAGE = TMP_PREFIX + "stage"
 _DEFAULT_SHARD_SIZE = "256MiB"
 #: Target bytes of one Parquet row group / Zarr chunk (see default_chunk_rows).
 _CHUNK_TARGET_BYTES = 128 << 10
+_SHUFFLED_CHUNK_TARGET_BYTES = 1 << 20
 
 
 class ConvertError(StreambatchError, ValueError):
     """The conversion cannot start or resume as asked (e.g. inputs changed since the journal)."""
 
 
-def default_chunk_rows(row_nbytes: int) -> int:
-    """Rows per Parquet row group / Zarr chunk: ~128 KiB, within [64, 65536] rows.
+def default_chunk_rows(row_nbytes: int, shuffled: bool = False) -> int:
+    """Rows per Parquet row group / Zarr chunk: ~128 KiB (~1 MiB with ``--shuffle``),
+    within [64, 65536] rows.
 
-    The loader shuffles by holding many read units in a window; a unit is a whole
-    row group, so smaller groups mean more distinct units in the same memory and
-    a better shuffle (docs/convert.md has the measurements); below ~64 KiB the
-    per-group decode overhead starts to cost throughput."""
-    return int(min(65536, max(64, _CHUNK_TARGET_BYTES // max(1, row_nbytes))))
+    The loader shuffles by holding many read units in a window, and a unit is a
+    whole row group: smaller groups mean more distinct units in the same memory,
+    so a better shuffle (1.35 at 128 KiB vs 3.0 at 1 MiB, loader at ~6 % of the
+    data), at a cost in loader rows/s (0.41 M vs 1.07 M) -- docs/convert.md.
+    ``--shuffle`` output is already a full permutation, so the loader can read it
+    in order (score 1.0 at any chunk size) and larger chunks only add speed."""
+    target = _SHUFFLED_CHUNK_TARGET_BYTES if shuffled else _CHUNK_TARGET_BYTES
+    return int(min(65536, max(64, target // max(1, row_nbytes))))
 
 
 @dataclass(frozen=True)
@@ -172,12 +178,22 @@ def convert(
 
 
 class _Conversion:
-    def __init__(self, sources: list[str], dest: str, options: ConvertOptions, progress: bool | None,
-                 storage_options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        sources: list[str],
+        dest: str,
+        options: ConvertOptions,
+        progress: bool | None,
+        storage_options: dict[str, Any],
+    ) -> None:
         location = resolve(dest)
         if not location.is_local:
             raise ValueError(f"dest must be a local directory (atomic renames), got {dest!r}")
         self.dest = location.path
+        for source in sources:
+            src = resolve(source)
+            if src.is_local and (self.dest == src.path or self.dest.startswith(src.path.rstrip(os.sep) + os.sep)):
+                raise ValueError(f"dest {self.dest} is inside the source {source}: its shards would become input")
         self.sources = sources
         self.options = options
         self.progress = progress
@@ -211,13 +227,13 @@ class _Conversion:
         if total == 0:
             raise EmptyDatasetError(f"the inputs {self.sources} hold zero rows")
         row_nbytes = sum(s.row_nbytes for s in columns.values())
-        chunk_rows = o.chunk_rows or default_chunk_rows(row_nbytes)
+        chunk_rows = o.chunk_rows or default_chunk_rows(row_nbytes, o.shuffle)
         per_shard = o.rows_per_shard or max(1, (o.shard_size or parse_bytes(_DEFAULT_SHARD_SIZE)) // max(1, row_nbytes))
         if not o.rows_per_shard and per_shard > chunk_rows:
             per_shard -= per_shard % chunk_rows  # whole row groups / chunks per shard
-        bounds = list(range(0, total, per_shard)) + [total]
+        bounds = [*range(0, total, per_shard), total]
         shard_rows = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
-        bar = _progress_bar(self.progress, total, row_nbytes)
+        bar = progress_bar(self.progress, total, row_nbytes)
         try:
             tasks = self._tasks(parts, columns, bounds, chunk_rows, row_nbytes, staged, bar)
             if not staged:
@@ -238,10 +254,19 @@ class _Conversion:
         finally:
             if bar is not None:
                 bar.close()
-        manifest = self._manifest(header, columns, [entries[i] for i in range(len(tasks))], chunk_rows, per_shard, total)
+        manifest = self._manifest(
+            header, columns, [entries[i] for i in range(len(tasks))], chunk_rows, per_shard, total
+        )
         self._finish(manifest)
-        return ConvertResult(self.dest, total, len(tasks), sum(e["bytes"] for e in entries.values()),
-                             time.monotonic() - started, len(done), manifest)
+        return ConvertResult(
+            self.dest,
+            total,
+            len(tasks),
+            sum(e["bytes"] for e in entries.values()),
+            time.monotonic() - started,
+            len(done),
+            manifest,
+        )
 
     # ------------------------------------------------------------------ DEST
 
@@ -267,9 +292,15 @@ class _Conversion:
             with open(manifest_path, encoding="utf-8") as f:
                 manifest = json.load(f)
             self._check_same(manifest.get("input", {}), header, manifest_path)
-            return ConvertResult(self.dest, manifest["rows"], len(manifest["shards"]),
-                                 sum(s["bytes"] for s in manifest["shards"]), 0.0,
-                                 len(manifest["shards"]), manifest)
+            return ConvertResult(
+                self.dest,
+                manifest["rows"],
+                len(manifest["shards"]),
+                sum(s["bytes"] for s in manifest["shards"]),
+                0.0,
+                len(manifest["shards"]),
+                manifest,
+            )
         previous, events = self.journal.read()
         done: dict[int, dict[str, Any]] = {}
         if o.resume and previous is not None:
@@ -325,7 +356,10 @@ class _Conversion:
                 specs = _inputs.csv_columns(source, o.columns)
                 directory = os.path.join(self.stage, f"csv-{i:04d}")
                 if staged:
-                    rows = os.path.getsize(os.path.join(directory, f"{next(iter(specs))}.bin")) // next(iter(specs.values())).row_nbytes
+                    rows = (
+                        os.path.getsize(os.path.join(directory, f"{next(iter(specs))}.bin"))
+                        // next(iter(specs.values())).row_nbytes
+                    )
                     part: Part = RawPart(directory, tuple((n, s.dtype.str, s.shape) for n, s in specs.items()), rows)
                 else:
                     part = _inputs.stage_csv(source, directory, o.columns, specs)
@@ -343,20 +377,31 @@ class _Conversion:
         assert columns is not None
         return parts, columns
 
-    def _tasks(self, parts: list[Part], columns: dict[str, ColumnSpec], bounds: list[int], chunk_rows: int,
-               row_nbytes: int, staged: bool, bar: Any) -> list[ShardTask]:
+    def _tasks(
+        self,
+        parts: list[Part],
+        columns: dict[str, ColumnSpec],
+        bounds: list[int],
+        chunk_rows: int,
+        row_nbytes: int,
+        staged: bool,
+        bar: Any,
+    ) -> list[ShardTask]:
         o = self.options
         specs = tuple((n, s.dtype.str, s.shape) for n, s in columns.items())
         budget_rows = max(1, o.memory_limit // 4 // max(1, row_nbytes))
-        common = dict(dest=self.dest, shard_format=o.shard_format, columns=specs, chunk_rows=chunk_rows,
-                      compression=o.compression)
+        common = dict(
+            dest=self.dest, shard_format=o.shard_format, columns=specs, chunk_rows=chunk_rows, compression=o.compression
+        )
         shard_rows = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
         if not o.shuffle:
             unit = _inputs.largest_unit_rows(parts)
             block = max(unit, budget_rows // (2 * o.workers))
             block = max(chunk_rows, block - block % chunk_rows)
-            return [ShardTask(index=i, rows=n, block_rows=block, parts=tuple(parts), start=a, stop=a + n, **common)
-                    for i, (a, n) in enumerate(zip(bounds[:-1], shard_rows))]
+            return [
+                ShardTask(index=i, rows=n, block_rows=block, parts=tuple(parts), start=a, stop=a + n, **common)
+                for i, (a, n) in enumerate(zip(bounds[:-1], shard_rows))
+            ]
         plan = plan_buckets(shard_rows, budget_rows)
         capacities = [n for sizes in plan for n in sizes]
         # pass 1 block: bounded by the budget only (not by workers), so the output is independent of them
@@ -364,20 +409,32 @@ class _Conversion:
         if not staged:
             remove_path(os.path.join(self.stage, "buckets"))
             try:
-                scatter_to_buckets(parts, columns, capacities, os.path.join(self.stage, "buckets"), o.seed,
-                                   scatter_block,
-                                   on_rows=(lambda n: None) if bar is None else bar.scatter)
+                scatter_to_buckets(
+                    parts,
+                    columns,
+                    capacities,
+                    os.path.join(self.stage, "buckets"),
+                    o.seed,
+                    scatter_block,
+                    on_rows=(lambda n: None) if bar is None else bar.scatter,
+                )
             except OSError as e:
                 if isinstance(e, ConvertWriteError):
                     raise
                 where = getattr(e, "filename", None) or self.stage
-                raise ConvertWriteError(e.errno or 5, f"shuffle pass 1 failed writing under {where}: {e.strerror or e}") from e
+                raise ConvertWriteError(
+                    e.errno or 5, f"shuffle pass 1 failed writing under {where}: {e.strerror or e}"
+                ) from e
         tasks, b = [], 0
         block = max(chunk_rows, scatter_block - scatter_block % chunk_rows)
         for i, sizes in enumerate(plan):
-            buckets = tuple((bucket_dir(os.path.join(self.stage, "buckets"), b + j), n, b + j) for j, n in enumerate(sizes))
+            buckets = tuple(
+                (bucket_dir(os.path.join(self.stage, "buckets"), b + j), n, b + j) for j, n in enumerate(sizes)
+            )
             b += len(sizes)
-            tasks.append(ShardTask(index=i, rows=shard_rows[i], block_rows=block, buckets=buckets, seed=o.seed, **common))
+            tasks.append(
+                ShardTask(index=i, rows=shard_rows[i], block_rows=block, buckets=buckets, seed=o.seed, **common)
+            )
         return tasks
 
     def _execute(self, tasks: list[ShardTask]) -> Iterator[dict[str, Any]]:
@@ -385,15 +442,22 @@ class _Conversion:
         if not tasks:
             return iter(())
         if o.scheduler:
-            return _run_dask(o.scheduler, tasks)
+            return run_dask(o.scheduler, tasks)
         if o.workers > 1:
-            return _run_processes(o.workers, tasks)
+            return run_processes(o.workers, tasks)
         return map(write_shard, tasks)
 
     # ------------------------------------------------------------------ manifest
 
-    def _manifest(self, header: dict[str, Any], columns: dict[str, ColumnSpec], entries: list[dict[str, Any]],
-                  chunk_rows: int, per_shard: int, total: int) -> dict[str, Any]:
+    def _manifest(
+        self,
+        header: dict[str, Any],
+        columns: dict[str, ColumnSpec],
+        entries: list[dict[str, Any]],
+        chunk_rows: int,
+        per_shard: int,
+        total: int,
+    ) -> dict[str, Any]:
         from .. import __version__
 
         return {
@@ -402,7 +466,9 @@ class _Conversion:
             "shard_format": self.options.shard_format,
             "written_by": f"streambatch {__version__}",
             "rows": total,
-            "schema": {"columns": [{"name": n, "dtype": s.dtype.str, "shape": list(s.shape)} for n, s in columns.items()]},
+            "schema": {
+                "columns": [{"name": n, "dtype": s.dtype.str, "shape": list(s.shape)} for n, s in columns.items()]
+            },
             "params": {**self.options.output_params(), "chunk_rows": chunk_rows, "rows_per_shard": per_shard},
             "input": header,
             "shards": [{k: e[k] for k in ("path", "rows", "bytes", "sha256", "unit_rows", "files")} for e in entries],
@@ -433,73 +499,3 @@ def _shard_intact(dest: str, entry: dict[str, Any]) -> bool:
         return all(os.path.getsize(os.path.join(dest, f["path"])) == f["bytes"] for f in entry["files"])
     except OSError:
         return False
-
-
-def _run_processes(workers: int, tasks: list[ShardTask]) -> Iterator[dict[str, Any]]:
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        # at most 2 tasks per worker in flight, so a failure stops the run early
-        queue = list(reversed(tasks))
-        running: set[Any] = set()
-        try:
-            while queue or running:
-                while queue and len(running) < 2 * workers:
-                    running.add(pool.submit(write_shard, queue.pop()))
-                finished, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    yield future.result()
-        finally:
-            for future in running:
-                future.cancel()
-
-
-def _run_dask(address: str, tasks: list[ShardTask]) -> Iterator[dict[str, Any]]:
-    try:
-        from distributed import Client, as_completed
-    except ImportError as e:
-        raise ImportError("--scheduler needs dask.distributed: pip install 'streambatch[dask]'") from e
-    with Client(address) as client:
-        futures = client.map(write_shard, tasks, pure=False)
-        try:
-            for future in as_completed(futures):
-                yield future.result()
-        finally:
-            client.cancel(futures)
-
-
-def _progress_bar(progress: bool | None, total: int, row_nbytes: int) -> Any:
-    import sys
-
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return _Bar(tqdm(total=total, unit="rows", unit_scale=True, desc="convert", dynamic_ncols=True, file=sys.stderr),
-                row_nbytes)
-
-
-class _Bar:
-    """tqdm counting rows, with bytes/s beside; shuffle pass 1 shows in the description."""
-
-    def __init__(self, bar: Any, row_nbytes: int) -> None:
-        self.bar, self.row_nbytes, self.started, self.scattered = bar, row_nbytes, time.monotonic(), 0
-
-    def scatter(self, rows: int) -> None:
-        self.scattered += rows
-        self.bar.set_description(f"shuffle pass 1: {self.scattered / max(1, self.bar.total):.0%}")
-
-    def update(self, rows: int) -> None:
-        if self.scattered:
-            self.bar.set_description("convert")
-        self.bar.update(rows)
-        rate = self.bar.n * self.row_nbytes / max(1e-9, time.monotonic() - self.started)
-        self.bar.set_postfix_str(f"{format_bytes(rate)}/s")
-
-    def close(self) -> None:
-        self.bar.close()

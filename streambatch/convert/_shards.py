@@ -6,6 +6,7 @@ depend on where it runs."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -94,7 +95,9 @@ def _write(task: ShardTask, tmp: str) -> None:
     specs = {n: (s.dtype, s.shape) for n, s in task.specs.items()}
     compression = None if task.compression == "none" else task.compression
     if task.shard_format == "parquet":
-        writer: Any = _Aligned(writers.ParquetWriter(tmp, specs, task.chunk_rows, compression=compression), task.chunk_rows)
+        writer: Any = _Aligned(
+            writers.ParquetWriter(tmp, specs, task.chunk_rows, compression=compression), task.chunk_rows
+        )
     elif task.shard_format == "zarr":
         writer = writers.ZarrWriter(tmp, specs, task.rows, min(task.chunk_rows, task.rows), compression=compression)
     else:
@@ -104,10 +107,8 @@ def _write(task: ShardTask, tmp: str) -> None:
         for block in blocks:
             writer.write(block)
     except BaseException:
-        try:
+        with contextlib.suppress(Exception):  # the first error is the one to report
             writer.close()
-        except Exception:  # noqa: S110 - the first error is the one to report
-            pass
         raise
     writer.close()
     written = writer.rows
@@ -196,7 +197,9 @@ def _entry(task: ShardTask, name: str, tmp: str, files: list[str]) -> dict[str, 
     listed = []
     for rel in files:
         path = os.path.join(tmp, rel) if rel else tmp
-        listed.append({"path": f"{name}/{rel}" if rel else name, "bytes": os.path.getsize(path), "sha256": sha256_file(path)})
+        listed.append(
+            {"path": f"{name}/{rel}" if rel else name, "bytes": os.path.getsize(path), "sha256": sha256_file(path)}
+        )
     combined = hashlib.sha256("".join(f"{f['path']} {f['sha256']}\n" for f in listed).encode()).hexdigest()
     if task.shard_format == "parquet":
         import pyarrow.parquet as pq
@@ -256,7 +259,5 @@ def remove_path(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
     else:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.remove(path)
-        except FileNotFoundError:
-            pass

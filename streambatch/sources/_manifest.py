@@ -18,7 +18,15 @@ from ..errors import CorruptInputError, SchemaError, SourceNotFoundError
 from ._base import ColumnSpec, Shard
 from ._fs import FileSystemPath
 
-__all__ = ["MANIFEST_FORMAT", "MANIFEST_NAME", "MANIFEST_VERSION", "has_manifest", "read_manifest", "shards_from_manifest"]
+__all__ = [
+    "MANIFEST_FORMAT",
+    "MANIFEST_NAME",
+    "MANIFEST_VERSION",
+    "has_manifest",
+    "read_manifest",
+    "shards_from_manifest",
+    "verify_manifest",
+]
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "streambatch"
@@ -60,9 +68,7 @@ def read_manifest(location: FileSystemPath) -> dict[str, Any]:
 
 def manifest_columns(manifest: dict[str, Any], where: str) -> dict[str, ColumnSpec]:
     try:
-        return {
-            str(c["name"]): ColumnSpec(c["dtype"], tuple(c["shape"])) for c in manifest["schema"]["columns"]
-        }
+        return {str(c["name"]): ColumnSpec(c["dtype"], tuple(c["shape"])) for c in manifest["schema"]["columns"]}
     except (KeyError, TypeError, ValueError) as e:
         raise CorruptInputError(f"{where}: malformed schema in the manifest ({e!r})") from e
 
@@ -81,14 +87,16 @@ def safe_relative(path: Any, where: str) -> str:
 
 def shards_from_manifest(location: FileSystemPath) -> list[Shard]:
     """The shards listed in ``location/manifest.json``, checked against the files
-    on disk (presence and byte size; checksums are checked by ``verify_dataset``)."""
+    on disk (presence and byte size; :func:`verify_manifest` checks the checksums)."""
     manifest = read_manifest(location)
     where = _manifest_location(location).url
     if manifest.get("format") != MANIFEST_FORMAT:
         raise CorruptInputError(f"{where}: not a streambatch manifest (format {manifest.get('format')!r})")
     version = manifest.get("format_version")
     if version != MANIFEST_VERSION:
-        raise CorruptInputError(f"{where}: manifest format_version {version!r} is not supported (expected {MANIFEST_VERSION})")
+        raise CorruptInputError(
+            f"{where}: manifest format_version {version!r} is not supported (expected {MANIFEST_VERSION})"
+        )
     shard_format = manifest.get("shard_format")
     if shard_format not in SHARD_FORMATS:
         raise CorruptInputError(f"{where}: unknown shard_format {shard_format!r}; expected one of {SHARD_FORMATS}")
@@ -115,9 +123,34 @@ def shards_from_manifest(location: FileSystemPath) -> list[Shard]:
                 f"{shard_location.url}: the manifest says {rows} rows, the shard holds {shard.num_rows}"
             )
         if dict(shard.columns) != columns:
-            raise SchemaError(f"{shard_location.url}: columns {dict(shard.columns)} differ from the manifest's {columns}")
+            raise SchemaError(
+                f"{shard_location.url}: columns {dict(shard.columns)} differ from the manifest's {columns}"
+            )
         shards.append(shard)
     return shards
+
+
+def verify_manifest(location: FileSystemPath) -> int:
+    """Recompute the sha256 of every file the manifest lists (reads all the data);
+    ``CorruptInputError`` naming the first file that differs. Returns the file count."""
+    import hashlib
+
+    manifest = read_manifest(location)
+    where = _manifest_location(location).url
+    root = location.path.rstrip("/")
+    count = 0
+    for shard in manifest.get("shards", []):
+        for entry in shard.get("files", []):
+            _check_file(location, root, entry, where)
+            target = location.child(f"{root}/{safe_relative(entry['path'], where)}")
+            digest = hashlib.sha256()
+            with target.fs.open(target.path, "rb") as f:
+                while block := f.read(8 << 20):
+                    digest.update(block)
+            if digest.hexdigest() != entry.get("sha256"):
+                raise CorruptInputError(f"shard file {target.url}: sha256 differs from the one recorded in {where}")
+            count += 1
+    return count
 
 
 def _check_file(location: FileSystemPath, root: str, entry: Any, where: str) -> None:
@@ -140,7 +173,9 @@ def _check_file(location: FileSystemPath, root: str, entry: Any, where: str) -> 
         )
 
 
-def _build_shard(shard_format: str, location: FileSystemPath, columns: dict[str, ColumnSpec], units: list[int]) -> Shard:
+def _build_shard(
+    shard_format: str, location: FileSystemPath, columns: dict[str, ColumnSpec], units: list[int]
+) -> Shard:
     if shard_format == "parquet":
         from ._parquet import ParquetShard
 
