@@ -42,6 +42,8 @@ __all__ = ["EpochIterator", "Loader"]
 
 Batch = dict[str, np.ndarray]
 
+_REMOTE_THREADS = 16
+
 #: fewer read units than this in the shuffle window draws a PoorShuffleWarning
 _FEW_PIECES = 16
 
@@ -49,7 +51,11 @@ _FEW_PIECES = 16
 _READY_GROUPS = 2
 
 
-def _default_threads() -> int:
+def _default_threads(dataset: Dataset) -> int:
+    """Local files: about one thread per core (reads are CPU work from the page
+    cache). Object storage: 16, so request latencies overlap."""
+    if any("://" in s.path and "file://" not in s.path for s in dataset.shards):
+        return _REMOTE_THREADS
     return max(2, min(8, os.cpu_count() or 2))
 
 
@@ -119,11 +125,11 @@ class Loader:
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
         self.memory_limit = parse_bytes(memory_limit)
-        self.num_threads = int(num_threads) if num_threads is not None else _default_threads()
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.remainder: Remainder = remainder
         self.dataset: Dataset = open_dataset(source, columns, storage_options=storage_options, retry=retry)
+        self.num_threads = int(num_threads) if num_threads is not None else _default_threads(self.dataset)
         if self.dataset.num_rows == 0:
             paths = ", ".join(s.path for s in self.dataset.shards[:5])
             raise EmptyDatasetError(f"the dataset has 0 rows (shards: {paths}); nothing to load")
@@ -265,6 +271,21 @@ class Loader:
         )
 
 
+def _max_open_readers(dataset: Dataset, num_threads: int) -> int:
+    """Open shard readers to keep, so that their file descriptors (one per column
+    for ``.npy``, one per thread for Parquet) stay well inside ``RLIMIT_NOFILE``."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 64
+    if soft == resource.RLIM_INFINITY:
+        return 64
+    per_reader = max(len(dataset.columns), num_threads, 1)
+    return max(1, min(64, (soft // 2) // per_reader))
+
+
 class _Resources:
     """What an iterator must release; referenced by its finalizer, never the
     iterator itself (so garbage collection can reach the iterator)."""
@@ -306,7 +327,7 @@ class EpochIterator(Iterator[Batch]):
         plans = {r: loader.plan(epoch, rank=r, world_size=base_world) for r in {s.rank for s in remaining}}
         ring = RowRing(dataset.columns, budget.ring_rows)
         pool = ReaderPool(loader.num_threads)
-        cache = ReaderCache(dataset)
+        cache = ReaderCache(dataset, max_open=_max_open_readers(dataset, loader.num_threads))
         self._resources = _Resources(pool, cache)
         self._finalizer = weakref.finalize(self, self._resources.close)
         filler = BatchFiller(

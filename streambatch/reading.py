@@ -103,6 +103,8 @@ def _result(future: Future[None], stop: threading.Event) -> None:
         try:
             return future.result(timeout=0.1)
         except FutureTimeout:
+            if future.done():
+                raise  # the read itself raised a TimeoutError (e.g. ReaderTimeoutError)
             if stop.is_set():
                 raise Stopped from None
         except CancelledError:

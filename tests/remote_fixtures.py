@@ -50,7 +50,9 @@ class FlakyFS(MemoryFileSystem):
     _rng: ClassVar[random.Random] = random.Random(0)
 
     @classmethod
-    def configure(cls, mode: str = "ok", every: int = 5, delay: float = 0.0, message: str | None = None, seed: int = 0) -> None:
+    def configure(
+        cls, mode: str = "ok", every: int = 5, delay: float = 0.0, message: str | None = None, seed: int = 0
+    ) -> None:
         with cls.lock:
             cls.mode, cls.every, cls.delay, cls.seed = mode, every, delay, seed
             cls.message = message or "connection reset by peer"
@@ -74,10 +76,15 @@ class FlakyFS(MemoryFileSystem):
             cls.requests += 1
             cls.calls[(path, start, end)] += 1
             number = cls.requests
-            hit = cls.mode != "ok" and (cls.mode in ("always", "missing", "sleep", "random_sleep") or number % cls.every == 0)
+            every_time = cls.mode in ("always", "missing", "sleep", "random_sleep")
+            hit = cls.mode != "ok" and (every_time or number % cls.every == 0)
             if hit and cls.mode not in ("sleep", "random_sleep"):
                 cls.injected += 1
-            pause = cls.delay if cls.mode == "sleep" else cls._rng.uniform(0, cls.delay) if cls.mode == "random_sleep" else 0
+            pause = 0.0
+            if cls.mode == "sleep":
+                pause = cls.delay
+            elif cls.mode == "random_sleep":
+                pause = cls._rng.uniform(0, cls.delay)
         if pause:
             time.sleep(pause)
         if hit:

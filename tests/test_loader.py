@@ -196,3 +196,21 @@ def test_a_window_of_few_read_units_warns(dataset_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sb.Loader(path, 100, memory_limit="2MiB", shuffle=False)  # no shuffle asked: nothing to warn about
+
+
+def test_default_threads_follow_the_storage(dataset_factory):
+    local = sb.Loader(dataset_factory("npy", n=100), 10)
+    assert 2 <= local.num_threads <= 8
+    assert sb.Loader(dataset_factory("npy", n=100), 10, num_threads=3).num_threads == 3
+
+
+def test_a_reader_timeout_surfaces_instead_of_hanging(dataset_factory, monkeypatch):
+    from streambatch.sources import _npy
+
+    def timing_out(self, starts, stops, out):
+        raise sb.ReaderTimeoutError("x.npy rows 0:10: read timed out")
+
+    monkeypatch.setattr(_npy._NpyReader, "read_many", timing_out)
+    loader = sb.Loader(dataset_factory("npy", n=1000), 10, memory_limit="1MiB")
+    with pytest.raises(TimeoutError, match="timed out"):
+        next(iter(loader))

@@ -138,7 +138,6 @@ class _NpyReader(ShardReader):
         for column, target in out.items():
             row_nbytes = self._specs[column].row_nbytes
             offset = self._offsets[column] + start * row_nbytes
-            nbytes = (stop - start) * row_nbytes
             view = memoryview(target.reshape(-1).view(np.uint8))
             location = self._files[column]
             if location.is_local:

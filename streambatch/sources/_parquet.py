@@ -474,7 +474,7 @@ class _RangeFile:
             return b""
         self._pos = stop
         lo, hi = start - self._base, stop - self._base
-        if 0 <= lo and hi <= len(self._data):
+        if lo >= 0 and hi <= len(self._data):
             return self._data[lo:hi].tobytes()
         return bytes(self._fetch(start, stop))
 
@@ -483,7 +483,7 @@ class _RangeFile:
         start = self._pos
         stop = self._size if n is None or n < 0 else min(self._size, start + n)
         lo, hi = start - self._base, stop - self._base
-        if stop > start and 0 <= lo and hi <= len(self._data):
+        if stop > start and lo >= 0 and hi <= len(self._data):
             self._pos = stop
             return self._data[lo:hi]
         return self.read(n)

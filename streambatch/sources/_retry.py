@@ -172,6 +172,11 @@ _THROTTLING_CODES = frozenset(
 )
 
 
+#: Where an HTTP status on an error means what it says.
+_HTTP_MODULES = frozenset({"botocore", "aiobotocore", "aiohttp", "gcsfs", "s3fs", "requests", "fsspec"})
+_HTTP_ERROR_NAMES = frozenset({"ClientError", "ClientResponseError", "HttpError", "HTTPError"})
+
+
 def _status_of(error: BaseException) -> int | None:
     """The HTTP status an error carries (aiohttp ``status``, requests/gcsfs
     ``status_code``/``code``, botocore ``response``), if any."""
@@ -215,13 +220,8 @@ def _is_transient_one(error: BaseException) -> bool | None:
     code = _error_code_of(error)
     if code is not None and code in _THROTTLING_CODES:
         return True
-    module = type(error).__module__ or ""
-    if module.split(".")[0] in ("botocore", "aiobotocore", "aiohttp", "gcsfs", "s3fs", "requests", "fsspec") or names & {
-        "ClientError",
-        "ClientResponseError",
-        "HttpError",
-        "HTTPError",
-    }:
+    module = (type(error).__module__ or "").split(".")[0]
+    if module in _HTTP_MODULES or names & _HTTP_ERROR_NAMES:
         status = _status_of(error)
         if status is not None:
             return status >= 500 or status in (408, 429)
@@ -338,7 +338,7 @@ def call_with_retry(
         else:
             try:
                 return fn()
-            except Exception as caught:  # noqa: BLE001 - classified below
+            except Exception as caught:
                 error = caught
         if not is_transient(error):
             if secrets and isinstance(error, StreambatchError):

@@ -54,6 +54,7 @@ Threads (zarr 3.1, measured on 2 cores)
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -65,6 +66,7 @@ import numpy as np
 import zarr
 from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype, cpu
+from zarr.core.indexing import BasicIndexer
 from zarr.core.sync import collect_aiterator, sync
 from zarr.errors import NodeNotFoundError
 from zarr.storage import FsspecStore, LocalStore, WrapperStore
@@ -218,10 +220,47 @@ class _ZarrReader(ShardReader):
                     f"{shard.path}: out[{name!r}] is {target.dtype}{list(target.shape)}, "
                     f"expected {spec.dtype}{list(expected)}"
                 )
-            if stop > start:
-                self._read_array_retried(name, array, start, stop, target)
+        if stop <= start:
+            return
+        if self._remote and len(out) > 1:
+            self._read_arrays_together(start, stop, out)
+            return
+        for name, target in out.items():
+            self._read_array_retried(name, self._arrays[name], start, stop, target)
 
-    def _read_array_retried(self, name: str, array: Any, start: int, stop: int, target: np.ndarray) -> None:
+    def _read_arrays_together(self, start: int, stop: int, out: Mapping[str, np.ndarray]) -> None:
+        """Remote stores: every array's rows ``[start, stop)`` in one gather on zarr's
+        event loop, so their requests overlap (one latency per unit, not one per
+        array). An array whose read fails is read again on its own: a transient
+        error counts as its first attempt, anything else goes through
+        ``_read_array`` (which names the missing or corrupt chunk)."""
+        names = list(out)
+
+        async def read_all() -> list[Any]:
+            reads = [
+                self._arrays[n].async_array._get_selection(
+                    BasicIndexer(slice(start, stop), self._arrays[n].shape, self._arrays[n].metadata.chunk_grid),
+                    out=self._nd_buffer.from_numpy_array(out[n]),
+                    prototype=self._prototype,
+                )
+                for n in names
+            ]
+            return await asyncio.gather(*reads, return_exceptions=True)
+
+        results = sync(read_all())
+        for name, result in zip(names, results):
+            if not isinstance(result, BaseException):
+                continue
+            if isinstance(result, Exception) and is_transient(result) and not isinstance(result, CorruptInputError):
+                self._read_array_retried(name, self._arrays[name], start, stop, out[name], first_error=result)
+            elif isinstance(result, Exception):
+                self._read_array_retried(name, self._arrays[name], start, stop, out[name])
+            else:
+                raise result
+
+    def _read_array_retried(
+        self, name: str, array: Any, start: int, stop: int, target: np.ndarray, first_error: Exception | None = None
+    ) -> None:
         """``_read_array``, sent again on a remote store when it fails transiently
         (including a chunk that did not decode but decodes on a second read: its
         bytes were cut short in transit). Each attempt rewrites all of ``target``."""
@@ -240,6 +279,7 @@ class _ZarrReader(ShardReader):
             self._retry,
             describe,
             secrets=self._shard.location.secrets,
+            first_error=first_error,
         )
 
     def _read_array(self, name: str, array: Any, start: int, stop: int, target: np.ndarray) -> None:
