@@ -28,14 +28,15 @@ def batch_sizes(total_rows: int, batch_size: int, drop_last: bool, first_batch: 
 
 
 class BatchFiller:
-    """Gathers ring rows into the current batch; hands it over when full."""
+    """Gathers ring rows into batches of the planned sizes; a batch that spans two
+    segments is assembled from its parts (one extra copy, once per segment)."""
 
     def __init__(self, ring: RowRing, columns: Mapping[str, ColumnSpec], sizes: Iterator[int], contiguous: bool):
         self._ring = ring
         self._columns = columns
         self._sizes = sizes
         self._contiguous = contiguous
-        self._batch: dict[str, np.ndarray] | None = None
+        self._parts: list[dict[str, np.ndarray]] = []
         self._filled = 0
         self._size = 0
         self.finished = False
@@ -43,24 +44,24 @@ class BatchFiller:
 
     def _next_batch(self) -> None:
         size = next(self._sizes, None)
+        self._parts, self._filled = [], 0
         if size is None:
             self.finished = True
-            self._batch = None
             return
-        self._size, self._filled = size, 0
-        self._batch = new_batch(self._columns, size)
+        self._size = size
 
     def fill(self, positions: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
         """Consume ``positions`` in order, yielding each batch as it completes."""
         i = 0
         while i < positions.size and not self.finished:
-            assert self._batch is not None
             take = min(self._size - self._filled, positions.size - i)
-            window = {name: array[self._filled : self._filled + take] for name, array in self._batch.items()}
-            self._ring.gather(positions[i : i + take], window, self._contiguous)
+            self._parts.append(self._ring.gather(positions[i : i + take], self._contiguous))
             self._filled += take
             i += take
             if self._filled == self._size:
-                batch = self._batch
+                parts = self._parts
                 self._next_batch()
-                yield batch
+                if len(parts) == 1:
+                    yield parts[0]
+                else:
+                    yield {name: np.concatenate([p[name] for p in parts]) for name in self._columns}
