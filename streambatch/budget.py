@@ -9,6 +9,9 @@ The budget ``M`` pays for:
 * **decode scratch** (Parquet, Zarr only): a unit is decoded in a pool thread
   before it is copied into the ring; scratch is sized for 4 concurrent decodes
   (at most a quarter of ``M``), and decodes beyond what it holds wait.
+* **resident narrow columns** (``.npy`` only, shuffled): columns of at most 16
+  bytes per row (labels) are held whole when together they fit in an eighth of
+  ``M``, which saves a system call per piece.
 * **batches in flight**: batches travel to the consumer in groups of up to 8
   (about 1 MiB): the group being assembled, 2 in the hand-over queue, and ~2
   batches the caller holds.
@@ -36,6 +39,8 @@ _MIN_PIECE_BYTES = 16 << 10
 _JOB_BYTES = 1 << 20
 _SCRATCH_SHARE = 0.25
 _DECODES_IN_FLIGHT = 4
+_RESIDENT_ROW_BYTES = 16
+_RESIDENT_SHARE = 8
 _GROUP_BYTES = 1 << 20
 _MAX_GROUP = 8
 
@@ -63,6 +68,8 @@ class Budget:
     unit_nbytes: int
     batch_bytes: int
     batch_group: int
+    resident_columns: tuple[str, ...] = ()
+    resident_bytes: int = 0
 
     @property
     def ring_bytes(self) -> int:
@@ -95,7 +102,8 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
     scratch = min(int(memory_limit * _SCRATCH_SHARE), _DECODES_IN_FLIGHT * 2 * unit_bytes) if unit_rows else 0
     group = batch_group_size(batch_size * row_nbytes, memory_limit)
     batch_bytes = (3 * group + 2) * batch_size * row_nbytes
-    ring_bytes = memory_limit - scratch - batch_bytes
+    resident, resident_bytes = _resident_columns(dataset, memory_limit) if shuffle else ((), 0)
+    ring_bytes = memory_limit - scratch - batch_bytes - resident_bytes
     ring_rows = max(0, ring_bytes // (row_nbytes + _INDEX_BYTES_PER_ROW))
 
     min_piece = max(1, -(-_MIN_PIECE_BYTES // row_nbytes))
@@ -149,7 +157,23 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
         unit_nbytes=unit_rows * row_nbytes,
         batch_bytes=batch_bytes,
         batch_group=group,
+        resident_columns=resident,
+        resident_bytes=resident_bytes,
     )
+
+
+def _resident_columns(dataset: Dataset, memory_limit: int) -> tuple[tuple[str, ...], int]:
+    """Narrow columns (labels) of random-access shards that are held whole in
+    memory, if all of them fit in an eighth of the budget: gathering them from
+    memory saves a system call per piece for a few bytes each."""
+    names = tuple(n for n, c in dataset.columns.items() if c.row_nbytes <= _RESIDENT_ROW_BYTES)
+    rows = sum(s.num_rows for s in dataset.shards if s.unit_bounds is None)
+    if not names or not rows:
+        return (), 0
+    total = rows * sum(dataset.columns[n].row_nbytes for n in names)
+    if total > memory_limit // _RESIDENT_SHARE:
+        return (), 0
+    return names, total
 
 
 def _largest_unit_rows(dataset: Dataset) -> int:

@@ -327,7 +327,9 @@ class EpochIterator(Iterator[Batch]):
         plans = {r: loader.plan(epoch, rank=r, world_size=base_world) for r in {s.rank for s in remaining}}
         ring = RowRing(dataset.columns, budget.ring_rows)
         pool = ReaderPool(loader.num_threads)
-        cache = ReaderCache(dataset, max_open=_max_open_readers(dataset, loader.num_threads))
+        cache = ReaderCache(
+            dataset, max_open=_max_open_readers(dataset, loader.num_threads), resident=budget.resident_columns
+        )
         self._resources = _Resources(pool, cache)
         self._finalizer = weakref.finalize(self, self._resources.close)
         filler = BatchFiller(

@@ -214,3 +214,14 @@ def test_a_reader_timeout_surfaces_instead_of_hanging(dataset_factory, monkeypat
     loader = sb.Loader(dataset_factory("npy", n=1000), 10, memory_limit="1MiB")
     with pytest.raises(TimeoutError, match="timed out"):
         next(iter(loader))
+
+
+def test_narrow_columns_are_held_whole_and_charged_to_the_budget(dataset_factory):
+    path = dataset_factory("npy", n=20_000)
+    loader = sb.Loader(path, 100, memory_limit="4MiB")
+    b = loader.budget
+    assert "id" in b.resident_columns and b.resident_bytes >= 20_000 * 8
+    assert b.ring_bytes + b.scratch_bytes + b.batch_bytes + b.resident_bytes <= b.memory_limit
+    assert np.array_equal(np.sort(ids_of(collect(loader))), np.arange(20_000))
+    ordered = sb.Loader(path, 100, memory_limit="4MiB", shuffle=False)
+    assert ordered.budget.resident_columns == ()  # sequential reads need no help

@@ -7,6 +7,7 @@ from collections import OrderedDict
 
 from ._base import ShardReader
 from ._dataset import Dataset
+from ._npy import NpyShard
 
 __all__ = ["ReaderCache"]
 
@@ -16,8 +17,9 @@ class ReaderCache:
     (only when no thread is using them), so many shards never exhaust file
     descriptors. Thread-safe."""
 
-    def __init__(self, dataset: Dataset, max_open: int = 64) -> None:
+    def __init__(self, dataset: Dataset, max_open: int = 64, resident: tuple[str, ...] = ()) -> None:
         self._dataset = dataset
+        self._resident = resident
         self._columns = list(dataset.columns)
         self._max_open = max(1, max_open)
         self._open: OrderedDict[int, ShardReader] = OrderedDict()
@@ -35,7 +37,11 @@ class ReaderCache:
             self._in_use[shard] = self._in_use.get(shard, 0) + 1
         if reader is None:
             try:
-                reader = self._dataset.shards[shard].open_reader(self._columns)
+                target = self._dataset.shards[shard]
+                if self._resident and isinstance(target, NpyShard):
+                    reader = target.open_reader(self._columns, resident=self._resident)
+                else:
+                    reader = target.open_reader(self._columns)
             except BaseException:
                 self._release_count(shard)
                 raise

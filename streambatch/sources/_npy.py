@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 
@@ -96,13 +96,17 @@ class NpyShard(Shard):
     def unit_bounds(self) -> None:
         return None
 
-    def open_reader(self, columns: list[str]) -> ShardReader:
+    def open_reader(self, columns: list[str], resident: Collection[str] = ()) -> ShardReader:
+        """``resident`` columns are read whole, once, when first needed, and then
+        gathered from memory: for narrow columns (labels) whose per-range reads
+        would cost a system call for a few bytes each."""
         return _NpyReader(
             self.num_rows,
             {c: self._files[c] for c in columns},
             {c: self._offsets[c] for c in columns},
             {c: self.columns[c] for c in columns},
             getattr(self, "retry", None),
+            resident=[c for c in columns if c in resident and self._files[c].is_local],
         )
 
 
@@ -114,7 +118,9 @@ class _NpyReader(ShardReader):
         offsets: dict[str, int],
         specs: dict[str, ColumnSpec],
         retry: RetryPolicy | None = None,
+        resident: Collection[str] = (),
     ) -> None:
+        self._resident: dict[str, np.ndarray | None] = dict.fromkeys(resident)
         self._num_rows = num_rows
         self._retry = retry
         self._files = files
@@ -151,7 +157,14 @@ class _NpyReader(ShardReader):
         than the reads, and nothing stays mapped)."""
         if not all(self._files[c].is_local for c in out):
             return self._read_many_remote(starts, stops, out)
+        rows = None
         for column, target in out.items():
+            if column in self._resident:
+                if rows is None:
+                    lengths = stops - starts
+                    rows = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
+                target[...] = self._resident_column(column).take(rows, axis=0)
+                continue
             row = self._specs[column].row_nbytes
             fd = self._fd(column)
             view = memoryview(target.reshape(-1).view(np.uint8))
@@ -162,6 +175,18 @@ class _NpyReader(ShardReader):
             for offset, size in zip(offsets, sizes):
                 _pread_exactly(fd, view[done : done + size], offset, url)
                 done += size
+
+    def _resident_column(self, column: str) -> np.ndarray:
+        values = self._resident[column]
+        if values is None:
+            spec = self._specs[column]
+            values = np.empty((self._num_rows, *spec.shape), spec.dtype)
+            view = memoryview(values.reshape(-1).view(np.uint8))
+            _pread_exactly(self._fd(column), view, self._offsets[column], self._files[column].url)
+            with self._lock:  # two threads may race to load it: keep one copy
+                values = self._resident[column] if self._resident[column] is not None else values
+                self._resident[column] = values
+        return values
 
     # -- remote (fsspec) reads: one request per byte range, retried ----------
     def _read_remote(
@@ -233,6 +258,7 @@ class _NpyReader(ShardReader):
     def close(self) -> None:
         with self._lock:
             self._closed = True
+            self._resident = dict.fromkeys(self._resident)
             fds, self._fds = self._fds, {}
         for fd in fds.values():
             os.close(fd)
