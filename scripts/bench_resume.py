@@ -77,9 +77,12 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     sys.path.insert(0, os.path.join(REPO, "scripts"))
-    from bench import dataset_path, ensure_data
+    from bench import ensure_data
 
-    print(f"| format | fresh first batch | resumed at 50 % first batch | ratio | rows read before the first resumed batch | ring rows | window rows |")
+    print(
+        "| format | fresh first batch | resumed at 50 % first batch | ratio "
+        "| rows read before the first resumed batch | ring rows | window rows |"
+    )
     print("|---|---|---|---|---|---|---|")
     for fmt in ("npy", "parquet", "zarr"):
         path = ensure_data(args.data_dir, fmt, args.rows, args.chunk_rows, lambda *a: None)
@@ -88,8 +91,11 @@ def main() -> int:
         f = statistics.median(r["first_s"] for r in fresh)
         r = statistics.median(x["first_s"] for x in resumed)
         last = resumed[-1]
-        print(f"| {fmt} | {f * 1e3:.0f} ms | {r * 1e3:.0f} ms | {r / f:.2f} | {last['rows_read']:,} "
-              f"({last['rows_read'] / last['rows']:.1%} of the epoch) | {last['ring_rows']:,} | {last['window_rows']:,} |")
+        print(
+            f"| {fmt} | {f * 1e3:.0f} ms | {r * 1e3:.0f} ms | {r / f:.2f} | {last['rows_read']:,} "
+            f"({last['rows_read'] / last['rows']:.1%} of the epoch) | {last['ring_rows']:,} "
+            f"| {last['window_rows']:,} |"
+        )
     return 0
 
 

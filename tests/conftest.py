@@ -98,6 +98,18 @@ def ids_of(batches) -> np.ndarray:
     return np.concatenate([b["id"] for b in batches]) if batches else np.zeros(0, np.int64)
 
 
+def read_shard(shard, start: int, stop: int, columns: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Rows [start, stop) of ``columns`` of any shard through a fresh reader, closed after."""
+    columns = list(shard.columns) if columns is None else columns
+    out = {c: np.empty((stop - start, *shard.columns[c].shape), shard.columns[c].dtype) for c in columns}
+    reader = shard.open_reader(columns)
+    try:
+        reader.read_into(start, stop, out)
+    finally:
+        reader.close()
+    return out
+
+
 _skipped: list[str] = []
 
 

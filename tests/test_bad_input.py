@@ -234,7 +234,8 @@ def test_parquet_files_with_different_schemas_name_both_files(tmp_path, second):
     d = tmp_path / "drift"
     d.mkdir()
     first = _write_parquet(
-        d / "a.parquet", pa.table({"x": pa.array(np.arange(10, dtype=np.int32)), "y": pa.array(np.ones(10, np.float32))})
+        d / "a.parquet",
+        pa.table({"x": pa.array(np.arange(10, dtype=np.int32)), "y": pa.array(np.ones(10, np.float32))}),
     )
     other = _write_parquet(d / "b.parquet", second)
     error = _raises_naming(sb.SchemaError, first, other, call=lambda: sb.open_dataset(str(d)))
@@ -300,7 +301,11 @@ def test_memory_limit_too_small_for_one_parquet_row_group_is_a_clear_error(tmp_p
 def test_rank_outside_world_size_is_a_value_error(dataset_factory, rank, world_size):
     path = dataset_factory("npy", n=20)
     _raises_naming(
-        ValueError, "rank", repr(rank), str(world_size), call=lambda: sb.Loader(path, 4, rank=rank, world_size=world_size)
+        ValueError,
+        "rank",
+        repr(rank),
+        str(world_size),
+        call=lambda: sb.Loader(path, 4, rank=rank, world_size=world_size),
     )
 
 
@@ -348,7 +353,7 @@ def _next_until_error(iterator, limit_s: float = 10.0):
             batches.append(next(iterator))
         except StopIteration:
             pytest.fail(f"the epoch ended without an error after {len(batches)} batches")
-        except Exception as error:  # noqa: BLE001 - the test inspects it
+        except Exception as error:
             return batches, error, time.monotonic() - started
     pytest.fail(f"no error within {limit_s} s")
 
@@ -445,7 +450,7 @@ def test_an_epoch_that_failed_is_not_counted_as_finished(dataset_factory, fail_t
     fail_third_read(dataset)
     loader = sb.Loader(dataset, 64, memory_limit="1MiB", num_threads=2)
     iterator = iter(loader)
-    delivered, error, _ = _next_until_error(iterator)
+    _delivered, error, _ = _next_until_error(iterator)
     assert isinstance(error, sb.ReaderError)
     with pytest.raises(StopIteration):
         next(iterator)

@@ -111,12 +111,11 @@ def test_an_iterator_dropped_without_close_stops_its_threads_when_collected(data
 
 
 def test_an_exception_in_the_loop_body_inside_with_stops_everything(data, tmp_path):
-    with pytest.raises(RuntimeError, match="raised by the loop body"):
-        with _loader(data) as loader:
-            it = iter(loader)  # a live reference, as a traceback would keep
-            for k, _batch in enumerate(it):
-                if k == 2:
-                    raise RuntimeError("raised by the loop body")
+    with pytest.raises(RuntimeError, match="raised by the loop body"), _loader(data) as loader:
+        it = iter(loader)  # a live reference, as a traceback would keep
+        for k, _batch in enumerate(it):
+            if k == 2:
+                raise RuntimeError("raised by the loop body")
     assert it is not None  # still referenced here ...
     assert _our_threads() == [], "... yet leaving the with-block stopped its threads"
     assert _open_files_under(tmp_path) == []
@@ -221,7 +220,7 @@ def test_a_forked_child_iterates_afresh_while_the_parent_is_mid_epoch(data):
             next(parent)
         except RuntimeError as error:
             results.put(("parent iterator", "RuntimeError", str(error)))
-        except BaseException as error:  # noqa: BLE001 - reported to the parent
+        except BaseException as error:
             results.put(("parent iterator", type(error).__name__, str(error)))
         else:
             results.put(("parent iterator", "no error", ""))

@@ -27,6 +27,7 @@ from streambatch.errors import CorruptInputError, SchemaError, SourceNotFoundErr
 from streambatch.sources._base import ColumnSpec
 from streambatch.sources._fs import resolve
 from streambatch.sources._parquet import ParquetShard
+from tests.conftest import read_shard
 
 # --------------------------------------------------------------------------- helpers
 
@@ -41,16 +42,7 @@ def shard_of(path, **kwargs) -> ParquetShard:
     return ParquetShard(resolve(str(path)), **kwargs)
 
 
-def read(shard: ParquetShard, start: int, stop: int, columns: list[str] | None = None) -> dict[str, np.ndarray]:
-    """Rows [start, stop) of ``columns`` through a fresh reader, closed after."""
-    columns = list(shard.columns) if columns is None else columns
-    out = {c: np.empty((stop - start, *shard.columns[c].shape), shard.columns[c].dtype) for c in columns}
-    reader = shard.open_reader(columns)
-    try:
-        reader.read_into(start, stop, out)
-    finally:
-        reader.close()
-    return out
+read = read_shard
 
 
 def read_by_row_group(shard: ParquetShard, columns: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -624,7 +616,9 @@ def _zero_values(path: str, first: int, count: int) -> None:
     Path(path).write_bytes(data)
 
 
-def test_zeroed_page_with_checksums_and_verify_raises_corrupt_input_error_mentioning_the_checksum(tmp_path):
+def _checksummed_file_with_a_zeroed_page(tmp_path):
+    """1000 int64 values in 2 uncompressed row groups with page checksums, 50
+    values of row group 1 zeroed on disk."""
     values = np.arange(1, 1001, dtype=np.int64)
     path = write(
         tmp_path / "k.parquet",
@@ -635,6 +629,11 @@ def test_zeroed_page_with_checksums_and_verify_raises_corrupt_input_error_mentio
         write_page_checksum=True,
     )
     _zero_values(path, 600, 50)
+    return values, path
+
+
+def test_zeroed_page_with_checksums_and_verify_raises_corrupt_input_error_mentioning_the_checksum(tmp_path):
+    values, path = _checksummed_file_with_a_zeroed_page(tmp_path)
     shard = shard_of(path, verify=True)
     reader = shard.open_reader(["a"])
     try:
@@ -649,15 +648,6 @@ def test_zeroed_page_with_checksums_and_verify_raises_corrupt_input_error_mentio
 
 def test_without_verify_a_zeroed_page_is_read_silently_wrong(tmp_path):
     """Why ``verify=True`` exists: an uncompressed page has nothing else to check."""
-    values = np.arange(1, 1001, dtype=np.int64)
-    path = write(
-        tmp_path / "k.parquet",
-        pa.table({"a": values}),
-        row_group_size=500,
-        compression="none",
-        use_dictionary=False,
-        write_page_checksum=True,
-    )
-    _zero_values(path, 600, 50)
+    _values, path = _checksummed_file_with_a_zeroed_page(tmp_path)
     got = read(shard_of(path), 500, 1000)["a"]
     assert (got == 0).sum() == 50

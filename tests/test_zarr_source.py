@@ -28,6 +28,7 @@ from streambatch.errors import CorruptInputError, SchemaError, SourceNotFoundErr
 from streambatch.sources._base import ColumnSpec
 from streambatch.sources._fs import resolve
 from streambatch.sources._zarr import ZarrShard
+from tests.conftest import read_shard
 
 N = 50  # rows in the standard store
 CHUNK = 8  # rows per chunk along axis 0: 7 chunks, the last one short
@@ -64,16 +65,7 @@ def shard_of(path, **kwargs) -> ZarrShard:
     return ZarrShard(resolve(str(path)), **kwargs)
 
 
-def read(shard: ZarrShard, start: int, stop: int, columns: list[str] | None = None) -> dict[str, np.ndarray]:
-    """Rows [start, stop) of ``columns`` through a fresh reader, closed after."""
-    columns = list(shard.columns) if columns is None else columns
-    out = {c: np.empty((stop - start, *shard.columns[c].shape), shard.columns[c].dtype) for c in columns}
-    reader = shard.open_reader(columns)
-    try:
-        reader.read_into(start, stop, out)
-    finally:
-        reader.close()
-    return out
+read = read_shard
 
 
 def read_by_unit(shard: ZarrShard) -> dict[str, np.ndarray]:
