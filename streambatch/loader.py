@@ -30,7 +30,7 @@ from .errors import EmptyDatasetError, PoorShuffleWarning
 from .plan import EpochPlan, Remainder, make_plan, rows_per_rank
 from .prefetch import BackgroundIterator, ReaderPool
 from .reading import PieceReads
-from .resume import advance, rank_slices
+from .resume import StreamSlice, advance, rank_slices
 from .ring import RowRing
 from .shuffle import WindowShuffle
 from .sources import Dataset, SourceLike, open_dataset
@@ -165,15 +165,16 @@ class Loader:
         from the start of the current world: after an elastic resume, the batches
         of this world's share of what was left (those already delivered in this
         world included)."""
-        if len(self._history) == 1:
-            rows = self.rows_per_epoch
-        else:
-            base_world = self._history[0][0]
-            per_base_rank = [rows_per_rank(self.dataset.num_rows, base_world, self.remainder)] * base_world
-            slices = rank_slices(per_base_rank, self._history, self.rank, self.batch_size, self.remainder)
-            rows = sum(s.rows for s in slices)
+        rows = sum(s.rows for s in self._slices(self._history))
         full, rest = divmod(rows, self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
+
+    def _slices(self, history: list[tuple[int, int]]) -> list[StreamSlice]:
+        """This rank's share of the epoch in the current world, as stream slices of
+        the epoch's first world (see :mod:`streambatch.resume`)."""
+        base_world = history[0][0]
+        per_base_rank = [rows_per_rank(self.dataset.num_rows, base_world, self.remainder)] * base_world
+        return rank_slices(per_base_rank, history, self.rank, self.batch_size, self.remainder)
 
     # -- epochs --------------------------------------------------------------
     @property
@@ -320,8 +321,7 @@ class EpochIterator(Iterator[Batch]):
         budget = loader.budget
         dataset = loader.dataset
         base_world = self._history[0][0]
-        per_base_rank = [rows_per_rank(dataset.num_rows, base_world, loader.remainder)] * base_world
-        slices = rank_slices(per_base_rank, self._history, loader.rank, loader.batch_size, loader.remainder)
+        slices = loader._slices(self._history)
         total = sum(s.rows for s in slices)
         remaining = advance(slices, start_batch * loader.batch_size)
         plans = {r: loader.plan(epoch, rank=r, world_size=base_world) for r in {s.rank for s in remaining}}
