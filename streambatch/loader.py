@@ -51,6 +51,12 @@ _FEW_PIECES = 16
 _READY_GROUPS = 2
 
 
+#: bumped in a forked child, whose copies of live iterators have no threads
+_forks_seen = [0]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _forks_seen.__setitem__(0, _forks_seen[0] + 1))
+
+
 def _default_threads(dataset: Dataset) -> int:
     """Local files: about one thread per core (reads are CPU work from the page
     cache). Object storage: 16, so request latencies overlap."""
@@ -315,7 +321,7 @@ class EpochIterator(Iterator[Batch]):
         self._history = [tuple(h) for h in history]
         start_batch = self._history[-1][1]
         self.batches_delivered = start_batch
-        self._pid = os.getpid()
+        self._forks = _forks_seen[0]
         self._stopped = False
         self._ready: deque[Batch] = deque()
         budget = loader.budget
@@ -347,7 +353,7 @@ class EpochIterator(Iterator[Batch]):
     def __next__(self) -> Batch:
         if self._stopped:
             raise StopIteration  # closed, failed or finished: only a normal end counts
-        if os.getpid() != self._pid:
+        if _forks_seen[0] != self._forks:  # checked per batch: cheaper than os.getpid()
             raise RuntimeError(
                 "this iterator was created in another process (fork); call iter(loader) in this process"
             )
