@@ -65,3 +65,20 @@ class BatchFiller:
                     yield parts[0]
                 else:
                     yield {name: np.concatenate([p[name] for p in parts]) for name in self._columns}
+
+    def fill_rows(self, rows: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        """Like :meth:`fill`, for rows already gathered (in order) outside the ring."""
+        n = len(next(iter(rows.values()))) if rows else 0
+        i = 0
+        while i < n and not self.finished:
+            take = min(self._size - self._filled, n - i)
+            self._parts.append({name: values[i : i + take] for name, values in rows.items()})
+            self._filled += take
+            i += take
+            if self._filled == self._size:
+                parts = self._parts
+                self._next_batch()
+                if len(parts) == 1:
+                    yield {name: np.ascontiguousarray(values) for name, values in parts[0].items()}
+                else:
+                    yield {name: np.concatenate([p[name] for p in parts]) for name in self._columns}

@@ -346,7 +346,7 @@ class EpochIterator(Iterator[Batch]):
         )
         streams = [(plans[s.rank], s.lo, s.hi) for s in remaining]
         stop = threading.Event()
-        producer = _emit(streams, dataset, ring, pool, cache, budget, filler, stop)
+        producer = _emit(streams, dataset, ring, pool, cache, budget, filler, stop, loader.batch_size)
         self._batches = BackgroundIterator(producer, _READY_GROUPS, stop, f"streambatch-batcher-{id(self):x}")
         self._resources.batches = self._batches
 
@@ -394,11 +394,18 @@ def _emit(
     budget: Budget,
     filler: BatchFiller,
     stop: threading.Event,
+    batch_size: int,
 ) -> Iterator[list[Batch]]:
     """The producer side: for each stream slice ``(plan, lo, hi)``, the segments of
     its window shuffle from row ``lo`` to ``hi``, gathered into batches that run
     across slice boundaries, handed over in groups (never held back across a
-    wait for reads, so the first batch is not delayed)."""
+    wait for reads, so the first batch is not delayed).
+
+    Resuming mid-stream, every live piece holds rows of the very next batch, so
+    the whole window must be read before the ring can serve it. When every shard
+    is random access (``.npy``), the first batch is instead read row by row,
+    straight from the files, while the window loads in the pool."""
+    direct_ok = all(s.unit_bounds is None for s in dataset.shards)
     try:
         for plan, lo, hi in streams:
             if filler.finished:
@@ -409,15 +416,26 @@ def _emit(
             end_tick = shuffle.locate(hi)[0] + 1 if hi < plan.num_rows else plan.num_pieces
             reads.start_at(shuffle.first_live_piece(tick), min(end_tick, plan.num_pieces))
             left = hi - lo
+            direct = batch_size if (direct_ok and tick > 0) else 0
             for segment in shuffle.segments(tick):
                 reads.admit()
-                reads.wait_loaded(min(segment.tick_hi, reads.stop_piece))
                 positions = segment.positions
                 if skip:
                     positions, skip = positions[skip:], 0
                 if positions.size > left:
                     positions = positions[:left]
                 left -= positions.size
+                if direct:
+                    head, positions = positions[:direct], positions[direct:]
+                    direct -= head.size
+                    done = list(filler.fill_rows(_read_rows(plan, head, dataset, cache)))
+                    if done:
+                        yield done
+                    if not positions.size:
+                        if filler.finished or left == 0:
+                            break
+                        continue
+                reads.wait_loaded(min(segment.tick_hi, reads.stop_piece))
                 group: list[Batch] = []
                 for batch in filler.fill(positions):
                     group.append(batch)
@@ -433,3 +451,25 @@ def _emit(
             reads.drain()
     finally:
         pool.close()
+
+
+def _read_rows(plan: EpochPlan, positions: np.ndarray, dataset: Dataset, cache: ReaderCache) -> Batch:
+    """The rows at ``positions`` of ``plan``'s sequence, read one by one from their
+    (random-access) shards, in order."""
+    pieces = np.searchsorted(plan.offsets, positions, side="right") - 1
+    shards = plan.shard[pieces]
+    rows = plan.start[pieces] + (positions - plan.offsets[pieces])
+    out = {name: np.empty((positions.size, *spec.shape), spec.dtype) for name, spec in dataset.columns.items()}
+    for index in np.unique(shards).tolist():
+        where = np.flatnonzero(shards == index)
+        order = np.argsort(rows[where], kind="stable")  # read each file front to back
+        picked = rows[where][order]
+        part = {name: np.empty((picked.size, *a.shape[1:]), a.dtype) for name, a in out.items()}
+        reader = cache.acquire(index)
+        try:
+            reader.read_many(picked, picked + 1, part)
+        finally:
+            cache.release(index)
+        for name, values in part.items():
+            out[name][where[order]] = values
+    return out
