@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
 from .ring import RowRing
 from .sources import ColumnSpec
 
-__all__ = ["batch_sizes", "new_batch"]
-
-
-def new_batch(columns: Mapping[str, ColumnSpec], rows: int) -> dict[str, np.ndarray]:
-    """Fresh C-contiguous arrays for one batch; never views into the ring."""
-    return {name: np.empty((rows, *spec.shape), spec.dtype) for name, spec in columns.items()}
+__all__ = ["BatchFiller", "batch_sizes"]
 
 
 def batch_sizes(total_rows: int, batch_size: int, drop_last: bool, first_batch: int = 0) -> Iterator[int]:
@@ -52,10 +47,20 @@ class BatchFiller:
 
     def fill(self, positions: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
         """Consume ``positions`` in order, yielding each batch as it completes."""
+        return self._consume(positions.size, lambda a, b: self._ring.gather(positions[a:b], self._contiguous))
+
+    def fill_rows(self, rows: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        """Like :meth:`fill`, for rows already gathered (in order) outside the ring."""
+        n = len(next(iter(rows.values()))) if rows else 0
+        return self._consume(n, lambda a, b: {name: values[a:b] for name, values in rows.items()})
+
+    def _consume(
+        self, n: int, part: Callable[[int, int], dict[str, np.ndarray]]
+    ) -> Iterator[dict[str, np.ndarray]]:
         i = 0
-        while i < positions.size and not self.finished:
-            take = min(self._size - self._filled, positions.size - i)
-            self._parts.append(self._ring.gather(positions[i : i + take], self._contiguous))
+        while i < n and not self.finished:
+            take = min(self._size - self._filled, n - i)
+            self._parts.append(part(i, i + take))
             self._filled += take
             i += take
             if self._filled == self._size:
@@ -63,22 +68,5 @@ class BatchFiller:
                 self._next_batch()
                 if len(parts) == 1:
                     yield parts[0]
-                else:
-                    yield {name: np.concatenate([p[name] for p in parts]) for name in self._columns}
-
-    def fill_rows(self, rows: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        """Like :meth:`fill`, for rows already gathered (in order) outside the ring."""
-        n = len(next(iter(rows.values()))) if rows else 0
-        i = 0
-        while i < n and not self.finished:
-            take = min(self._size - self._filled, n - i)
-            self._parts.append({name: values[i : i + take] for name, values in rows.items()})
-            self._filled += take
-            i += take
-            if self._filled == self._size:
-                parts = self._parts
-                self._next_batch()
-                if len(parts) == 1:
-                    yield {name: np.ascontiguousarray(values) for name, values in parts[0].items()}
                 else:
                     yield {name: np.concatenate([p[name] for p in parts]) for name in self._columns}
