@@ -27,7 +27,7 @@ import numpy as np
 
 from .sources import Dataset
 
-__all__ = ["EpochPlan", "PlanParams", "make_plan", "rows_per_rank"]
+__all__ = ["EpochPlan", "PlanParams", "make_plan", "rows_per_rank", "wrapped_ranges"]
 
 _PLAN_STREAM = 0x51AB  # separates the plan's random stream from the key stream
 RAMP = 4  # how fast the window widens at the start of an epoch (pieces of span per piece)
@@ -150,15 +150,20 @@ def _rank_slice(
     if world_size == 1 or total == 0:
         return shard, start, stop
     q = rows_per_rank(total, world_size, remainder)
-    lo, hi = rank * q, (rank + 1) * q
-    parts = []
-    lap = lo // total
-    while lo < hi:  # padding can wrap more than once on tiny datasets
-        base = lap * total
-        parts.append(_cut(shard, start, stop, lo - base, min(hi, base + total) - base))
-        lo = base + total
-        lap += 1
+    parts = [_cut(shard, start, stop, a, b) for a, b in wrapped_ranges(rank * q, (rank + 1) * q, total)]
     return tuple(np.concatenate(column) for column in zip(*parts))
+
+
+def wrapped_ranges(lo: int, hi: int, total: int) -> list[tuple[int, int]]:
+    """Positions ``[lo, hi)`` of a sequence of ``total`` rows repeated end to end
+    (how padding to equal shares wraps around), as ranges within ``[0, total)``;
+    on tiny datasets the padding can wrap more than once."""
+    ranges = []
+    while lo < hi:
+        base = (lo // total) * total
+        ranges.append((lo - base, min(hi, base + total) - base))
+        lo = base + total
+    return ranges
 
 
 def _cut(shard: np.ndarray, start: np.ndarray, stop: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, ...]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .plan import Remainder, rows_per_rank
+from .plan import Remainder, rows_per_rank, wrapped_ranges
 
 __all__ = ["StreamSlice", "advance", "rank_slices"]
 
@@ -90,13 +90,7 @@ def _split(pool: list[StreamSlice], world: int, remainder: Remainder) -> list[li
     if total == 0:
         return [[] for _ in range(world)]
     share = rows_per_rank(total, world, remainder)
-    shares = []
-    for k in range(world):
-        lo, hi = k * share, (k + 1) * share
-        part: list[StreamSlice] = []
-        while lo < hi:  # padding wraps around to the head of the pool
-            base = (lo // total) * total
-            part.extend(_take(pool, lo - base, min(hi, base + total) - base))
-            lo = base + total
-        shares.append(part)
-    return shares
+    return [
+        [s for a, b in wrapped_ranges(k * share, (k + 1) * share, total) for s in _take(pool, a, b)]
+        for k in range(world)
+    ]

@@ -34,7 +34,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -230,28 +230,32 @@ def _is_transient_one(error: BaseException) -> bool | None:
 
 def is_transient(error: BaseException) -> bool:
     """Whether sending the same request again may succeed (see the module doc)."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _chain(error):
         verdict = _is_transient_one(current)
         if verdict is not None:
             return verdict
-        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return False
 
 
 def _is_timeout(error: BaseException) -> bool:
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _chain(error, suppressed_context=True):
         if isinstance(current, TimeoutError) or "Timeout" in type(current).__name__:
             return True
         if isinstance(current, OSError) and current.errno == errno.ETIMEDOUT:
             return True
-        current = current.__cause__ or current.__context__
     return False
+
+
+def _chain(error: BaseException, suppressed_context: bool = False) -> Iterator[BaseException]:
+    """``error``, then its cause (or context) and theirs, each once; a context
+    hidden by ``raise ... from None`` is followed only with ``suppressed_context``."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        hide = current.__suppress_context__ and not suppressed_context
+        current = current.__cause__ or (None if hide else current.__context__)
 
 
 # ----------------------------------------------------------------- redaction
