@@ -304,7 +304,7 @@ class _Resources:
 
     def close(self) -> None:
         if self.batches is not None:
-            self.batches._stop.set()
+            self.batches.request_stop()
         self.pool.close()
         if self.batches is not None:
             self.batches.close()

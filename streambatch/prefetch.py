@@ -73,8 +73,8 @@ class ReaderPool:
                 item[0].cancel()
 
     @property
-    def closed(self) -> bool:
-        return self._stop.is_set()
+    def num_threads(self) -> int:
+        return len(self._threads)
 
 
 def _work(jobs: queue.SimpleQueue[Any], stop: threading.Event) -> None:
@@ -128,6 +128,10 @@ class BackgroundIterator:
         if kind == "error":
             raise value
         raise StopIteration
+
+    def request_stop(self) -> None:
+        """Ask the producer to stop at its next wait, without joining it."""
+        self._stop.set()
 
     def close(self, timeout: float = _JOIN_TIMEOUT_S) -> None:
         self._done = True

@@ -54,7 +54,7 @@ class PieceReads:
         self.stop_piece = plan.num_pieces
         self.job_end = _job_ends(plan.offsets, budget.job_rows)
         self._read_piece = _piece_reader(plan, dataset, ring, cache, threading.BoundedSemaphore(
-            budget.decode_slots(len(pool._threads))))
+            budget.decode_slots(pool.num_threads)))
 
     def start_at(self, first_live: int, stop_piece: int) -> None:
         """Read from piece ``first_live`` on, and nothing from ``stop_piece`` on."""
