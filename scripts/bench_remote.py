@@ -148,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     root = args.data_dir or tempfile.mkdtemp(prefix="sb-bench-remote-")
     print(f"writing {args.rows} rows per format under {root} ...", flush=True)
     paths = write_data(root, args.rows, args.chunk_rows)
-    print(f"python {platform.python_version()}, {os.cpu_count()} cpus, memory_limit {args.memory_limit}, "
-          f"chunk/row group {args.chunk_rows} rows, latency {args.latency_ms:g} ms per request")
+    print(
+        f"python {platform.python_version()}, {os.cpu_count()} cpus, memory_limit {args.memory_limit}, "
+        f"chunk/row group {args.chunk_rows} rows, latency {args.latency_ms:g} ms per request"
+    )
     ms = f"{args.latency_ms:g} ms"
     lines = [
         "| format | threads | local rows/s | slow:// 0 ms rows/s "
@@ -167,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             SlowLocalFS.requests = 0
             slow, _ = epoch_rate(f"slow://{path}", threads, args.memory_limit)
             requests = SlowLocalFS.requests
-            line = (f"| {fmt} | {threads} | {local:,.0f} | {fast:,.0f} | {slow:,.0f} | "
-                    f"{slow / fast:.2f}x | {requests} |")
+            line = f"| {fmt} | {threads} | {local:,.0f} | {fast:,.0f} | {slow:,.0f} | {slow / fast:.2f}x | {requests} |"
             print(line, flush=True)
             lines.append(line)
     print("\n" + "\n".join(lines))

@@ -61,8 +61,12 @@ print(json.dumps({"first_s": first, "rows_read": rows_read, "ring_rows": loader.
 
 
 def measure(path: str, limit: str, at: float) -> dict:
-    done = subprocess.run([sys.executable, "-c", WORKER, path, limit, str(at)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": REPO})
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER, path, limit, str(at)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )
     if done.returncode:
         raise RuntimeError(done.stderr[-3000:])
     return json.loads(done.stdout.strip().splitlines()[-1])

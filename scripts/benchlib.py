@@ -1,0 +1,339 @@
+"""Shared harness of the benchmark scripts: generated data, one fresh process per
+measured configuration, the per-batch consumer every configuration runs, and the
+environment block printed with every result.
+
+A configuration is a JSON spec ``{"module": ..., "kind": ..., **kwargs}``: ``run_config``
+runs ``module.WORKERS[kind](**kwargs)`` in a fresh interpreter (optionally another
+virtual environment's) so peak RSS is per configuration, and returns its result dict
+plus ``cpu_s``, ``peak_rss_bytes`` and ``vmhwm_bytes``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+SCRIPTS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(SCRIPTS)
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+if SCRIPTS not in sys.path:
+    sys.path.insert(0, SCRIPTS)
+
+BATCH = 256
+NUM_CLASSES = 10
+ROW_BYTES = 128 * 4 + 8  # float32[128] + int64 label
+CHECK_EVERY = 16  # check x[:, 0] == label on every 16th batch (same work in every config)
+RSS_SLACK = 300 << 20  # the documented contract: peak RSS <= memory_limit + 300 MiB
+FORMATS = ("npy", "parquet", "zarr")
+
+
+def dataset_path(data_dir: str, fmt: str, rows: int, chunk_rows: int) -> str:
+    """Where ``fmt`` data of ``rows`` rows lives; npy does not depend on the chunk size."""
+    sub = f"rows{rows}" if fmt == "npy" else f"rows{rows}-chunk{chunk_rows}"
+    leaf = {"npy": "npy", "parquet": "data.parquet", "zarr": "data.zarr"}[fmt]
+    return os.path.join(os.path.abspath(data_dir), fmt, sub, leaf)
+
+
+def work_generate(fmt: str, parent: str, rows: int, chunk_rows: int) -> dict:
+    """``streambatch.demo.generate``. Zarr: ``write_empty_chunks`` is forced on, because the
+    demo's ZarrWriter uses fill_value=0 and zarr then skips the all-zero first ``label``
+    chunk, which streambatch's Zarr reader (rightly) rejects as missing."""
+    from streambatch.demo import generate
+
+    if fmt == "zarr":
+        import zarr
+
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            out = generate(fmt, parent, rows, chunk_rows)
+    else:
+        out = generate(fmt, parent, rows, chunk_rows)
+    return {"path": out}
+
+
+def ensure_data(data_dir: str, fmt: str, rows: int, chunk_rows: int, log) -> str:
+    """Generate once (in a subprocess, to keep this process small); a ``.done`` marker guards partial writes."""
+    path = dataset_path(data_dir, fmt, rows, chunk_rows)
+    parent = os.path.dirname(path)
+    marker = os.path.join(parent, ".done")
+    if os.path.exists(marker):
+        return path
+    import shutil
+
+    shutil.rmtree(parent, ignore_errors=True)
+    os.makedirs(parent, exist_ok=True)
+    t0 = time.perf_counter()
+    r = run_config(
+        {
+            "module": "benchlib",
+            "kind": "generate",
+            "fmt": fmt,
+            "parent": parent,
+            "rows": rows,
+            "chunk_rows": chunk_rows,
+        },
+        3600,
+    )
+    if "error" in r:
+        raise RuntimeError(f"generating {fmt} failed: {r['error']}")
+    out = r["path"]
+    assert os.path.abspath(out) == path, (out, path)
+    with open(marker, "w") as f:
+        f.write(f"{rows} {chunk_rows}\n")
+    log(f"  generated {fmt} ({rows:,} rows, chunk {chunk_rows}) in {time.perf_counter() - t0:.1f} s: {path}")
+    return path
+
+
+_warmed: set[str] = set()
+
+
+def warm(path: str) -> None:
+    """Read every file under ``path`` once so the page cache is warm."""
+    if path in _warmed:
+        return
+    files = [path] if os.path.isfile(path) else [os.path.join(d, n) for d, _, names in os.walk(path) for n in names]
+    buf = bytearray(1 << 20)
+    for name in files:
+        with open(name, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+    _warmed.add(path)
+
+
+def dir_bytes(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(path) for n in names)
+
+
+class _Consumer:
+    """The same per-batch work in every configuration: count rows, score labels,
+    spot-check that x and label stay aligned."""
+
+    def __init__(self, score: bool) -> None:
+        from streambatch.quality import ShuffleScore
+
+        self.scorer = ShuffleScore(NUM_CLASSES) if score else None
+        self.rows = 0
+        self.batches = 0
+        self.first = None
+
+    def __call__(self, x, label, t0: float) -> None:
+        import numpy as np
+
+        if self.first is None:
+            self.first = time.perf_counter() - t0
+        if self.batches % CHECK_EVERY == 0 and not np.array_equal(x[:, 0], label):
+            raise AssertionError("x and label came apart")
+        if self.scorer is not None:
+            self.scorer.add(label)
+        self.rows += len(label)
+        self.batches += 1
+
+
+def _arrow_tensor(chunked, field):
+    """A FixedSizeBinary tensor column (streambatch's Parquet layout) or a primitive one, as NumPy."""
+    import numpy as np
+
+    meta = field.metadata or {}
+    if b"dtype" not in meta:
+        return chunked.to_numpy()
+    dtype = np.dtype(meta[b"dtype"].decode())
+    shape = tuple(json.loads(meta[b"shape"]))
+    width = field.type.byte_width
+    parts = []
+    for arr in chunked.chunks:
+        raw = np.frombuffer(arr.buffers()[1], dtype=np.uint8)
+        raw = raw[arr.offset * width : (arr.offset + len(arr)) * width]
+        parts.append(raw.view(dtype).reshape(len(arr), *shape))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def worker_main(spec: dict) -> None:
+    """Run one configuration in this (fresh) process and print its result as one JSON line."""
+    module = spec.pop("module", "benchlib")
+    kind = spec.pop("kind")
+    workers = WORKERS if module == "benchlib" else importlib.import_module(module).WORKERS
+    c0 = resource.getrusage(resource.RUSAGE_SELF)
+    result = workers[kind](**spec)
+    c1 = resource.getrusage(resource.RUSAGE_SELF)
+    result["cpu_s"] = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
+    # ru_maxrss (KiB on Linux). Caveat: Linux carries the parent's RSS high-water mark across
+    # exec into the child's ru_maxrss, so the parent (this script) stays small on purpose —
+    # it imports neither numpy nor pyarrow — and VmHWM (this process's own mm) is kept as a check.
+    result["peak_rss_bytes"] = c1.ru_maxrss * 1024
+    try:
+        with open("/proc/self/status") as f:
+            hwm = next(line for line in f if line.startswith("VmHWM:"))
+        result["vmhwm_bytes"] = int(hwm.split()[1]) * 1024
+    except (OSError, StopIteration):
+        pass
+    print("BENCH-RESULT " + json.dumps(result), flush=True)
+
+
+def run_config(spec: dict, timeout: float, python: str | None = None) -> dict:
+    """Run one configuration in a fresh interpreter (``python``, default this one);
+    errors become a result with ``error``."""
+    cmd = [python or sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+    path = os.pathsep.join([REPO, SCRIPTS, os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("BENCH-RESULT "):
+            return json.loads(line[len("BENCH-RESULT ") :])
+    err = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
+    return {"error": (err[-1] if err else f"exit {done.returncode}")[:300]}
+
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 10**6,
+    "mb": 10**6,
+    "mib": 2**20,
+    "g": 10**9,
+    "gb": 10**9,
+    "gib": 2**30,
+}
+
+
+def parse_limit(text: str) -> int:
+    """``"256MiB"`` -> bytes (streambatch accepts the same spellings; the Loader re-parses it)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"cannot parse memory limit {text!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def fmt_bytes(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def environment() -> dict:
+    import numpy
+    import pyarrow
+    import zarr
+
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "streambatch"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        commit, dirty = "unknown", ""
+    return {
+        "cores": os.cpu_count(),
+        "ram_gib": mem / 2**30,
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "pyarrow": pyarrow.__version__,
+        "zarr": zarr.__version__,
+        "commit": commit,
+        "dirty": dirty.splitlines(),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def code_fingerprint() -> str:
+    """HEAD plus a hash of the uncommitted diff under streambatch/: tells whether the code
+    under test changed during a run (other people may be editing this checkout)."""
+    import hashlib
+
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        diff = subprocess.run(["git", "diff", "HEAD", "--", "streambatch"], cwd=REPO, capture_output=True).stdout
+        untracked = subprocess.run(
+            ["git", "ls-files", "--others", "--exclude-standard", "--", "streambatch"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        h = hashlib.sha1(diff)
+        for name in sorted(untracked):
+            with open(os.path.join(REPO, name), "rb") as f:
+                h.update(name.encode() + f.read())
+        return f"{head}+{h.hexdigest()[:10]}" if diff or untracked else head
+    except OSError:
+        return "unknown"
+
+
+def _loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
+def env_block(env: dict, command: str, loadavg_end: str | None = None, code_end: str | None = None) -> str:
+    dirty = ""
+    if env["dirty"]:
+        dirty = (
+            " (with uncommitted changes under `streambatch/`: "
+            + ", ".join(f"`{d.strip()}`" for d in env["dirty"])
+            + ")"
+        )
+    return (
+        f"- Machine: {env['cores']} cores, {env['ram_gib']:.1f} GiB RAM, {env['cpu']}, Linux {env['kernel']}\n"
+        f"- Python {env['python']}, numpy {env['numpy']}, pyarrow {env['pyarrow']}, zarr {env['zarr']}\n"
+        f"- streambatch at commit `{env['commit']}`{dirty}; measured {env['date']}\n"
+        f"- Command: `{command}`"
+        + (
+            f"\n- Load average (1/5/15 min) at start {env['loadavg_start']}, at end {loadavg_end}: "
+            "a load above ~1 means other processes shared the 2 cores"
+            if env.get("loadavg_start") and loadavg_end
+            else ""
+        )
+        + (
+            f"\n- Code fingerprint (HEAD + hash of uncommitted streambatch/ changes): `{env['code_start']}` at start, "
+            f"`{code_end}` at end"
+            + (" — **the code under test changed during the run**" if env["code_start"] != code_end else "")
+            if env.get("code_start") and code_end
+            else ""
+        )
+    )
+
+
+def work_env() -> dict:
+    return environment()
+
+
+WORKERS = {"generate": work_generate, "env": work_env}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        worker_main(json.loads(sys.argv[2]))
+    else:
+        sys.exit("usage: benchlib.py --worker SPEC  (used by the bench_*.py scripts)")
