@@ -21,9 +21,10 @@ function of memory_limit x Parquet row-group / Zarr chunk size.
     python scripts/bench.py                 # full run (2 M rows, ~1 GB per format)
     python scripts/bench.py --budget-sweep  # score vs budget table and plot
     python scripts/bench.py --quick         # smoke run, < 1 minute
+    python scripts/bench.py --peers         # vs torch, HF datasets, MosaicML Streaming, ... (bench_peers.py)
 
 Results are cached as JSON under ``--data-dir``/results; ``docs/benchmarks.md``
-is rendered from the latest full main run and the latest full sweep.
+is rendered from the latest full main run, full sweep and full peer run.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_peers
 from benchlib import (
     BATCH,
     FORMATS,
@@ -719,7 +721,9 @@ def history_table(runs: list[dict]) -> str:
     return "\n".join(out)
 
 
-def render_docs(main: dict | None, sweep: dict | None, doc: str, history: list[dict] | None = None) -> None:
+def render_docs(
+    main: dict | None, sweep: dict | None, doc: str, history: list[dict] | None = None, peers: dict | None = None
+) -> None:
     img = os.path.join(os.path.dirname(doc), "img")
     out = [
         "# Benchmarks",
@@ -787,8 +791,31 @@ def render_docs(main: dict | None, sweep: dict | None, doc: str, history: list[d
         out += ["### Reading", "", *sweep_reading(sweep), ""]
     else:
         out += ["## Shuffle score vs budget", "", "_Not run yet: `python scripts/bench.py --budget-sweep`._", ""]
+    out += peers_section(peers, img)
     with open(doc, "w") as f:
         f.write("\n".join(out))
+
+
+def peers_section(peers: dict | None, img: str) -> list[str]:
+    if not peers:
+        return ["## Peers", "", "_Not run yet: `python scripts/bench.py --peers`._", ""]
+    out = [
+        "## Peers",
+        "",
+        "The same data through the loaders people use today (`scripts/bench_peers.py`; the peers are extras of "
+        "the benchmark, never of the library: `pip install -r scripts/requirements-peers.txt`, and MosaicML "
+        "Streaming in a virtual environment of its own that the script makes from `scripts/requirements-mosaic.txt`, "
+        "because it imports torchvision and pulls a huggingface-hub that breaks `datasets`).",
+        "",
+        env_block(peers["env"], peers["command"], peers.get("loadavg_end"), peers.get("code_end")),
+        bench_peers.versions_line(peers),
+        f"- Peer run wall time: {peers['seconds'] / 60:.1f} min (with any one-off preparation)",
+        "",
+        bench_peers.tables(peers),
+        "",
+    ]
+    out += ["![peers](img/peers.png)", ""] if os.path.exists(os.path.join(img, "peers.png")) else []
+    return [*out, "### Reading", "", *bench_peers.reading(peers), ""]
 
 
 def sweep_reading(res: dict) -> list[str]:
@@ -862,6 +889,14 @@ def main(argv=None) -> int:
         action="store_true",
         help="re-render docs/benchmarks.md and the plots from the cached full-run results; measure nothing",
     )
+    p.add_argument("--peers", action="store_true", help="the peer benchmark (scripts/bench_peers.py) instead")
+    p.add_argument("--peers-only", default=None, help="comma-separated subset of the peers (see bench_peers.PEERS)")
+    p.add_argument(
+        "--peer-seconds",
+        type=float,
+        default=None,
+        help="cap on a peer's iteration, s (default 60; 10 with --quick; 0 = none)",
+    )
     args = p.parse_args(argv)
 
     command = "python scripts/bench.py" + (
@@ -879,6 +914,9 @@ def main(argv=None) -> int:
         if args.budget_sweep and "--sweep-chunks" not in " ".join(sys.argv):
             args.sweep_chunks = [1024, 8192]
         args.timeout = min(args.timeout, 120)
+        args.peer_seconds = 10 if args.peer_seconds is None else args.peer_seconds
+    args.peer_seconds = 60 if args.peer_seconds is None else args.peer_seconds
+    args.peers_only = [k for k in args.peers_only.split(",") if k] if args.peers_only else None
     args.rows = args.rows or 2_000_000
     args.repeat = args.repeat or 3
     official = not args.quick and args.rows == 2_000_000
@@ -891,12 +929,15 @@ def main(argv=None) -> int:
 
     if args.render_only:
         main_res, sweep_res = load_results(args.data_dir, "main.json"), load_results(args.data_dir, "sweep.json")
+        peers_res = load_results(args.data_dir, "peers.json")
         img = os.path.join(os.path.dirname(os.path.abspath(args.docs)), "img")
         if main_res:
             throughput_plot(main_res, os.path.join(img, "throughput.png"))
         if sweep_res:
             sweep_plot(sweep_res, os.path.join(img, "score_vs_budget.png"))
-        render_docs(main_res, sweep_res, args.docs, main_history(args.data_dir))
+        if peers_res:
+            bench_peers.plot(peers_res, os.path.join(img, "peers.png"))
+        render_docs(main_res, sweep_res, args.docs, main_history(args.data_dir), peers_res)
         log(f"wrote {args.docs} from {args.data_dir}/results")
         return 0
 
@@ -908,7 +949,11 @@ def main(argv=None) -> int:
         + (" (+ uncommitted changes in streambatch/)" if env["dirty"] else "")
     )
     t0 = time.perf_counter()
-    if args.budget_sweep:
+    if args.peers:
+        res = bench_peers.run(args, log)
+        table = bench_peers.tables(res)
+        name = "peers.json"
+    elif args.budget_sweep:
         res = sweep_run(args, log)
         table = sweep_tables(res)
         name = "sweep.json"
@@ -938,14 +983,24 @@ def main(argv=None) -> int:
     print(table)
     if write_docs:
         img = os.path.join(os.path.dirname(os.path.abspath(args.docs)), "img")
-        if args.budget_sweep:
+        if args.peers:
+            bench_peers.plot(res, os.path.join(img, "peers.png"))
+        elif args.budget_sweep:
             sweep_plot(res, os.path.join(img, "score_vs_budget.png"))
         else:
             throughput_plot(res, os.path.join(img, "throughput.png"))
         prefix = "" if official else "quick-"
-        main_res = res if not args.budget_sweep else load_results(args.data_dir, prefix + "main.json")
-        sweep_res = res if args.budget_sweep else load_results(args.data_dir, prefix + "sweep.json")
-        render_docs(main_res, sweep_res, args.docs, main_history(args.data_dir) if official else None)
+        cached = {
+            n: res if n == name[len(prefix) : -5] else load_results(args.data_dir, f"{prefix}{n}.json")
+            for n in ("main", "sweep", "peers")
+        }
+        render_docs(
+            cached["main"],
+            cached["sweep"],
+            args.docs,
+            main_history(args.data_dir) if official else None,
+            cached["peers"],
+        )
         log(f"wrote {args.docs}")
     log(f"bench: done in {time.perf_counter() - t0:.0f} s")
     return 0

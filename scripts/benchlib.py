@@ -94,9 +94,10 @@ def ensure_data(data_dir: str, fmt: str, rows: int, chunk_rows: int, log) -> str
 _warmed: set[str] = set()
 
 
-def warm(path: str) -> None:
-    """Read every file under ``path`` once so the page cache is warm."""
-    if path in _warmed:
+def warm(path: str, again: bool = False) -> None:
+    """Read every file under ``path`` once so the page cache is warm (``again``: even if this
+    process warmed it before, e.g. when another process on the machine may drop caches)."""
+    if path in _warmed and not again:
         return
     files = [path] if os.path.isfile(path) else [os.path.join(d, n) for d, _, names in os.walk(path) for n in names]
     buf = bytearray(1 << 20)
@@ -115,15 +116,27 @@ def dir_bytes(path: str) -> int:
 
 class _Consumer:
     """The same per-batch work in every configuration: count rows, score labels,
-    spot-check that x and label stay aligned."""
+    spot-check that x and label stay aligned.
 
-    def __init__(self, score: bool) -> None:
+    ``expected_counts`` (the full dataset's label histogram) scores a possibly partial epoch
+    against the whole dataset rather than against the rows seen: a buffer shuffle over sorted
+    data sees only the first classes early on, and the observed histogram would flatter it.
+    On a full epoch both give the same score."""
+
+    def __init__(self, score: bool, expected_counts=None) -> None:
         from streambatch.quality import ShuffleScore
 
-        self.scorer = ShuffleScore(NUM_CLASSES) if score else None
+        self.expected = expected_counts if score else None
+        self.scorer = ShuffleScore(NUM_CLASSES) if score and expected_counts is None else None
+        self._counts: list = []
         self.rows = 0
         self.batches = 0
         self.first = None
+
+    def score(self) -> float | None:
+        if self.expected is not None:
+            return score_against(self._counts, self.expected)
+        return self.scorer.score() if self.scorer is not None else None
 
     def __call__(self, x, label, t0: float) -> None:
         import numpy as np
@@ -134,8 +147,31 @@ class _Consumer:
             raise AssertionError("x and label came apart")
         if self.scorer is not None:
             self.scorer.add(label)
+        elif self.expected is not None:
+            self._counts.append(np.bincount(np.asarray(label).reshape(-1), minlength=NUM_CLASSES))
         self.rows += len(label)
         self.batches += 1
+
+
+def score_against(batch_counts, expected_counts, seed: int = 12345) -> float:
+    """``ShuffleScore.score`` with the global histogram taken from ``expected_counts`` (the full
+    dataset) instead of the batches seen: mean TV distance of each batch's label histogram to it,
+    divided by the same for the first batches (same sizes) of a full random permutation of the
+    full dataset's labels. Equal to ``ShuffleScore.score()`` when the batches cover the dataset."""
+    import numpy as np
+
+    from streambatch.quality import mean_tv_distance
+
+    counts = np.stack(batch_counts)
+    sizes = counts.sum(axis=1)
+    expected = np.asarray(expected_counts, dtype=np.int64)
+    global_hist = expected / expected.sum()
+    observed = float((0.5 * np.abs(counts / sizes[:, None] - global_hist).sum(axis=1)).mean())
+    labels = np.repeat(np.arange(len(expected)), expected)
+    permuted = np.random.default_rng(seed).permutation(labels)
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    reference = mean_tv_distance((permuted[a:b] for a, b in zip(bounds[:-1], bounds[1:])), len(expected), global_hist)
+    return observed / reference
 
 
 def _arrow_tensor(chunked, field):
