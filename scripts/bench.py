@@ -41,6 +41,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_peers
+import bench_scaling
 from benchlib import (
     BATCH,
     FORMATS,
@@ -721,9 +722,13 @@ def history_table(runs: list[dict]) -> str:
     return "\n".join(out)
 
 
-def render_docs(
-    main: dict | None, sweep: dict | None, doc: str, history: list[dict] | None = None, peers: dict | None = None
-) -> None:
+RESULT_NAMES = ("main", "sweep", "peers", "scaling", "cold")
+
+
+def render_docs(results: dict[str, dict | None], doc: str, history: list[dict] | None = None) -> None:
+    """Write ``doc`` from cached results (``RESULT_NAMES`` -> result or None); writes the
+    scaling plot too (the other plots are written when their run ends or by --render-only)."""
+    main, sweep = results.get("main"), results.get("sweep")
     img = os.path.join(os.path.dirname(doc), "img")
     out = [
         "# Benchmarks",
@@ -753,6 +758,12 @@ def render_docs(
         "process; the parent script imports neither numpy nor pyarrow, because Linux carries the parent's RSS "
         "high-water mark across `exec` into the child's `ru_maxrss` (the worker also records `VmHWM` as a check).",
         "",
+        "Sections: [throughput, latency, memory](#throughput-latency-memory) · [peers](#peers) · "
+        "[scaling with dataset size](#scaling-peak-rss-and-rowss-vs-dataset-size) · "
+        "[cold page cache](#cold-page-cache-vs-dd) · "
+        "[shuffle score vs budget](#shuffle-score-vs-budget-and-read-unit-size) · "
+        "[other benchmarks](#other-benchmarks) (convert, remote storage, resume).",
+        "",
     ]
     if main:
         out += [
@@ -777,6 +788,8 @@ def render_docs(
             ]
     else:
         out += ["## Throughput, latency, memory", "", "_Not run yet: `python scripts/bench.py`._", ""]
+    out += peers_section(results.get("peers"), img)
+    out += bench_scaling.docs_sections(results.get("scaling"), results.get("cold"), img)
     if sweep:
         out += [
             "## Shuffle score vs budget and read-unit size",
@@ -790,8 +803,25 @@ def render_docs(
         out += ["![score vs budget](img/score_vs_budget.png)", ""]
         out += ["### Reading", "", *sweep_reading(sweep), ""]
     else:
-        out += ["## Shuffle score vs budget", "", "_Not run yet: `python scripts/bench.py --budget-sweep`._", ""]
-    out += peers_section(peers, img)
+        out += [
+            "## Shuffle score vs budget and read-unit size",
+            "",
+            "_Not run yet: `python scripts/bench.py --budget-sweep`._",
+            "",
+        ]
+    out += [
+        "## Other benchmarks",
+        "",
+        "Measured by their own scripts; their figures live with the feature they measure:",
+        "",
+        "- `streambatch convert` throughput and peak RSS against a plain pyarrow rewrite, and the loader on its "
+        "output: `scripts/bench_convert.py`, [convert.md → Measured](convert.md#measured).",
+        "- Remote storage (simulated per-request latency through fsspec, by thread count): "
+        "`scripts/bench_remote.py`, [remote.md → Measured](remote.md#measured).",
+        "- Resume cost (first batch after a mid-epoch resume vs a fresh start, bytes read): "
+        "`scripts/bench_resume.py`, [distributed.md](distributed.md).",
+        "",
+    ]
     with open(doc, "w") as f:
         f.write("\n".join(out))
 
@@ -897,6 +927,11 @@ def main(argv=None) -> int:
         default=None,
         help="cap on a peer's iteration, s (default 60; 10 with --quick; 0 = none)",
     )
+    p.add_argument(
+        "--scaling", action="store_true", help="peak RSS and rows/s vs dataset size (scripts/bench_scaling.py)"
+    )
+    p.add_argument("--scaling-sizes", default=None, help="dataset sizes in ~1 GB shards (default 1,2,4,8; 1,2 quick)")
+    p.add_argument("--cold", action="store_true", help="cold page cache vs dd (needs root: empties the page cache)")
     args = p.parse_args(argv)
 
     command = "python scripts/bench.py" + (
@@ -917,8 +952,9 @@ def main(argv=None) -> int:
         args.peer_seconds = 10 if args.peer_seconds is None else args.peer_seconds
     args.peer_seconds = 60 if args.peer_seconds is None else args.peer_seconds
     args.peers_only = [k for k in args.peers_only.split(",") if k] if args.peers_only else None
+    args.scaling_sizes = [int(k) for k in (args.scaling_sizes or ("1,2" if args.quick else "1,2,4,8")).split(",")]
     args.rows = args.rows or 2_000_000
-    args.repeat = args.repeat or 3
+    args.repeat = args.repeat or (2 if args.scaling else 3)
     official = not args.quick and args.rows == 2_000_000
     write_docs = not args.no_docs and (official or args.write_docs)
     args.data_dir = os.path.abspath(args.data_dir)
@@ -928,16 +964,15 @@ def main(argv=None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     if args.render_only:
-        main_res, sweep_res = load_results(args.data_dir, "main.json"), load_results(args.data_dir, "sweep.json")
-        peers_res = load_results(args.data_dir, "peers.json")
+        cached = {n: load_results(args.data_dir, f"{n}.json") for n in RESULT_NAMES}
         img = os.path.join(os.path.dirname(os.path.abspath(args.docs)), "img")
-        if main_res:
-            throughput_plot(main_res, os.path.join(img, "throughput.png"))
-        if sweep_res:
-            sweep_plot(sweep_res, os.path.join(img, "score_vs_budget.png"))
-        if peers_res:
-            bench_peers.plot(peers_res, os.path.join(img, "peers.png"))
-        render_docs(main_res, sweep_res, args.docs, main_history(args.data_dir), peers_res)
+        if cached["main"]:
+            throughput_plot(cached["main"], os.path.join(img, "throughput.png"))
+        if cached["sweep"]:
+            sweep_plot(cached["sweep"], os.path.join(img, "score_vs_budget.png"))
+        if cached["peers"]:
+            bench_peers.plot(cached["peers"], os.path.join(img, "peers.png"))
+        render_docs(cached, args.docs, main_history(args.data_dir))
         log(f"wrote {args.docs} from {args.data_dir}/results")
         return 0
 
@@ -953,6 +988,14 @@ def main(argv=None) -> int:
         res = bench_peers.run(args, log)
         table = bench_peers.tables(res)
         name = "peers.json"
+    elif args.scaling:
+        res = bench_scaling.scaling_run(args, log)
+        table = bench_scaling.scaling_tables(res)
+        name = "scaling.json"
+    elif args.cold:
+        res = bench_scaling.cold_run(args, log)
+        table = bench_scaling.cold_tables(res)
+        name = "cold.json"
     elif args.budget_sweep:
         res = sweep_run(args, log)
         table = sweep_tables(res)
@@ -987,20 +1030,14 @@ def main(argv=None) -> int:
             bench_peers.plot(res, os.path.join(img, "peers.png"))
         elif args.budget_sweep:
             sweep_plot(res, os.path.join(img, "score_vs_budget.png"))
-        else:
+        elif not (args.scaling or args.cold):  # the scaling plot is drawn by render_docs
             throughput_plot(res, os.path.join(img, "throughput.png"))
         prefix = "" if official else "quick-"
         cached = {
             n: res if n == name[len(prefix) : -5] else load_results(args.data_dir, f"{prefix}{n}.json")
-            for n in ("main", "sweep", "peers")
+            for n in RESULT_NAMES
         }
-        render_docs(
-            cached["main"],
-            cached["sweep"],
-            args.docs,
-            main_history(args.data_dir) if official else None,
-            cached["peers"],
-        )
+        render_docs(cached, args.docs, main_history(args.data_dir) if official else None)
         log(f"wrote {args.docs}")
     log(f"bench: done in {time.perf_counter() - t0:.0f} s")
     return 0
