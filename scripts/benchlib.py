@@ -126,16 +126,12 @@ class _Consumer:
     def __init__(self, score: bool, expected_counts=None) -> None:
         from streambatch.quality import ShuffleScore
 
-        self.expected = expected_counts if score else None
-        self.scorer = ShuffleScore(NUM_CLASSES) if score and expected_counts is None else None
-        self._counts: list = []
+        self.scorer = ShuffleScore(NUM_CLASSES, expected_counts) if score else None
         self.rows = 0
         self.batches = 0
         self.first = None
 
     def score(self) -> float | None:
-        if self.expected is not None:
-            return score_against(self._counts, self.expected)
         return self.scorer.score() if self.scorer is not None else None
 
     def __call__(self, x, label, t0: float) -> None:
@@ -147,31 +143,8 @@ class _Consumer:
             raise AssertionError("x and label came apart")
         if self.scorer is not None:
             self.scorer.add(label)
-        elif self.expected is not None:
-            self._counts.append(np.bincount(np.asarray(label).reshape(-1), minlength=NUM_CLASSES))
         self.rows += len(label)
         self.batches += 1
-
-
-def score_against(batch_counts, expected_counts, seed: int = 12345) -> float:
-    """``ShuffleScore.score`` with the global histogram taken from ``expected_counts`` (the full
-    dataset) instead of the batches seen: mean TV distance of each batch's label histogram to it,
-    divided by the same for the first batches (same sizes) of a full random permutation of the
-    full dataset's labels. Equal to ``ShuffleScore.score()`` when the batches cover the dataset."""
-    import numpy as np
-
-    from streambatch.quality import mean_tv_distance
-
-    counts = np.stack(batch_counts)
-    sizes = counts.sum(axis=1)
-    expected = np.asarray(expected_counts, dtype=np.int64)
-    global_hist = expected / expected.sum()
-    observed = float((0.5 * np.abs(counts / sizes[:, None] - global_hist).sum(axis=1)).mean())
-    labels = np.repeat(np.arange(len(expected)), expected)
-    permuted = np.random.default_rng(seed).permutation(labels)
-    bounds = np.concatenate([[0], np.cumsum(sizes)])
-    reference = mean_tv_distance((permuted[a:b] for a, b in zip(bounds[:-1], bounds[1:])), len(expected), global_hist)
-    return observed / reference
 
 
 def _arrow_tensor(chunked, field):

@@ -330,6 +330,26 @@ def test_columns_split_into_several_chunks_are_copied_chunk_by_chunk(tmp_path, m
     np.testing.assert_array_equal(read(shard, 3, 11)["x"], values[3:11])
 
 
+def test_an_open_reader_holds_no_arrow_memory_between_reads(tmp_path):
+    """Readers stay open (one per thread and file) for a whole epoch, outside the
+    memory budget: pyarrow's default pre-buffering kept the last row group's bytes
+    in each of them, so memory grew with the number of shards."""
+    x = np.arange(64 * 1024, dtype=np.float64)
+    path = write(tmp_path / "big.parquet", pa.table({"x": x}), row_group_size=32 * 1024)  # 256 KiB groups
+    shard = shard_of(path)
+    out = {"x": np.empty(32 * 1024)}
+    before = pa.total_allocated_bytes()
+    reader = shard.open_reader(["x"])
+    try:
+        reader.read_into(0, 32 * 1024, out)
+        reader.read_into(32 * 1024, 64 * 1024, out)
+        held = pa.total_allocated_bytes() - before
+    finally:
+        reader.close()
+    np.testing.assert_array_equal(out["x"], x[32 * 1024 :])
+    assert held < 64 * 1024, f"an open reader holds {held} bytes of Arrow memory after its reads"
+
+
 def test_read_many_concatenates_ranges_and_decodes_each_row_group_once(tmp_path, monkeypatch):
     values = np.arange(20 * 2, dtype="<i4").reshape(20, 2)
     shard = shard_of(write(tmp_path / "m.parquet", table_of(fsb_column(values)), row_group_size=5))

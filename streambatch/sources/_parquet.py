@@ -505,7 +505,10 @@ def _open(
     a descriptor behind in pyarrow's half-built reader."""
     raw = pa.OSFile(location.path, "r") if location.is_local else location.fs.open(location.path, "rb")
     try:
-        return pq.ParquetFile(raw, metadata=metadata, page_checksum_verification=verify), raw
+        # pre_buffer=False: with pyarrow's default, every open reader keeps the raw bytes of
+        # the last row group it read (one row group per handle, per thread and file) until
+        # the next read: memory outside the budget that grew with the number of shards.
+        return pq.ParquetFile(raw, metadata=metadata, page_checksum_verification=verify, pre_buffer=False), raw
     except BaseException:
         raw.close()
         raise
