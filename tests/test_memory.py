@@ -164,3 +164,46 @@ def test_npy_peak_memory_does_not_grow_with_the_dataset(datasets):
     message = f"300 MB -> {_describe('npy', small)}; 600 MB -> {_describe('npy', large)}; growth {growth:.1f} MiB"
     print(message)
     assert abs(growth) < 40, message
+
+
+def _sparse_npy_dataset(root, rows: int, width: int) -> str:
+    """A ``.npy`` dataset of ``rows`` rows that takes no disk space (sparse files of zeros)."""
+    os.makedirs(root, exist_ok=True)
+    for name, descr, shape in (("x", "<f4", (rows, width)), ("label", "<i8", (rows,))):
+        with open(os.path.join(root, f"{name}.npy"), "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": descr, "fortran_order": False, "shape": shape})
+            f.truncate(f.tell() + int(np.prod(shape)) * np.dtype(descr).itemsize)
+    return str(root)
+
+
+def test_the_epoch_plan_stays_inside_the_budget_on_a_dataset_ten_thousand_times_larger(tmp_path):
+    """The plan is the one part that grows with the dataset (~160 B per piece): on 40 M
+    rows (20 GB, sparse on disk) at 16 MiB, pieces grow so that it keeps to an eighth of the
+    budget, and everything the loader allocates (tracemalloc: numpy and Python) fits."""
+    import tracemalloc
+
+    import streambatch as sb
+
+    path = _sparse_npy_dataset(tmp_path / "huge", 40_000_000, WIDTH)
+    tracemalloc.start()
+    try:
+        with pytest.warns(sb.PoorShuffleWarning), sb.Loader(path, 64, memory_limit="16MiB", num_threads=2) as loader:
+            it = iter(loader)
+            for _ in range(20):
+                next(it)
+            peak = tracemalloc.get_traced_memory()[1]
+            it.close()
+    finally:
+        tracemalloc.stop()
+    b = loader.budget
+    assert 0 < b.plan_bytes <= b.memory_limit // 8
+    assert b.ring_bytes + b.scratch_bytes + b.batch_bytes + b.resident_bytes + b.plan_bytes <= b.memory_limit
+    assert peak <= b.memory_limit, f"traced allocations peaked at {peak / MiB:.1f} MiB, over the 16 MiB budget"
+
+
+def test_a_budget_too_small_for_the_plan_of_a_huge_dataset_is_refused_with_what_it_needs(tmp_path):
+    import streambatch as sb
+
+    path = _sparse_npy_dataset(tmp_path / "huge", 40_000_000, WIDTH)
+    with pytest.raises(sb.BudgetError, match=r"40,000,000 rows: its epoch plan .* use memory_limit >= \d"):
+        sb.Loader(path, 64, memory_limit="2MiB")
