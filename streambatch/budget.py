@@ -17,7 +17,7 @@ The budget ``M`` pays for:
   batches the caller holds.
 * **the epoch plan**: ~160 bytes per piece (its place in the plan, the shuffle
   and the read bookkeeping), the one part that grows with the dataset. When it
-  would pass an eighth of ``M``, pieces are made larger to keep it there, so the
+  would pass a quarter of ``M``, pieces are made larger to keep it there, so the
   budget holds at any dataset size (at the cost of fewer, larger pieces in the
   window: a coarser shuffle for a dataset thousands of times the budget).
 
@@ -51,7 +51,7 @@ _MAX_GROUP = 8
 #: Bytes of plan, shuffle and read bookkeeping per piece: measured ~140 with
 #: tracemalloc on 1.05 M pieces (a 104 GB sparse .npy dataset at 256 MiB).
 _PLAN_BYTES_PER_PIECE = 160
-_PLAN_SHARE = 8
+_PLAN_SHARE = 4
 
 
 def batch_group_size(batch_nbytes: int, memory_limit: int) -> int:
@@ -147,7 +147,7 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
         needed = 1.5 * (random_rows * _PLAN_BYTES_PER_PIECE * _PLAN_SHARE * 6 * per_row) ** 0.5
         raise BudgetError(
             f"memory_limit={format_bytes(memory_limit)} is too small for a dataset of {random_rows:,} rows: its epoch "
-            f"plan (~{_PLAN_BYTES_PER_PIECE} bytes per piece) must fit in an eighth of the budget, which needs pieces "
+            f"plan (~{_PLAN_BYTES_PER_PIECE} bytes per piece) must fit in a quarter of the budget, which needs pieces "
             f"of {plan_floor:,} rows, too large for the rest of the budget; use memory_limit >= {format_bytes(needed)}"
         )
     if ring_rows < max_piece + job_rows or fitting < 2:

@@ -178,7 +178,7 @@ def _sparse_npy_dataset(root, rows: int, width: int) -> str:
 
 def test_the_epoch_plan_stays_inside_the_budget_on_a_dataset_ten_thousand_times_larger(tmp_path):
     """The plan is the one part that grows with the dataset (~160 B per piece): on 40 M
-    rows (20 GB, sparse on disk) at 16 MiB, pieces grow so that it keeps to an eighth of the
+    rows (20 GB, sparse on disk) at 16 MiB, pieces grow so that it keeps to a quarter of the
     budget, and everything the loader allocates (tracemalloc: numpy and Python) fits."""
     import tracemalloc
 
@@ -196,7 +196,7 @@ def test_the_epoch_plan_stays_inside_the_budget_on_a_dataset_ten_thousand_times_
     finally:
         tracemalloc.stop()
     b = loader.budget
-    assert 0 < b.plan_bytes <= b.memory_limit // 8
+    assert 0 < b.plan_bytes <= b.memory_limit // 4
     assert b.ring_bytes + b.scratch_bytes + b.batch_bytes + b.resident_bytes + b.plan_bytes <= b.memory_limit
     assert peak <= b.memory_limit, f"traced allocations peaked at {peak / MiB:.1f} MiB, over the 16 MiB budget"
 
