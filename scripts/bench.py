@@ -35,7 +35,6 @@ import json
 import os
 import resource
 import shlex
-import statistics
 import sys
 import time
 
@@ -51,6 +50,7 @@ from benchlib import (
     _arrow_tensor,
     _Consumer,
     _loadavg,
+    aggregate,
     code_fingerprint,
     dir_bytes,
     ensure_data,
@@ -245,29 +245,7 @@ def main_run(args, log) -> dict:
                 )
             )
             log(f"  [{rep + 1}/{args.repeat}] {key[0]:8s} {key[1]:16s} {desc}")
-    results = {}
-    for key, rs in runs.items():
-        ok = [r for r in rs if "error" not in r]
-        if not ok:
-            results[key] = {"error": rs[0]["error"], "n": len(rs)}
-            continue
-        agg = {"n": len(ok), "errors": len(rs) - len(ok)}
-        if ok[0].get("seconds"):
-            rates = [r["rows"] / r["seconds"] for r in ok]
-            agg["rows_per_s"] = statistics.median(rates)
-            agg["rows_per_s_min"], agg["rows_per_s_max"] = min(rates), max(rates)
-            agg["rows"] = ok[0]["rows"]
-        agg["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in ok)
-        agg["vmhwm_bytes"] = max(r.get("vmhwm_bytes", 0) for r in ok)
-        agg["cpu_s"] = statistics.median(r["cpu_s"] for r in ok)
-        for field in ("first_batch_s", "load_s", "score", "iter_cpu_s"):
-            vals = [r[field] for r in ok if r.get(field) is not None]
-            if vals:
-                agg[field] = statistics.median(vals)
-        for field in ("window_pieces", "piece_rows", "ring_bytes", "threads"):
-            if field in ok[0]:
-                agg[field] = ok[0][field]
-        results[key] = agg
+    results = {key: aggregate(rs) for key, rs in runs.items()}
     return {
         "kind": "main",
         "rows": rows,

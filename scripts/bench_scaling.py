@@ -18,48 +18,39 @@ from __future__ import annotations
 
 import os
 import shutil
-import statistics
 import subprocess
 import time
 
+import benchlib
 from benchlib import (
     BATCH,
     ROW_BYTES,
     RSS_SLACK,
+    aggregate,
     dir_bytes,
     ensure_data,
     env_block,
+    files_under,
     fmt_bytes,
     parse_limit,
     run_config,
 )
-from benchlib import warm as _warm_once
 
 SIZES = (1, 2, 4, 8)  # shards of ~1 GB
 BASE_ROWS = 2_000_000
 
 
 # ----------------------------------------------------------------------------- data
-def _files(path: str) -> list[str]:
-    if os.path.isfile(path):
-        return [path]
-    return sorted(os.path.join(d, n) for d, _, names in os.walk(path) for n in names)
-
-
 def warm(paths: list[str]) -> None:
-    """Read every file once (again) so the page cache holds them: other runs may have evicted them."""
-    buf = bytearray(16 << 20)
+    """Read every file again: other runs (or another format's data) may have evicted them."""
     for p in paths:
-        for name in _files(p):
-            with open(name, "rb", buffering=0) as f:
-                while f.readinto(buf):
-                    pass
+        benchlib.warm(p, again=True)
 
 
 def scaling_shards(data_dir: str, fmt: str, count: int, log) -> list[str]:
     """``count`` copies of the standard dataset, each in its own directory; made once."""
     base = ensure_data(data_dir, fmt, BASE_ROWS, 8192, log)
-    _warm_once(base)
+    benchlib.warm(base)
     leaf = os.path.basename(base)
     shards = []
     for i in range(count):
@@ -143,7 +134,7 @@ def work_permutation_shards(paths: list[str]) -> dict:
 
 def work_dd(paths: list[str]) -> dict:
     """``dd if=FILE of=/dev/null bs=16M`` over every file of the dataset, in order."""
-    files = [f for p in paths for f in _files(p)]
+    files = [f for p in paths for f in files_under(p)]
     total = sum(os.path.getsize(f) for f in files)
     t0 = time.perf_counter()
     for f in files:
@@ -163,25 +154,6 @@ def _streambatch_spec(paths: list[str], fmt: str, limit: str, shuffle: bool = Tr
         "memory_limit": limit,
         "shuffle": shuffle,
     }
-
-
-def _aggregate(rs: list[dict]) -> dict:
-    ok = [r for r in rs if "error" not in r]
-    if not ok:
-        return {"error": rs[0]["error"], "n": len(rs)}
-    agg = {"n": len(ok), "errors": len(rs) - len(ok), "peak_rss_bytes": max(r["peak_rss_bytes"] for r in ok)}
-    agg["vmhwm_bytes"] = max(r.get("vmhwm_bytes", 0) for r in ok)
-    if ok[0].get("rows"):
-        rates = [r["rows"] / r["seconds"] for r in ok]
-        agg.update(rows=ok[0]["rows"], rows_per_s=statistics.median(rates), rows_per_s_min=min(rates))
-        agg["rows_per_s_max"] = max(rates)
-    if ok[0].get("bytes"):
-        agg["bytes_per_s"] = statistics.median(r["bytes"] / r["seconds"] for r in ok)
-    for field in ("first_batch_s", "score", "load_s", "cpu_s", "bytes_per_s_file"):
-        vals = [r[field] for r in ok if r.get(field) is not None]
-        if vals:
-            agg[field] = statistics.median(vals)
-    return agg
 
 
 # ----------------------------------------------------------------------------- --scaling
@@ -217,7 +189,7 @@ def scaling_run(args, log) -> dict:
         "memory_limit_bytes": parse_limit(limit),
         "repeat": args.repeat,
         "series": series,
-        "results": {key: _aggregate(rs) for key, rs in runs.items()},
+        "results": {key: aggregate(rs) for key, rs in runs.items()},
         "raw": runs,
     }
 
@@ -301,21 +273,18 @@ def scaling_plot(res: dict, png: str) -> None:
         a2.plot([g for g, _ in pts], [r["rows_per_s"] / 1e6 for _, r in pts], label=label, **style)
     bound = (res["memory_limit_bytes"] + RSS_SLACK) / 2**30
     a1.axhline(bound, color="red", lw=0.8, ls=":", label=f"bound: memory_limit {res['memory_limit']} + 300 MiB")
-    a1.set_xlabel("dataset size (GB)")
-    a1.set_ylabel("peak RSS (GiB)")
-    a1.set_title("Peak RSS vs dataset size")
-    a1.set_xscale("log", base=2)
-    a1.set_xticks(gb, [f"{g:.1f}" for g in gb])
-    a1.set_ylim(bottom=0)
     a1.legend(fontsize=7)
-    a1.grid(alpha=0.3)
-    a2.set_xlabel("dataset size (GB)")
-    a2.set_ylabel("M rows/s (shuffled epoch)")
-    a2.set_title("Throughput vs dataset size")
-    a2.set_xscale("log", base=2)
-    a2.set_xticks(gb, [f"{g:.1f}" for g in gb])
-    a2.set_ylim(bottom=0)
-    a2.grid(alpha=0.3)
+    for ax, ylabel, title in (
+        (a1, "peak RSS (GiB)", "Peak RSS vs dataset size"),
+        (a2, "M rows/s (shuffled epoch)", "Throughput vs dataset size"),
+    ):
+        ax.set_xlabel("dataset size (GB)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(gb, [f"{g:.1f}" for g in gb])
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     os.makedirs(os.path.dirname(png), exist_ok=True)
     fig.savefig(png)
@@ -365,7 +334,7 @@ def cold_run(args, log) -> dict:
         "repeat": args.repeat,
         "formats": list(args.formats),
         "file_bytes": {f: dir_bytes(p) for f, p in paths.items()},
-        "results": {key: _aggregate(rs) for key, rs in runs.items()},
+        "results": {key: aggregate(rs) for key, rs in runs.items()},
         "raw": runs,
     }
 

@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -99,19 +100,50 @@ def warm(path: str, again: bool = False) -> None:
     process warmed it before, e.g. when another process on the machine may drop caches)."""
     if path in _warmed and not again:
         return
-    files = [path] if os.path.isfile(path) else [os.path.join(d, n) for d, _, names in os.walk(path) for n in names]
     buf = bytearray(1 << 20)
-    for name in files:
+    for name in files_under(path):
         with open(name, "rb", buffering=0) as f:
             while f.readinto(buf):
                 pass
     _warmed.add(path)
 
 
-def dir_bytes(path: str) -> int:
+def files_under(path: str) -> list[str]:
+    """``path`` itself if it is a file, else every file below it, sorted."""
     if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(path) for n in names)
+        return [path]
+    return sorted(os.path.join(d, n) for d, _, names in os.walk(path) for n in names)
+
+
+def dir_bytes(path: str) -> int:
+    return sum(os.path.getsize(name) for name in files_under(path))
+
+
+def aggregate(rs: list[dict]) -> dict:
+    """The runs of one configuration as one result: median rows/s (with min and max), the
+    highest peak RSS, medians of the optional figures; an error if no run succeeded."""
+    ok = [r for r in rs if "error" not in r]
+    if not ok:
+        return {"error": rs[0]["error"], "n": len(rs)}
+    agg = {"n": len(ok), "errors": len(rs) - len(ok)}
+    if ok[0].get("rows"):
+        rates = [r["rows"] / r["seconds"] for r in ok]
+        agg["rows_per_s"] = statistics.median(rates)
+        agg["rows_per_s_min"], agg["rows_per_s_max"] = min(rates), max(rates)
+        agg["rows"] = ok[0]["rows"]
+    if ok[0].get("bytes"):
+        agg["bytes_per_s"] = statistics.median(r["bytes"] / r["seconds"] for r in ok)
+    agg["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in ok)
+    agg["vmhwm_bytes"] = max(r.get("vmhwm_bytes", 0) for r in ok)
+    agg["cpu_s"] = statistics.median(r["cpu_s"] for r in ok)
+    for field in ("first_batch_s", "load_s", "score", "iter_cpu_s", "bytes_per_s_file"):
+        vals = [r[field] for r in ok if r.get(field) is not None]
+        if vals:
+            agg[field] = statistics.median(vals)
+    for field in ("window_pieces", "piece_rows", "ring_bytes", "threads"):
+        if field in ok[0]:
+            agg[field] = ok[0][field]
+    return agg
 
 
 class _Consumer:
