@@ -118,7 +118,8 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
     scratch = min(int(memory_limit * _SCRATCH_SHARE), _DECODES_IN_FLIGHT * 2 * unit_bytes) if unit_rows else 0
     group = batch_group_size(batch_size * row_nbytes, memory_limit)
     batch_bytes = (3 * group + 2) * batch_size * row_nbytes
-    resident, resident_bytes = _resident_columns(dataset, memory_limit) if shuffle else ((), 0)
+    random_rows = sum(s.num_rows for s in dataset.shards if s.unit_bounds is None)
+    resident, resident_bytes = _resident_columns(dataset, random_rows, memory_limit) if shuffle else ((), 0)
     ring_bytes = memory_limit - scratch - batch_bytes - resident_bytes
     ring_rows = max(0, ring_bytes // (row_nbytes + _INDEX_BYTES_PER_ROW))
 
@@ -127,8 +128,9 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
         piece_rows = max(min_piece, int(ring_rows * 0.8) // _TARGET_WINDOW_PIECES)
     else:
         piece_rows = max(min_piece, _JOB_BYTES // row_nbytes)
-    random_rows = sum(s.num_rows for s in dataset.shards if s.unit_bounds is None)
-    piece_rows = max(piece_rows, -(-random_rows * _PLAN_BYTES_PER_PIECE // max(1, memory_limit // _PLAN_SHARE)))
+    # the smallest pieces that keep the plan within its share of the budget
+    plan_floor = -(-random_rows * _PLAN_BYTES_PER_PIECE // max(1, memory_limit // _PLAN_SHARE))
+    piece_rows = max(piece_rows, plan_floor)
     piece_rows = int(min(piece_rows, max(1, ring_rows // 4) if ring_rows else 1))
     plan_bytes = _PLAN_BYTES_PER_PIECE * _count_pieces(dataset, piece_rows)
     ring_bytes -= plan_bytes
@@ -139,10 +141,9 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
     job_rows = max(job_rows, max_piece)
 
     fitting = ring_rows // max_piece
-    plan_floor = -(-random_rows * _PLAN_BYTES_PER_PIECE // max(1, memory_limit // _PLAN_SHARE))
     if random_rows and plan_floor > piece_rows and (ring_rows < max_piece + job_rows or fitting < 2):
         # pieces this large (to keep the plan in its share) do not fit the ring: the plan
-        # needs ~ rows x 160 x 8 / M, the ring ~ 4 pieces, so M grows as sqrt(rows)
+        # needs pieces of ~ rows x 160 x share / M rows, the ring ~ 4 pieces, so M grows as sqrt(rows)
         per_row = row_nbytes + _INDEX_BYTES_PER_ROW
         needed = 1.5 * (random_rows * _PLAN_BYTES_PER_PIECE * _PLAN_SHARE * 6 * per_row) ** 0.5
         raise BudgetError(
@@ -205,12 +206,11 @@ def _count_pieces(dataset: Dataset, piece_rows: int) -> int:
     return pieces
 
 
-def _resident_columns(dataset: Dataset, memory_limit: int) -> tuple[tuple[str, ...], int]:
-    """Narrow columns (labels) of random-access shards that are held whole in
-    memory, if all of them fit in an eighth of the budget: gathering them from
-    memory saves a system call per piece for a few bytes each."""
+def _resident_columns(dataset: Dataset, rows: int, memory_limit: int) -> tuple[tuple[str, ...], int]:
+    """Narrow columns (labels) of the random-access shards (``rows`` rows in all) that
+    are held whole in memory, if all of them fit in an eighth of the budget: gathering
+    them from memory saves a system call per piece for a few bytes each."""
     names = tuple(n for n, c in dataset.columns.items() if c.row_nbytes <= _RESIDENT_ROW_BYTES)
-    rows = sum(s.num_rows for s in dataset.shards if s.unit_bounds is None)
     if not names or not rows:
         return (), 0
     total = rows * sum(dataset.columns[n].row_nbytes for n in names)
