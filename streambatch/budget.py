@@ -6,7 +6,12 @@ The budget ``M`` pays for:
 * **the ring**: one array per column holding the rows read but not yet emitted.
   It holds the shuffle window (``window_pieces`` pieces), the segment being
   emitted and the read-ahead. Each row also costs ~24 bytes of index arrays.
-* **decode scratch** (Parquet, Zarr only): a unit is decoded in a pool thread
+* **open streams** (Parquet): a row group larger than a piece is not held
+  whole but streamed a slice at a time; each open stream holds its read buffers
+  and about two pages per column (``Shard.stream_nbytes``). ``lanes`` streams
+  are open at once (as many as the data has units, up to 40 % of ``M``), so
+  the window mixes rows of ``lanes`` row groups whatever their size.
+* **decode scratch** (units read whole: Zarr chunks): a unit is decoded in a pool thread
   before it is copied into the ring; scratch is sized for 4 concurrent decodes
   (at most a quarter of ``M``), and decodes beyond what it holds wait.
 * **resident narrow columns** (``.npy`` only, shuffled): columns of at most 16
@@ -21,6 +26,11 @@ The budget ``M`` pays for:
   budget holds at any dataset size (at the cost of fewer, larger pieces in the
   window: a coarser shuffle for a dataset thousands of times the budget).
 
+The ring is never larger than the data needs: a dataset that fits is held
+whole (and then shuffled as a full permutation, see :func:`streambatch.plan.ticks`),
+in pieces of at most ``rows / 4096`` rows so that a full permutation of them
+mixes as well as one of the rows.
+
 Python, numpy, pyarrow and the interpreter (~150-250 MiB) come on top; the
 documented contract is peak RSS <= M + 300 MiB.
 """
@@ -33,13 +43,19 @@ import numpy as np
 
 from ._units import format_bytes
 from .errors import BudgetError
-from .plan import PlanParams
+from .plan import RAMP, PlanParams
 from .sources import Dataset
 
 __all__ = ["Budget", "plan_budget"]
 
 _INDEX_BYTES_PER_ROW = 24
 _TARGET_WINDOW_PIECES = 2048
+#: Pieces a dataset is cut into at least (when rows allow): the grain of a full permutation.
+_TARGET_DATA_PIECES = 4096
+#: Streams: at most this share of ``M``, and at most this many open at once.
+_STREAM_SHARE = 0.4
+_MAX_LANES = 256
+_SLICES_PER_LANE = 16
 _MIN_PIECE_BYTES = 16 << 10
 _JOB_BYTES = 1 << 20
 _SCRATCH_SHARE = 0.25
@@ -80,6 +96,9 @@ class Budget:
     resident_columns: tuple[str, ...] = ()
     resident_bytes: int = 0
     plan_bytes: int = 0
+    lanes: int = 1
+    stream_bytes: int = 0
+    slice_rows: int = 0
 
     @property
     def ring_bytes(self) -> int:
@@ -92,7 +111,9 @@ class Budget:
         return max(1, min(num_threads, self.scratch_bytes // (2 * self.unit_nbytes)))
 
     def plan_params(self, shuffle: bool, seed: int, remainder: str) -> PlanParams:
-        return PlanParams(shuffle, seed, self.window_pieces, self.piece_rows, remainder)  # type: ignore[arg-type]
+        return PlanParams(
+            shuffle, seed, self.window_pieces, self.piece_rows, self.lanes, remainder, self.slice_rows  # type: ignore[arg-type]
+        )
 
     def describe(self) -> str:
         resident = (
@@ -104,14 +125,16 @@ class Budget:
             f"memory_limit {format_bytes(self.memory_limit)}: ring {format_bytes(self.ring_bytes)} "
             f"({self.ring_rows} rows; window {self.window_pieces} pieces of <= {self.max_piece_rows} rows), "
             f"decode scratch {format_bytes(self.scratch_bytes)}, batches {format_bytes(self.batch_bytes)}, "
-            f"plan {format_bytes(self.plan_bytes)}{resident}"
+            + (f"{self.lanes} streams {format_bytes(self.stream_bytes)}, " if self.stream_bytes else "")
+            + f"plan {format_bytes(self.plan_bytes)}{resident}"
         )
 
 
 def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: bool) -> Budget:
     """Split ``memory_limit`` for ``dataset``; raises if one read unit cannot fit."""
     row_nbytes = max(1, dataset.row_nbytes)
-    unit_rows = _largest_unit_rows(dataset)
+    num_rows = dataset.num_rows
+    unit_rows = _largest_whole_unit_rows(dataset)
     # enough for a few concurrent decodes (each ~2 units: decoded + compressed pages),
     # never more than a quarter of the budget; the rest goes to the shuffle window
     unit_bytes = unit_rows * row_nbytes
@@ -121,40 +144,55 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
     random_rows = sum(s.num_rows for s in dataset.shards if s.unit_bounds is None)
     resident, resident_bytes = _resident_columns(dataset, random_rows, memory_limit) if shuffle else ((), 0)
     ring_bytes = memory_limit - scratch - batch_bytes - resident_bytes
-    ring_rows = max(0, ring_bytes // (row_nbytes + _INDEX_BYTES_PER_ROW))
-
     min_piece = max(1, -(-_MIN_PIECE_BYTES // row_nbytes))
+
+    def pieces_for(ring_rows: int) -> int:
+        if shuffle:  # a window of ~2048 pieces, and never fewer than ~4096 pieces in the data
+            return max(min_piece, min(int(ring_rows * 0.8) // _TARGET_WINDOW_PIECES, num_rows // _TARGET_DATA_PIECES))
+        return max(min_piece, _JOB_BYTES // row_nbytes)
+
+    # streams for the units larger than a piece would be without them
+    lanes, stream_bytes = (1, 0)
     if shuffle:
-        piece_rows = max(min_piece, int(ring_rows * 0.8) // _TARGET_WINDOW_PIECES)
-    else:
-        piece_rows = max(min_piece, _JOB_BYTES // row_nbytes)
+        lanes, stream_bytes = _lanes(dataset, memory_limit, pieces_for(ring_bytes // (row_nbytes + _INDEX_BYTES_PER_ROW)))
+    ring_bytes -= stream_bytes
+    ring_rows = max(0, ring_bytes // (row_nbytes + _INDEX_BYTES_PER_ROW))
+    piece_rows = pieces_for(ring_rows)
     # the smallest pieces that keep the plan within its share of the budget
-    plan_floor = -(-random_rows * _PLAN_BYTES_PER_PIECE // max(1, memory_limit // _PLAN_SHARE))
+    sliced_rows = random_rows + sum(s.num_rows for s in dataset.shards if s.streams_units)
+    plan_floor = -(-sliced_rows * _PLAN_BYTES_PER_PIECE // max(1, memory_limit // _PLAN_SHARE))
     piece_rows = max(piece_rows, plan_floor)
     piece_rows = int(min(piece_rows, max(1, ring_rows // 4) if ring_rows else 1))
-    plan_bytes = _PLAN_BYTES_PER_PIECE * _count_pieces(dataset, piece_rows)
+    plan_bytes = _PLAN_BYTES_PER_PIECE * _count_pieces(dataset, piece_rows, piece_rows)
     ring_bytes -= plan_bytes
     ring_rows = max(0, ring_bytes // (row_nbytes + _INDEX_BYTES_PER_ROW))
-    has_random_access = any(s.unit_bounds is None for s in dataset.shards)
-    max_piece = max(unit_rows, piece_rows if has_random_access else 0, 1)
+    slice_rows = piece_rows
+    if stream_bytes:  # ~16 slices of each lane in the window (or of the data, when it fits)
+        slice_rows = max(piece_rows, min(int(ring_rows * 0.8), num_rows) // (_SLICES_PER_LANE * lanes))
+        slice_rows = int(min(slice_rows, max(piece_rows, ring_rows // 8)))
+    max_piece = max(unit_rows, piece_rows, slice_rows, 1)
     job_rows = max(piece_rows, min(_JOB_BYTES // row_nbytes, max(1, ring_rows // 8)))
     job_rows = max(job_rows, max_piece)
+    # the whole dataset fits: hold it, never more ring than that
+    fits = shuffle and ring_rows >= num_rows + job_rows
+    if fits:
+        ring_rows = num_rows + job_rows
 
     fitting = ring_rows // max_piece
-    if random_rows and plan_floor > piece_rows and (ring_rows < max_piece + job_rows or fitting < 2):
+    if not fits and plan_floor > piece_rows and (ring_rows < max_piece + job_rows or fitting < 2):
         # pieces this large (to keep the plan in its share) do not fit the ring: the plan
         # needs pieces of ~ rows x 160 x share / M rows, the ring ~ 4 pieces, so M grows as sqrt(rows)
         per_row = row_nbytes + _INDEX_BYTES_PER_ROW
-        needed = 1.5 * (random_rows * _PLAN_BYTES_PER_PIECE * _PLAN_SHARE * 6 * per_row) ** 0.5
+        needed = 1.5 * (sliced_rows * _PLAN_BYTES_PER_PIECE * _PLAN_SHARE * 6 * per_row) ** 0.5
         raise BudgetError(
-            f"memory_limit={format_bytes(memory_limit)} is too small for a dataset of {random_rows:,} rows: its epoch "
+            f"memory_limit={format_bytes(memory_limit)} is too small for a dataset of {sliced_rows:,} rows: its epoch "
             f"plan (~{_PLAN_BYTES_PER_PIECE} bytes per piece) must fit in a quarter of the budget, which needs pieces "
             f"of {plan_floor:,} rows, too large for the rest of the budget; use memory_limit >= {format_bytes(needed)}"
         )
-    if ring_rows < max_piece + job_rows or fitting < 2:
-        unit = max(unit_rows, min_piece if has_random_access else 0, 1)
+    if not fits and (ring_rows < max_piece + job_rows or fitting < 2):
+        unit = max(unit_rows, min_piece, 1)
         ring_need = 3 * unit * (row_nbytes + _INDEX_BYTES_PER_ROW)
-        rest = ring_need + batch_bytes
+        rest = ring_need + batch_bytes + stream_bytes
         full_scratch = _DECODES_IN_FLIGHT * 2 * unit_bytes  # scratch once M >= full_scratch / share
         needed = rest / (1 - _SCRATCH_SHARE) if unit_rows else rest
         if unit_rows and needed * _SCRATCH_SHARE > full_scratch:
@@ -164,9 +202,13 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
             f"{3 * group + 2} batches of {batch_size} rows ({format_bytes(batch_bytes)}) and a few read units of "
             f"{unit} rows ({format_bytes(unit * row_nbytes)} each){' plus decode scratch' if unit_rows else ''}; "
             f"use memory_limit >= {format_bytes(needed)}"
-            + (", or rewrite the data in smaller row groups/chunks with `streambatch convert`" if unit_rows else "")
+            + (", or rewrite the data in smaller chunks with `streambatch convert`" if unit_rows else "")
         )
-    if shuffle:
+    if fits:
+        # every piece may be live at once: the plan's ticks give a full permutation
+        window = _count_pieces(dataset, piece_rows, slice_rows) + 2
+        segment = max(1, window // 4)
+    elif shuffle:
         # live pieces <= window - 1 + segment, plus one job admitted ahead and read-ahead
         usable = (ring_rows - job_rows) // max_piece
         readahead = max(1, usable // 6)
@@ -182,7 +224,7 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
         ring_rows=int(ring_rows),
         row_nbytes=row_nbytes,
         window_pieces=int(window),
-        max_segment_ticks=int(segment),
+        max_segment_ticks=int(segment * RAMP if shuffle else segment),  # shuffled ticks are 1/RAMP piece
         piece_rows=int(piece_rows),
         max_piece_rows=int(max_piece),
         job_rows=int(job_rows),
@@ -193,16 +235,43 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
         resident_columns=resident,
         resident_bytes=resident_bytes,
         plan_bytes=plan_bytes,
+        lanes=int(lanes),
+        stream_bytes=int(stream_bytes),
+        slice_rows=int(slice_rows),
     )
 
 
-def _count_pieces(dataset: Dataset, piece_rows: int) -> int:
+def _lanes(dataset: Dataset, memory_limit: int, piece_rows: int) -> tuple[int, int]:
+    """``(lanes, bytes)``: how many units to stream at once, and what their open
+    streams hold: one per streamable unit larger than a piece, as far as
+    ``_STREAM_SHARE`` of the budget allows (at least one, at most ``_MAX_LANES``)."""
+    columns = list(dataset.columns)
+    units, per_stream = 0, 0
+    for shard in dataset.shards:
+        if shard.streams_units and shard.unit_bounds is not None:
+            large = int(np.count_nonzero(np.diff(np.asarray(shard.unit_bounds)) > piece_rows))
+            if large:
+                units += large
+                per_stream = max(per_stream, shard.stream_nbytes(columns))
+    if not units or not per_stream:
+        return 1, 0
+    lanes = max(1, min(units, _MAX_LANES, int(memory_limit * _STREAM_SHARE) // per_stream))
+    return lanes, lanes * per_stream
+
+
+def _count_pieces(dataset: Dataset, piece_rows: int, slice_rows: int) -> int:
     """Pieces of one epoch (all ranks' shares together: an upper bound for one rank):
     random-access shards are cut every ``piece_rows`` rows, the others have their units."""
     pieces = 0
     for shard in dataset.shards:
         bounds = shard.unit_bounds
-        pieces += -(-shard.num_rows // piece_rows) if bounds is None else max(0, len(bounds) - 1)
+        if bounds is None:
+            pieces += -(-shard.num_rows // piece_rows)
+        elif shard.streams_units:
+            sizes = np.diff(np.asarray(bounds))
+            pieces += int(np.maximum(1, -(-sizes // slice_rows))[sizes > 0].sum())
+        else:
+            pieces += max(0, len(bounds) - 1)
     return pieces
 
 
@@ -219,10 +288,11 @@ def _resident_columns(dataset: Dataset, rows: int, memory_limit: int) -> tuple[t
     return names, total
 
 
-def _largest_unit_rows(dataset: Dataset) -> int:
+def _largest_whole_unit_rows(dataset: Dataset) -> int:
+    """Rows of the largest unit that must be read whole (formats that do not stream)."""
     largest = 0
     for shard in dataset.shards:
         bounds = shard.unit_bounds
-        if bounds is not None and len(bounds) > 1:
+        if bounds is not None and len(bounds) > 1 and not shard.streams_units:
             largest = max(largest, int(np.max(np.diff(np.asarray(bounds)))))
     return largest

@@ -413,8 +413,8 @@ def _emit(
             shuffle = WindowShuffle(plan, budget.max_segment_ticks)
             reads = PieceReads(plan, dataset, ring, pool, cache, budget, stop)
             tick, skip = shuffle.locate(lo)
-            end_tick = shuffle.locate(hi)[0] + 1 if hi < plan.num_rows else plan.num_pieces
-            reads.start_at(shuffle.first_live_piece(tick), min(end_tick, plan.num_pieces))
+            stop_piece = plan.pieces_needed(shuffle.locate(hi)[0] + 1) if hi < plan.num_rows else plan.num_pieces
+            reads.start_at(shuffle.first_live_piece(tick), stop_piece)
             left = hi - lo
             direct = batch_size if (direct_ok and tick > 0) else 0
             for segment in shuffle.segments(tick):
@@ -435,7 +435,7 @@ def _emit(
                         if filler.finished or left == 0:
                             break
                         continue
-                reads.wait_loaded(min(segment.tick_hi, reads.stop_piece))
+                reads.wait_loaded(min(segment.pieces_needed, reads.stop_piece))
                 group: list[Batch] = []
                 for batch in filler.fill(positions):
                     group.append(batch)
@@ -447,7 +447,7 @@ def _emit(
                     yield group
                 if filler.finished or left == 0:
                     break
-                reads.release(shuffle.first_live_piece(segment.tick_hi))
+                reads.release(segment.first_live)
             reads.drain()
     finally:
         pool.close()

@@ -1,21 +1,32 @@
-"""The chunk plan: which rows each rank reads in which order, as a pure function
-of (dataset metadata, seed, epoch, rank, world size, plan parameters).
+"""The epoch plan: which rows each rank reads in which order, and when each read
+piece may be emitted, as a pure function of (dataset metadata, seed, epoch,
+rank, world size, plan parameters).
 
-An epoch is laid out in three steps, all deterministic and cheap (numpy on
+An epoch is laid out in five steps, all deterministic and cheap (numpy on
 per-unit arrays, no data read):
 
-1. *Units*: each shard is cut into read units. Formats that must read whole
-   units (Parquet row groups, Zarr chunks) give their own; random-access
-   formats (``.npy``) are tiled into ``piece_rows``-row units whose phase moves
-   every epoch, so unit boundaries differ between epochs.
-2. *Order*: with ``shuffle`` the units are permuted (the same permutation on every
-   rank, since it depends on seed and epoch only); the concatenation of units in
-   that order is the epoch's global row sequence.
-3. *Rank split*: rank ``r`` of ``W`` takes rows ``[r*q, (r+1)*q)`` of that sequence,
-   cutting units where needed, so every rank gets exactly ``q`` rows however few
-   units there are. The remainder ``N % W`` is dropped or padded by wrapping.
+1. *Units*: each shard is cut into read units. Random-access shards (``.npy``)
+   are tiled into ``piece_rows``-row units whose phase moves every epoch;
+   other formats give their own (Parquet row groups, Zarr chunks).
+2. *Order*: with ``shuffle`` the units are permuted (the same permutation on
+   every rank: it depends on seed and epoch only).
+3. *Rank split*: rank ``r`` of ``W`` takes rows ``[r*q, (r+1)*q)`` of the
+   concatenated sequence, cutting units where needed; the remainder ``N % W``
+   is dropped or padded by wrapping.
+4. *Pieces and lanes*: a unit that the format can *stream* (read in order in
+   slices without holding it whole: Parquet row groups) is cut into slices of
+   ``piece_rows``; every other unit is one piece. The units are dealt into at
+   most ``lanes`` lanes of consecutive units, and the lanes' pieces are
+   interleaved by their progress through the lane, so that consecutive pieces
+   come from different units: a window of pieces mixes rows from ``lanes``
+   distinct parts of the dataset even when one unit is far larger than the
+   window. A unit's slices stay in order, which is what a stream needs.
+5. *Ticks*: piece ``i`` gets a load tick ``load[i]`` and an end tick ``end[i]``;
+   the shuffle (:mod:`streambatch.shuffle`) gives its rows keys uniform in
+   ``[load[i], end[i])``. See :func:`ticks` for the schedule.
 
-The result, :class:`EpochPlan`, is a list of *pieces* (shard, start, stop).
+The result, :class:`EpochPlan`, lists the pieces (shard, start, stop, stream)
+in the order they are read.
 """
 
 from __future__ import annotations
@@ -27,10 +38,14 @@ import numpy as np
 
 from .sources import Dataset
 
-__all__ = ["EpochPlan", "PlanParams", "make_plan", "rows_per_rank", "wrapped_ranges"]
+__all__ = ["EpochPlan", "PlanParams", "make_plan", "rows_per_rank", "ticks", "wrapped_ranges"]
 
 _PLAN_STREAM = 0x51AB  # separates the plan's random stream from the key stream
-RAMP = 4  # how fast the window widens at the start of an epoch (pieces of span per piece)
+
+#: Pieces loaded per tick during the ramp at the start of an epoch (steady state: 1).
+RAMP = 8
+#: The ``i``-th piece of an epoch ends at most this many ticks per piece after it loads.
+_FIRST_SPAN = 2 * RAMP
 
 Remainder = Literal["pad", "drop"]
 
@@ -39,38 +54,53 @@ Remainder = Literal["pad", "drop"]
 class PlanParams:
     """What decides the order besides (seed, epoch, rank, world size).
 
-    ``window_pieces`` is how many pieces the shuffle window mixes;
-    ``piece_rows`` is the unit size used for random-access shards.
+    ``window_pieces`` is how many pieces may be live at once (the shuffle
+    window); ``piece_rows`` is the size of random-access units; ``slice_rows``
+    the size of the slices streamed units are read in (about 16 per lane in
+    the window: finer slices cost more calls and mix no better, since a lane's
+    window rows are one run of its unit either way); ``lanes`` is how many
+    units may be streamed at once (each open stream costs memory, see
+    :mod:`streambatch.budget`).
     """
 
     shuffle: bool
     seed: int
     window_pieces: int
     piece_rows: int
+    lanes: int = 1
     remainder: Remainder = "pad"
+    slice_rows: int = 0  # rows of a streamed unit's slices; 0: piece_rows
 
     def __post_init__(self) -> None:
         if self.window_pieces < 1:
             raise ValueError(f"window_pieces must be >= 1, got {self.window_pieces}")
         if self.piece_rows < 1:
             raise ValueError(f"piece_rows must be >= 1, got {self.piece_rows}")
+        if self.lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {self.lanes}")
         if self.remainder not in ("pad", "drop"):
             raise ValueError(f"remainder must be 'pad' or 'drop', got {self.remainder!r}")
 
 
 @dataclass(frozen=True)
 class EpochPlan:
-    """The pieces one rank reads in one epoch, in order.
+    """The pieces one rank reads in one epoch, in read order.
 
     Piece ``i`` is rows ``[start[i], stop[i])`` of ``dataset.shards[shard[i]]``;
     ``offsets[i]`` is its first position in this rank's row sequence.
+    ``stream[i]`` is ``-1`` for a piece read on its own, else the id of the
+    streamed unit it is a slice of: the pieces of one stream are consecutive
+    row ranges, in increasing ``i``. ``load``/``end`` are the tick schedule
+    (both non-decreasing).
     """
 
     shard: np.ndarray
     start: np.ndarray
     stop: np.ndarray
+    stream: np.ndarray
     offsets: np.ndarray
-    window_pieces: int
+    load: np.ndarray
+    end: np.ndarray
     key_seed: int
     shuffle: bool
 
@@ -86,17 +116,18 @@ class EpochPlan:
     def sizes(self) -> np.ndarray:
         return self.stop - self.start
 
-    def spans(self) -> np.ndarray:
-        """How many ticks each piece's rows are spread over: the window size, ramped
-        near both ends. At the start piece ``i`` spreads over ``RAMP * (i + 1)``
-        ticks, so the first batch needs only the first few pieces while the window
-        widens quickly; at the end spans shrink so that every key is below
-        ``num_pieces``."""
-        i = np.arange(self.num_pieces, dtype=np.int64)
-        if not self.shuffle:
-            return np.ones_like(i)
-        ramp_up = RAMP * (i + 1)
-        return np.maximum(1, np.minimum(np.minimum(self.window_pieces, ramp_up), self.num_pieces - i))
+    @property
+    def last_tick(self) -> int:
+        """One past the last tick that holds a key."""
+        return int(np.ceil(self.end[-1])) if self.num_pieces else 0
+
+    def pieces_needed(self, tick: float) -> int:
+        """How many pieces (a prefix) must be loaded to emit keys below ``tick``."""
+        return int(np.searchsorted(self.load, tick, side="left"))
+
+    def first_live_piece(self, tick: float) -> int:
+        """The lowest piece still holding keys at or above ``tick``."""
+        return int(np.searchsorted(self.end, tick, side="right"))
 
 
 def rows_per_rank(num_rows: int, world_size: int, remainder: Remainder) -> int:
@@ -116,10 +147,58 @@ def make_plan(
         order = rng.permutation(shard.size)
         shard, start, stop = shard[order], start[order], stop[order]
     shard, start, stop = _rank_slice(shard, start, stop, params.remainder, rank, world_size)
+    streamed = np.array([s.streams_units for s in dataset.shards], dtype=bool)
+    slice_rows = params.slice_rows or params.piece_rows
+    shard, start, stop, stream = _pieces(shard, start, stop, streamed, slice_rows, params.lanes)
     sizes = stop - start
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    load, end = ticks(shard.size, params.window_pieces, params.shuffle)
     key_seed = int(np.random.SeedSequence([params.seed, epoch, rank, world_size]).generate_state(1, np.uint64)[0])
-    return EpochPlan(shard, start, stop, offsets, params.window_pieces, key_seed, params.shuffle)
+    return EpochPlan(shard, start, stop, stream, offsets, load, end, key_seed, params.shuffle)
+
+
+def ticks(num_pieces: int, window: int, shuffle: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(load, end)``: the rows of piece ``i`` get keys uniform in ``[load[i], end[i])``.
+
+    Emission in key order then has two properties the pipeline relies on: keys
+    below tick ``t`` come only from pieces with ``load < t`` (a prefix, so the
+    first batch needs only the first pieces), and piece ``i`` can be released
+    once tick ``end[i]`` is reached; at most ``window`` pieces are live at once.
+
+    * **The data fits** (``num_pieces <= window``): every piece ends at one
+      common tick ``T``. A row not emitted by tick ``t`` then has its key uniform
+      in ``[t, T)`` whatever its piece (the uniform is memoryless), so once all
+      pieces are loaded the rest of the epoch is a uniform random permutation of
+      the rows left. Pieces load ``RAMP`` per tick, so that happens early.
+    * **It does not fit**: the first ``window / 2`` pieces load ``RAMP`` per
+      tick (a fast start), then one per tick; each piece ends ``window`` ticks
+      after the steady-state schedule would load it, which keeps ``window``
+      pieces live. The last pieces share the final tick, half a window after
+      the last load, so the epoch ends by draining the window uniformly instead
+      of emitting its last pieces on their own.
+    * In both, piece ``i`` ends at most ``2 * (i + 1)`` pieces' worth of ticks
+      after it loads, so the very first batches need only a few pieces.
+    * Without shuffle, piece ``i`` holds tick ``[i, i + 1)`` alone: stored order.
+
+    Shuffled ticks are counted in ramp steps (``RAMP`` ticks per piece in the
+    steady state), so that the first segments of emission, a few ticks long,
+    wait for a few pieces only.
+    """
+    i = np.arange(num_pieces, dtype=np.float64)
+    if not shuffle:
+        return i, i + 1
+    if num_pieces == 0:
+        return i, i
+    if num_pieces <= window:
+        load = i
+        end = np.full(num_pieces, i[-1] + num_pieces * RAMP)
+    else:
+        ramp = max(1, window // 2)
+        load = np.where(i < ramp, i, ramp + (i - ramp) * RAMP)
+        end = np.minimum((i + window) * RAMP - ramp * (RAMP - 1), load[-1] + max(1, window // 2) * RAMP)
+    # the first pieces end sooner, so the first batch needs a handful of pieces, not
+    # a square root of the window's worth (simulated: score +0.03 at most, fits case)
+    return load, np.minimum(end, load + _FIRST_SPAN * (i + 1))
 
 
 def _units(dataset: Dataset, params: PlanParams, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
@@ -140,6 +219,42 @@ def _units(dataset: Dataset, params: PlanParams, rng: np.random.Generator) -> tu
         empty = np.zeros(0, dtype=np.int64)
         return np.zeros(0, dtype=np.int32), empty, empty
     return np.concatenate(shards), np.concatenate(starts), np.concatenate(stops)
+
+
+def _pieces(
+    shard: np.ndarray, start: np.ndarray, stop: np.ndarray, streamed: np.ndarray, piece_rows: int, lanes: int
+) -> tuple[np.ndarray, ...]:
+    """Units -> pieces in read order: streamed units larger than a piece are cut
+    into ``piece_rows`` slices (a stream each), then lanes are interleaved."""
+    sizes = stop - start
+    sliced = streamed[shard] & (sizes > piece_rows) if shard.size else np.zeros(0, dtype=bool)
+    counts = np.where(sliced, -(-sizes // piece_rows), 1)
+    unit = np.repeat(np.arange(shard.size, dtype=np.int64), counts)
+    within = np.arange(unit.size, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    p_start = start[unit] + within * np.where(sliced[unit], piece_rows, 0)
+    p_stop = np.where(sliced[unit], np.minimum(p_start + piece_rows, stop[unit]), stop[unit])
+    stream = np.where(sliced[unit], unit, -1)
+    p_shard = shard[unit]
+    lanes = min(lanes, int(sliced.sum()) or 1)
+    if lanes > 1:
+        order = _interleave(unit, p_start - start[unit], sizes, lanes)
+        p_shard, p_start, p_stop, stream = p_shard[order], p_start[order], p_stop[order], stream[order]
+    return p_shard, p_start, p_stop, stream
+
+
+def _interleave(unit: np.ndarray, row_in_unit: np.ndarray, unit_sizes: np.ndarray, lanes: int) -> np.ndarray:
+    """Read order of pieces dealt into ``lanes`` lanes of consecutive whole units
+    (balanced by rows), each lane's pieces placed by how far through its lane
+    they start: a round robin over the lanes that ends them together."""
+    unit_begin = np.concatenate([[0], np.cumsum(unit_sizes)[:-1]])
+    total = int(unit_sizes.sum())
+    lane_of_unit = np.minimum(unit_begin * lanes // max(1, total), lanes - 1)
+    lane_begin = np.full(lanes, total, dtype=np.int64)
+    np.minimum.at(lane_begin, lane_of_unit, unit_begin)
+    lane_rows = np.bincount(lane_of_unit, weights=unit_sizes, minlength=lanes)
+    lane = lane_of_unit[unit]
+    progress = (unit_begin[unit] - lane_begin[lane] + row_in_unit) / np.maximum(lane_rows[lane], 1)
+    return np.lexsort((lane, progress))
 
 
 def _rank_slice(

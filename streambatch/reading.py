@@ -4,6 +4,13 @@ jobs in the reader pool, and waiting for the pieces a segment needs.
 Invariant: the ring positions of admitted-but-unreleased pieces,
 ``[offsets[released], offsets[admitted])``, never exceed the ring's capacity,
 so a job never overwrites a row that has not been emitted yet.
+
+Streamed units (slices of one Parquet row group, see ``plan.stream``) are read
+through one open :class:`~streambatch.sources.RowStream` each, slice after
+slice. Jobs run in any order on any thread, so a slice waits until the slice
+before it in its stream has been read; that never deadlocks, because jobs are
+taken from the pool's queue in plan order and a slice's predecessor is in the
+same job or an earlier one, which is running or done.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -23,7 +30,7 @@ from .errors import ReaderError, StreambatchError
 from .plan import EpochPlan
 from .prefetch import ReaderPool, Stopped
 from .ring import RowRing
-from .sources import Dataset
+from .sources import Dataset, RowStream
 from .sources._handles import ReaderCache
 
 __all__ = ["PieceReads"]
@@ -47,25 +54,32 @@ class PieceReads:
         self.ring = ring
         self.pool = pool
         self.offsets = plan.offsets.tolist()
-        self.jobs: deque[tuple[int, int, Future[None]]] = deque()
+        self.jobs: deque[tuple[int, int, list[Future[None]]]] = deque()
         self.released = 0
         self.admitted = 0
         self.loaded = 0
         self.stop_piece = plan.num_pieces
         self.job_end = _job_ends(plan.offsets, budget.job_rows)
-        self._read_piece = _piece_reader(plan, dataset, ring, cache, threading.BoundedSemaphore(
+        self.streams = _Streams(plan, dataset, cache, stop)
+        self._read_piece = _piece_reader(plan, dataset, ring, cache, self.streams, threading.BoundedSemaphore(
             budget.decode_slots(pool.num_threads)))
 
     def start_at(self, first_live: int, stop_piece: int) -> None:
         """Read from piece ``first_live`` on, and nothing from ``stop_piece`` on."""
         self.released = self.admitted = self.loaded = first_live
         self.stop_piece = stop_piece
+        self.streams.start_at(first_live, stop_piece)
 
     def drain(self) -> None:
-        """Wait for every read in flight (their ring slots are about to be reused)."""
-        while self.jobs:
-            _, _, future = self.jobs.popleft()
-            _result(future, self.stop)
+        """Wait for every read in flight (their ring slots are about to be reused),
+        then close the streams still open."""
+        try:
+            while self.jobs:
+                _, _, futures = self.jobs.popleft()
+                for future in futures:
+                    _result(future, self.stop)
+        finally:
+            self.streams.close()
 
     def admit(self) -> None:
         """Submit reads for the next pieces while the ring has room for them."""
@@ -76,7 +90,11 @@ class PieceReads:
             end = min(self.job_end[first], n)
             if offsets[end] - offsets[self.released] > capacity:
                 return
-            self.jobs.append((first, end, self.pool.submit(functools.partial(self._read_piece, first, end))))
+            futures = [
+                self.pool.submit(functools.partial(self._read_piece, pieces))
+                for pieces in _split_by_stream(self.plan.stream, first, end)
+            ]
+            self.jobs.append((first, end, futures))
             self.admitted = end
 
     def wait_loaded(self, upto: int) -> None:
@@ -89,8 +107,9 @@ class PieceReads:
                         f"internal error: piece {self.loaded} cannot be admitted "
                         f"(ring of {self.ring.capacity} rows full); please report this"
                     )
-            _, end, future = self.jobs.popleft()
-            _result(future, self.stop)
+            _, end, futures = self.jobs.popleft()
+            for future in futures:
+                _result(future, self.stop)
             self.loaded = end
 
     def release(self, first_live: int) -> None:
@@ -111,6 +130,21 @@ def _result(future: Future[None], stop: threading.Event) -> None:
             raise Stopped from None
 
 
+def _split_by_stream(stream: np.ndarray, first: int, end: int) -> list[np.ndarray]:
+    """Pieces ``[first, end)`` as independent jobs: the pieces read on their own,
+    then the slices of each stream (in order). Slices of different streams
+    interleave in the plan; grouping them lets the pool read streams in parallel
+    instead of each job waiting on the slices of the job before it."""
+    ids = stream[first:end]
+    pieces = np.arange(first, end, dtype=np.int64)
+    if not (ids >= 0).any():
+        return [pieces]
+    order = np.argsort(ids, kind="stable")
+    ids, pieces = ids[order], pieces[order]
+    cuts = np.flatnonzero(ids[1:] != ids[:-1]) + 1
+    return np.split(pieces, cuts)
+
+
 def _job_ends(offsets: np.ndarray, job_rows: int) -> list[int]:
     """For each piece, where a job starting there ends: as many pieces as fit in
     ``job_rows`` rows, at least one."""
@@ -119,23 +153,131 @@ def _job_ends(offsets: np.ndarray, job_rows: int) -> list[int]:
     return np.clip(np.maximum(ends, np.arange(1, n + 1)), 0, n).tolist()
 
 
+class _Streams:
+    """The open streams of one plan, by stream id: opened at their first slice read,
+    closed after their last one (or by ``close``). Thread-safe."""
+
+    def __init__(self, plan: EpochPlan, dataset: Dataset, cache: ReaderCache, stop: threading.Event) -> None:
+        self._plan = plan
+        self._dataset = dataset
+        self._cache = cache
+        self._stop = stop
+        self._lock = threading.Condition()
+        self._open: dict[int, RowStream] = {}
+        self._next_row: dict[int, int] = {}  # stream -> start row of the slice to read next
+        self._last_row: dict[int, int] = {}  # stream -> stop row of its last slice to read
+        self._closed = False
+
+    def start_at(self, first: int, end: int) -> None:
+        """Slices ``[first, end)`` of the plan are to be read."""
+        ids = self._plan.stream[first:end]
+        streamed = np.flatnonzero(ids >= 0)
+        if not streamed.size:
+            return
+        ids = ids[streamed]
+        unique, head = np.unique(ids, return_index=True)
+        _, tail = np.unique(ids[::-1], return_index=True)
+        tail = ids.size - 1 - tail
+        starts = self._plan.start[first + streamed[head]].tolist()
+        stops = self._plan.stop[first + streamed[tail]].tolist()
+        with self._lock:
+            self._next_row = dict(zip(unique.tolist(), starts))
+            self._last_row = dict(zip(unique.tolist(), stops))
+
+    def read(self, piece: int, out: Mapping[str, np.ndarray]) -> None:
+        """Piece ``piece`` (a slice of its stream) into ``out``, after the slice before it."""
+        stream_id = int(self._plan.stream[piece])
+        start, stop = int(self._plan.start[piece]), int(self._plan.stop[piece])
+        with self._lock:
+            while self._next_row.get(stream_id) != start:
+                if self._closed or self._stop.is_set():
+                    raise Stopped
+                if self._next_row.get(stream_id, start) > start:
+                    raise RuntimeError(f"internal error: slice {piece} of stream {stream_id} read twice")
+                self._lock.wait(0.1)
+            stream = self._open.get(stream_id)
+        try:
+            if stream is None:
+                stream = self._new_stream(piece, start, self._last_row[stream_id])
+            stream.read_into(start, stop, out)
+        except BaseException:
+            self._discard(stream_id)
+            raise
+        with self._lock:
+            self._next_row[stream_id] = stop
+            if stop >= self._last_row[stream_id]:
+                finished = self._open.pop(stream_id, None)
+            else:
+                finished = None
+            self._lock.notify_all()
+        if finished is not None:
+            finished.close()
+
+    def _new_stream(self, piece: int, start: int, stop: int) -> RowStream:
+        index = int(self._plan.shard[piece])
+        reader = self._cache.acquire(index)
+        try:
+            stream = reader.open_stream(start, stop, int(self._plan.stop[piece] - start))
+        finally:
+            self._cache.release(index)
+        with self._lock:
+            if self._closed:
+                stream.close()
+                raise Stopped
+            self._open[int(self._plan.stream[piece])] = stream
+        return stream
+
+    def _discard(self, stream_id: int) -> None:
+        with self._lock:
+            stream = self._open.pop(stream_id, None)
+        if stream is not None:
+            stream.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            streams, self._open = list(self._open.values()), {}
+            self._lock.notify_all()
+        for stream in streams:
+            stream.close()
+
+
 def _piece_reader(
-    plan: EpochPlan, dataset: Dataset, ring: RowRing, cache: ReaderCache, decode: threading.BoundedSemaphore
+    plan: EpochPlan,
+    dataset: Dataset,
+    ring: RowRing,
+    cache: ReaderCache,
+    streams: _Streams,
+    decode: threading.BoundedSemaphore,
 ) -> Callable[[int, int], None]:
     """The job body run in pool threads: read pieces ``[a, b)`` into their ring slots.
 
-    Consecutive pieces of one shard form a run whose ring slots are contiguous
-    (split where the ring wraps), read with one ``read_many`` call."""
+    A streamed piece is read through its stream; consecutive other pieces of
+    one shard form a run whose ring slots are contiguous (split where the ring
+    wraps), read with one ``read_many`` call."""
     shards = dataset.shards
 
-    def read(first: int, end: int) -> None:
-        k = first
-        while k < end:
+    def read(pieces: np.ndarray) -> None:
+        position, count = 0, len(pieces)
+        while position < count:
+            k = int(pieces[position])
             index = int(plan.shard[k])
-            run_end = k + 1
-            while run_end < end and plan.shard[run_end] == index:
-                run_end += 1
             shard = shards[index]
+            if plan.stream[k] >= 0:
+                try:
+                    _read_streamed(streams, ring, plan, k)
+                except (StreambatchError, Stopped):
+                    raise
+                except Exception as error:
+                    where = shard.describe_rows(int(plan.start[k]), int(plan.stop[k]))
+                    raise ReaderError(f"reading {where} failed: {error!r}") from error
+                position += 1
+                continue
+            # a run of consecutive pieces of this shard read on their own
+            last = position + 1
+            while last < count and pieces[last] == k + last - position and plan.shard[pieces[last]] == index:
+                last += 1
+            run_end = k + last - position
             try:
                 reader = cache.acquire(index)
                 try:
@@ -152,7 +294,7 @@ def _piece_reader(
             except Exception as error:
                 where = shard.describe_rows(int(plan.start[k]), int(plan.stop[run_end - 1]))
                 raise ReaderError(f"reading {where} failed: {error!r}") from error
-            k = run_end
+            position = last
 
     return read
 
@@ -178,6 +320,20 @@ def _read_run(reader: Any, ring: RowRing, plan: EpochPlan, first: int, end: int)
         parts = [(starts, stops)]
     for (slot, _, length), (s, e) in zip(runs, parts):
         reader.read_many(s, e, ring.views(slot, length))
+
+
+def _read_streamed(streams: _Streams, ring: RowRing, plan: EpochPlan, piece: int) -> None:
+    runs = ring.spans(int(plan.offsets[piece]), int(plan.offsets[piece + 1]))
+    if len(runs) == 1:
+        slot, _, length = runs[0]
+        streams.read(piece, ring.views(slot, length))
+        return
+    scratch = {name: np.empty((plan.stop[piece] - plan.start[piece], *a.shape[1:]), a.dtype)
+               for name, a in ring.arrays.items()}
+    streams.read(piece, scratch)
+    for slot, offset, length in runs:
+        for name, view in ring.views(slot, length).items():
+            view[...] = scratch[name][offset : offset + length]
 
 
 def _read_unit(reader: Any, ring: RowRing, plan: EpochPlan, piece: int) -> None:

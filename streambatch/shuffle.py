@@ -1,17 +1,16 @@
 """The sliding-window shuffle, computed on row positions only (no data).
 
-Every row at position ``p`` of piece ``i`` gets the key ``i + span_i * u(p)``,
-with ``u`` a counter-based hash in [0, 1) of ``(key_seed, p)`` and ``span_i`` the
-window (fewer pieces near the ends of the epoch). The epoch emits rows in key
-order. Consequences, each relied on elsewhere:
+Every row at position ``p`` of piece ``i`` gets the key
+``load[i] + (end[i] - load[i]) * u(p)``, with ``u`` a counter-based hash in
+[0, 1) of ``(key_seed, p)`` and ``load``/``end`` the plan's tick schedule (see
+:func:`streambatch.plan.ticks`). The epoch emits rows in key order.
+Consequences, each relied on elsewhere:
 
 * the order is a pure function of the plan: whatever the thread count, timing or
   segmentation, the same plan gives the same row order;
-* rows with keys below tick ``t`` come only from pieces ``< t``, so emission can
-  start once the first piece is read (the ramp makes the first tick hold piece 0
-  whole), and piece ``i`` can be released once tick ``i + span_i`` is reached:
-  at most ``window_pieces`` pieces are live at any tick;
-* in steady state every tick mixes rows of ``window_pieces`` different pieces;
+* rows with keys below tick ``t`` come only from the pieces with
+  ``load < t`` (a prefix), so emission starts once the first pieces are read,
+  and piece ``i`` can be released once tick ``end[i]`` is reached;
 * resuming at any position needs only keys (cheap hashing), then reads the
   pieces still live at that position: about one window of data.
 """
@@ -46,14 +45,16 @@ def uniform_hash(seed: int, positions: np.ndarray) -> np.ndarray:
 class Segment:
     """Rows whose keys fall in ticks ``[tick_lo, tick_hi)``, in emission order.
 
-    ``positions`` are positions in the rank's row sequence. Pieces ``< tick_hi``
-    must be loaded to emit it; once it is consumed, pieces with
-    ``i + span_i <= tick_hi`` are no longer needed.
+    ``positions`` are positions in the rank's row sequence. Pieces
+    ``< pieces_needed`` must be loaded to emit it; once it is consumed, pieces
+    ``< first_live`` are no longer needed.
     """
 
     tick_lo: int
     tick_hi: int
     positions: np.ndarray
+    pieces_needed: int
+    first_live: int
 
 
 class WindowShuffle:
@@ -61,9 +62,7 @@ class WindowShuffle:
 
     def __init__(self, plan: EpochPlan, max_segment_ticks: int) -> None:
         self.plan = plan
-        self.spans = plan.spans()
         self.sizes = plan.sizes
-        self.release_tick = np.arange(plan.num_pieces, dtype=np.int64) + self.spans
         self.max_segment_ticks = max(1, int(max_segment_ticks))
 
     def keys(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
@@ -72,30 +71,31 @@ class WindowShuffle:
         lo, hi = int(plan.offsets[first]), int(plan.offsets[last])
         positions = np.arange(lo, hi, dtype=np.int64)
         sizes = self.sizes[first:last]
-        base = np.repeat(np.arange(first, last, dtype=np.float64), sizes)
+        base = np.repeat(plan.load[first:last], sizes)
+        scale = np.repeat(plan.end[first:last] - plan.load[first:last], sizes)
         if plan.shuffle:
-            scale = np.repeat(self.spans[first:last].astype(np.float64), sizes)
             return base + scale * uniform_hash(plan.key_seed, positions), positions
         within = positions - np.repeat(plan.offsets[first:last], sizes)
-        return base + within / np.repeat(sizes, sizes), positions
+        return base + scale * (within / np.repeat(sizes, sizes)), positions
 
-    def first_live_piece(self, tick: int) -> int:
+    def first_live_piece(self, tick: float) -> int:
         """The lowest piece still needed at ``tick``."""
-        return int(np.searchsorted(self.release_tick, tick, side="right"))
+        return self.plan.first_live_piece(tick)
 
     def locate(self, rows_done: int) -> tuple[int, int]:
         """``(tick, skip)``: emission resumes at ``tick`` after dropping ``skip`` rows."""
+        last_tick = self.plan.last_tick
         if rows_done <= 0:
             return 0, 0
         step = max(self.max_segment_ticks, 64)
         tick, emitted = 0, 0
         pending = np.zeros(0)
         next_piece = 0
-        n = self.plan.num_pieces
-        while tick < n:
-            hi = min(tick + step, n)
-            keys, _ = self.keys(next_piece, hi)
-            next_piece = hi
+        while tick < last_tick:
+            hi = min(tick + step, last_tick)
+            needed = self.plan.pieces_needed(hi)
+            keys, _ = self.keys(next_piece, needed)
+            next_piece = needed
             pending = np.concatenate([pending, keys])
             inside = pending < hi
             count = int(inside.sum())
@@ -110,32 +110,36 @@ class WindowShuffle:
             emitted += count
             pending = pending[~inside]
             tick = hi
-        return n, rows_done - emitted
+        return last_tick, rows_done - emitted
 
     def segments(self, start_tick: int = 0) -> Iterator[Segment]:
         """Segments from ``start_tick`` to the end of the epoch. They start one tick
         long and double up to ``max_segment_ticks``, so the first batch waits for
         only the first pieces."""
-        n = self.plan.num_pieces
+        plan = self.plan
+        last_tick = plan.last_tick
         tick = start_tick
+        resuming = start_tick > 0
         next_piece = self.first_live_piece(tick)
         pending_keys = np.zeros(0)
         pending_pos = np.zeros(0, dtype=np.int64)
         length = 1
-        while tick < n:
-            hi = min(tick + length, n)
-            keys, positions = self.keys(next_piece, hi)
-            next_piece = hi
+        while tick < last_tick:
+            hi = min(tick + length, last_tick)
+            needed = max(next_piece, plan.pieces_needed(hi))
+            keys, positions = self.keys(next_piece, needed)
+            next_piece = needed
             if pending_keys.size:
                 keys = np.concatenate([pending_keys, keys])
                 positions = np.concatenate([pending_pos, positions])
             inside = keys < hi
-            if tick > 0 and tick == start_tick:
+            later = ~inside
+            if resuming:
                 inside &= keys >= tick  # resuming: rows of earlier ticks were emitted already
+                resuming = False
             chosen = keys[inside]
             order = np.argsort(chosen)  # keys are distinct 53-bit hashes: no ties to break
-            yield Segment(tick, hi, positions[inside][order])
-            outside = ~inside if not (tick > 0 and tick == start_tick) else keys >= hi
-            pending_keys, pending_pos = keys[outside], positions[outside]
+            yield Segment(tick, hi, positions[inside][order], needed, self.first_live_piece(hi))
+            pending_keys, pending_pos = keys[later], positions[later]
             tick = hi
             length = min(length * 2, self.max_segment_ticks)

@@ -14,6 +14,7 @@ import os
 import re
 import threading
 import time
+import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import streambatch as sb
-from streambatch.writers import ParquetWriter, write_blocks
+from streambatch.writers import ParquetWriter, ZarrWriter, write_blocks
 from tests.conftest import ids_of, make_columns
 
 
@@ -275,11 +276,30 @@ def test_memory_limit_must_be_a_positive_size(dataset_factory, memory_limit):
 
 
 @pytest.mark.parametrize("memory_limit", ["1MiB", "4MiB"])
-def test_memory_limit_too_small_for_one_parquet_row_group_is_a_clear_error(tmp_path, memory_limit):
+def test_a_parquet_row_group_larger_than_the_budget_is_streamed(tmp_path, memory_limit):
+    """A row group need not be held whole: it is read slice by slice, so a budget
+    smaller than one row group still delivers every row exactly once."""
     path = str(tmp_path / "big-groups.parquet")
     n, width = 8192, 256  # one row group of 8 MiB
+    x = np.repeat(np.arange(n, dtype=np.float32)[:, None], width, axis=1)
+    write_blocks(ParquetWriter(path, {"x": (np.float32, (width,))}, row_group_rows=n), [{"x": x}])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sb.PoorShuffleWarning)  # one row group: few parts to mix
+        loader = sb.Loader(path, 32, memory_limit=memory_limit)
+    assert loader.budget.ring_bytes < n * width * 4
+    rows = np.concatenate([b["x"] for b in loader])
+    assert np.array_equal(np.sort(rows[:, 0]), np.arange(n, dtype=np.float32))
+    assert (rows == rows[:, :1]).all()
+
+
+@pytest.mark.parametrize("memory_limit", ["1MiB", "4MiB"])
+def test_memory_limit_too_small_for_one_zarr_chunk_is_a_clear_error(tmp_path, memory_limit):
+    """A compressed Zarr chunk must be decoded whole: a budget that cannot hold a
+    few of them is refused, saying what is enough."""
+    path = str(tmp_path / "big-chunks.zarr")
+    n, width = 8192, 256  # one chunk of 8 MiB
     block = {"x": np.zeros((n, width), np.float32)}
-    write_blocks(ParquetWriter(path, {"x": (np.float32, (width,))}, row_group_rows=n), [block])
+    write_blocks(ZarrWriter(path, {"x": (np.float32, (width,))}, n, chunk_rows=n), [block])
     with pytest.raises(ValueError) as info:  # a bad argument value for this data
         sb.Loader(path, 32, memory_limit=memory_limit)
     message = str(info.value)
@@ -289,7 +309,10 @@ def test_memory_limit_too_small_for_one_parquet_row_group_is_a_clear_error(tmp_p
     assert _our_threads() == []
     # the advised size is enough
     advised = advice.group(1).replace(" ", "")
-    with sb.Loader(path, 32, memory_limit=advised) as loader:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sb.PoorShuffleWarning)
+        loader = sb.Loader(path, 32, memory_limit=advised)
+    with loader:
         assert len(loader) == n // 32
 
 
@@ -388,30 +411,37 @@ def test_npy_truncated_after_open_raises_from_next_naming_the_file(tmp_path, cap
 @pytest.fixture
 def fail_third_read(monkeypatch):
     """Patch the reader class of ``dataset``'s format so that its 3rd read call
-    (``read_many`` for random-access shards, ``read_into`` for unit shards)
-    raises ``RuntimeError("boom")``; returns the error that was raised."""
+    (``read_many`` for random-access shards, ``read_into`` for unit shards and for
+    the streams of formats that stream units) raises ``RuntimeError("boom")``;
+    returns the error that was raised."""
     raised: list[BaseException] = []
 
     def install(dataset: sb.Dataset) -> list[BaseException]:
         shard = dataset.shards[0]
         probe = shard.open_reader(list(dataset.columns))
-        reader_type = type(probe)
+        targets = [(type(probe), "read_many" if shard.unit_bounds is None else "read_into")]
+        if shard.streams_units:
+            stream = probe.open_stream(0, int(shard.unit_bounds[1]), 1)
+            targets.append((type(stream), "read_into"))
+            stream.close()
         probe.close()
-        method = "read_many" if shard.unit_bounds is None else "read_into"
-        original = getattr(reader_type, method)
         calls = iter(range(1, 10**9))
         lock = threading.Lock()
 
-        def failing(self, *args, **kwargs):
-            with lock:
-                k = next(calls)
-            if k == 3:
-                error = RuntimeError("boom")
-                raised.append(error)
-                raise error
-            return original(self, *args, **kwargs)
+        def failing_version(original):
+            def failing(self, *args, **kwargs):
+                with lock:
+                    k = next(calls)
+                if k == 3:
+                    error = RuntimeError("boom")
+                    raised.append(error)
+                    raise error
+                return original(self, *args, **kwargs)
 
-        monkeypatch.setattr(reader_type, method, failing)
+            return failing
+
+        for cls, method in targets:
+            monkeypatch.setattr(cls, method, failing_version(getattr(cls, method)))
         return raised
 
     return install

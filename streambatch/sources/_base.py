@@ -3,7 +3,9 @@
 arrays.
 
 The planner never branches on format: it only needs ``num_rows``, the column
-specs, and ``unit_bounds`` (where reading is cheap to start and stop).
+specs, ``unit_bounds`` (where reading is cheap to start and stop) and
+``streams_units`` (whether a unit can be read in order, slice by slice, without
+being held whole: then :meth:`ShardReader.open_stream` reads it).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ColumnSpec", "Shard", "ShardReader"]
+__all__ = ["ColumnSpec", "RowStream", "Shard", "ShardReader"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,21 @@ class ColumnSpec:
         return f"({self.dtype}, {self.shape})"
 
 
+class RowStream(abc.ABC):
+    """Rows ``[start, stop)`` of one unit, read strictly front to back: each
+    :meth:`read_into` continues where the previous one stopped, or skips ahead
+    (decoding and dropping the rows in between). One caller at a time."""
+
+    @abc.abstractmethod
+    def read_into(self, start: int, stop: int, out: Mapping[str, np.ndarray]) -> None:
+        """Copy rows ``[start, stop)`` into ``out`` (as :meth:`ShardReader.read_into`);
+        ``start`` must not be before the end of the previous read."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the stream's handles and buffers; idempotent."""
+
+
 class ShardReader(abc.ABC):
     """Open handles on one shard. ``read_into`` is called concurrently from
     several pool threads, each with its own disjoint ``out`` arrays."""
@@ -68,6 +85,13 @@ class ShardReader(abc.ABC):
             self.read_into(start, stop, {c: a[done : done + n] for c, a in out.items()})
             done += n
 
+    def open_stream(self, start: int, stop: int, rows_per_read: int) -> RowStream:
+        """A stream over rows ``[start, stop)`` of one unit, with handles of its own
+        (so it outlives no reader state), decoding about ``rows_per_read`` rows at
+        a time (the size of the reads to come). Formats whose shards have
+        ``streams_units`` implement it."""
+        raise NotImplementedError(f"{type(self).__name__} cannot stream a unit")
+
     def close(self) -> None:  # noqa: B027 - readers without handles need no close
         """Release every handle; idempotent."""
 
@@ -85,6 +109,9 @@ class Shard(abc.ABC):
     num_rows: int
     #: Column name -> spec, in storage order.
     columns: Mapping[str, ColumnSpec]
+    #: Units can be read in order in slices (``ShardReader.open_stream``) at a cost
+    #: of ``stream_nbytes`` each, instead of being decoded whole.
+    streams_units: bool = False
 
     @property
     @abc.abstractmethod
@@ -96,6 +123,11 @@ class Shard(abc.ABC):
     @abc.abstractmethod
     def open_reader(self, columns: list[str]) -> ShardReader:
         """Open the handles needed to read ``columns``."""
+
+    def stream_nbytes(self, columns: list[str]) -> int:
+        """Memory one open stream over a unit of ``columns`` holds (read buffers,
+        a decoded page per column), for the budget; 0 when units do not stream."""
+        return 0
 
     def describe_rows(self, start: int, stop: int) -> str:
         """Where rows ``[start, stop)`` live, for error messages."""
