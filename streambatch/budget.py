@@ -99,6 +99,29 @@ class Budget:
     lanes: int = 1
     stream_bytes: int = 0
     slice_rows: int = 0
+    #: the whole dataset fits in the ring: each epoch is a full permutation
+    fits: bool = False
+    #: units of the data larger than a piece that are streamed (all open at once iff == lanes)
+    streamed_units: int = 0
+
+    @property
+    def mixed_units(self) -> int | None:
+        """How many distinct read units the window draws from at once (``None``:
+        all of them, the data fits). Streamed units each count once however many
+        of their slices are in the window: a lane's rows are one run of its unit."""
+        if self.fits:
+            return None
+        return self.lanes if self.stream_bytes else self.window_pieces
+
+    def shuffle_limit(self) -> str:
+        """Why batches mix only ``mixed_units`` parts of the data, for the warning."""
+        if self.stream_bytes and self.lanes >= self.streamed_units:
+            return (f"the data has only {self.streamed_units} row group(s), each read front to back: a batch mixes "
+                    "rows of at most that many places in the data whatever the memory_limit")
+        if self.stream_bytes:
+            return (f"memory_limit holds {self.lanes} open row-group streams of "
+                    f"{format_bytes(self.stream_bytes / self.lanes)} each, of the {self.streamed_units} row groups")
+        return f"memory_limit holds only {self.window_pieces} read unit(s) of up to {self.max_piece_rows} rows"
 
     @property
     def ring_bytes(self) -> int:
@@ -152,9 +175,11 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
         return max(min_piece, _JOB_BYTES // row_nbytes)
 
     # streams for the units larger than a piece would be without them
-    lanes, stream_bytes = (1, 0)
+    lanes, stream_bytes, streamed_units = 1, 0, 0
     if shuffle:
-        lanes, stream_bytes = _lanes(dataset, memory_limit, pieces_for(ring_bytes // (row_nbytes + _INDEX_BYTES_PER_ROW)))
+        lanes, stream_bytes, streamed_units = _lanes(
+            dataset, memory_limit, pieces_for(ring_bytes // (row_nbytes + _INDEX_BYTES_PER_ROW))
+        )
     ring_bytes -= stream_bytes
     ring_rows = max(0, ring_bytes // (row_nbytes + _INDEX_BYTES_PER_ROW))
     piece_rows = pieces_for(ring_rows)
@@ -238,12 +263,14 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
         lanes=int(lanes),
         stream_bytes=int(stream_bytes),
         slice_rows=int(slice_rows),
+        fits=bool(fits),
+        streamed_units=int(streamed_units),
     )
 
 
-def _lanes(dataset: Dataset, memory_limit: int, piece_rows: int) -> tuple[int, int]:
-    """``(lanes, bytes)``: how many units to stream at once, and what their open
-    streams hold: one per streamable unit larger than a piece, as far as
+def _lanes(dataset: Dataset, memory_limit: int, piece_rows: int) -> tuple[int, int, int]:
+    """``(lanes, bytes, units)``: how many units to stream at once, what their open
+    streams hold, and how many units stream: one per streamable unit larger than a piece, as far as
     ``_STREAM_SHARE`` of the budget allows (at least one, at most ``_MAX_LANES``)."""
     columns = list(dataset.columns)
     units, per_stream = 0, 0
@@ -254,9 +281,9 @@ def _lanes(dataset: Dataset, memory_limit: int, piece_rows: int) -> tuple[int, i
                 units += large
                 per_stream = max(per_stream, shard.stream_nbytes(columns))
     if not units or not per_stream:
-        return 1, 0
+        return 1, 0, 0
     lanes = max(1, min(units, _MAX_LANES, int(memory_limit * _STREAM_SHARE) // per_stream))
-    return lanes, lanes * per_stream
+    return lanes, lanes * per_stream, units
 
 
 def _count_pieces(dataset: Dataset, piece_rows: int, slice_rows: int) -> int:

@@ -44,7 +44,7 @@ Batch = dict[str, np.ndarray]
 
 _REMOTE_THREADS = 16
 
-#: fewer read units than this in the shuffle window draws a PoorShuffleWarning
+#: fewer distinct read units than this mixed at once draws a PoorShuffleWarning
 _FEW_PIECES = 16
 
 #: batch groups assembled ahead of the consumer (counted in the budget's batches in flight)
@@ -140,12 +140,12 @@ class Loader:
             paths = ", ".join(s.path for s in self.dataset.shards[:5])
             raise EmptyDatasetError(f"the dataset has 0 rows (shards: {paths}); nothing to load")
         self.budget: Budget = plan_budget(self.dataset, self.memory_limit, self.batch_size, self.shuffle)
-        if self.shuffle and self.budget.window_pieces < _FEW_PIECES:
+        mixed = self.budget.mixed_units
+        if self.shuffle and mixed is not None and mixed < _FEW_PIECES:
             warnings.warn(
-                f"memory_limit={self.memory_limit} holds only {self.budget.window_pieces} read unit(s) of up to "
-                f"{self.budget.max_piece_rows} rows in the shuffle window: batches will mix few parts of the data "
-                "(see docs/shuffling.md). Raise memory_limit, or rewrite the data with "
-                "`streambatch convert --shuffle` (small row groups, globally permuted).",
+                f"batches will mix rows of only {mixed} read unit(s) at a time: {self.budget.shuffle_limit()} "
+                f"(memory_limit={self.memory_limit}; see docs/shuffling.md). Raise memory_limit, or rewrite the data "
+                "with `streambatch convert --shuffle` (small row groups, globally permuted).",
                 PoorShuffleWarning,
                 stacklevel=2,
             )
@@ -241,6 +241,8 @@ class Loader:
             dataset=self.dataset.fingerprint(),
             window_pieces=self.budget.window_pieces,
             piece_rows=self.budget.piece_rows,
+            lanes=self.budget.lanes,
+            slice_rows=self.budget.slice_rows,
         ).to_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

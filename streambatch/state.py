@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FORMAT_VERSION", "LoaderState"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,8 @@ class LoaderState:
     dataset: str
     window_pieces: int
     piece_rows: int
+    lanes: int
+    slice_rows: int
 
     def to_dict(self) -> dict[str, Any]:
         return {"format_version": FORMAT_VERSION, **asdict(self)}
@@ -66,14 +68,16 @@ class LoaderState:
             "remainder": loader.remainder,
             "window_pieces": loader.budget.window_pieces,
             "piece_rows": loader.budget.piece_rows,
+            "lanes": loader.budget.lanes,
+            "slice_rows": loader.budget.slice_rows,
         }
         differing = [
             f"{k}: saved {getattr(self, k)!r}, loader has {v!r}" for k, v in ours.items() if getattr(self, k) != v
         ]
         if differing:
             hint = ""
-            if any(d.startswith(("window_pieces", "piece_rows")) for d in differing):
-                hint = " (window_pieces/piece_rows follow from memory_limit: use the saved run's memory_limit)"
+            if any(d.startswith(("window_pieces", "piece_rows", "lanes", "slice_rows")) for d in differing):
+                hint = " (window_pieces/piece_rows/lanes/slice_rows follow from memory_limit: use the saved run's memory_limit)"
             raise StateMismatchError("loader state does not match this loader: " + "; ".join(differing) + hint)
         history = self.history
         valid = (

@@ -9,8 +9,9 @@ Layout
     the same length along axis 0, which is the row axis.
 
 Read units
-    ``unit_bounds`` follows the chunk grid along axis 0, or the shard grid for
-    sharded Zarr 3 arrays (a shard is what the store reads in one request). When
+    ``unit_bounds`` follows the chunk grid along axis 0; for sharded Zarr 3
+    arrays that is the grid of inner chunks (zarr reads one inner chunk of a
+    shard with a ranged request, after the shard's index). When
     the arrays of a group have different chunk lengths along axis 0, the largest
     one sets the units: reads of the other arrays then decode every chunk that
     overlaps the unit, which is correct but slower. Aligned chunks (the same
@@ -163,7 +164,9 @@ class ZarrShard(Shard):
 
         #: Rows per storage object along axis 0 (the shard length for sharded arrays).
         self.chunk_rows: dict[str, int] = {name: _rows_per_object(array) for name, array in self._arrays.items()}
-        step = max(self.chunk_rows.values())
+        # read units follow the (inner) chunks: zarr reads one inner chunk of a shard with
+        # a ranged request, so a sharded array has as many units as a plain one
+        step = max(int(array.chunks[0]) for array in self._arrays.values())
         inner = np.arange(step, self.num_rows, step, dtype=np.int64)
         self._bounds = np.concatenate([[0], inner, [self.num_rows]]).astype(np.int64)
         self._bounds.flags.writeable = False  # shared with every caller of unit_bounds
