@@ -103,6 +103,8 @@ class Budget:
     fits: bool = False
     #: units of the data larger than a piece that are streamed (all open at once iff == lanes)
     streamed_units: int = 0
+    #: streamable units of fewer rows are read whole (a stream would hold more than half of one)
+    stream_min_rows: int = 0
 
     @property
     def mixed_units(self) -> int | None:
@@ -135,7 +137,8 @@ class Budget:
 
     def plan_params(self, shuffle: bool, seed: int, remainder: str) -> PlanParams:
         return PlanParams(
-            shuffle, seed, self.window_pieces, self.piece_rows, self.lanes, remainder, self.slice_rows  # type: ignore[arg-type]
+            shuffle, seed, self.window_pieces, self.piece_rows, self.lanes, remainder,  # type: ignore[arg-type]
+            self.slice_rows, self.stream_min_rows,
         )
 
     def describe(self) -> str:
@@ -157,7 +160,9 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
     """Split ``memory_limit`` for ``dataset``; raises if one read unit cannot fit."""
     row_nbytes = max(1, dataset.row_nbytes)
     num_rows = dataset.num_rows
-    unit_rows = _largest_whole_unit_rows(dataset)
+    # a unit is streamed when an open stream costs less than half the unit held whole
+    stream_min_rows = 2 * _stream_nbytes(dataset) // row_nbytes + 1 if shuffle else 0
+    unit_rows = _largest_whole_unit_rows(dataset, stream_min_rows)
     # enough for a few concurrent decodes (each ~2 units: decoded + compressed pages),
     # never more than a quarter of the budget; the rest goes to the shuffle window
     unit_bytes = unit_rows * row_nbytes
@@ -178,7 +183,7 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
     lanes, stream_bytes, streamed_units = 1, 0, 0
     if shuffle:
         lanes, stream_bytes, streamed_units = _lanes(
-            dataset, memory_limit, pieces_for(ring_bytes // (row_nbytes + _INDEX_BYTES_PER_ROW))
+            dataset, memory_limit, max(stream_min_rows, pieces_for(ring_bytes // (row_nbytes + _INDEX_BYTES_PER_ROW)))
         )
     ring_bytes -= stream_bytes
     ring_rows = max(0, ring_bytes // (row_nbytes + _INDEX_BYTES_PER_ROW))
@@ -265,6 +270,7 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
         slice_rows=int(slice_rows),
         fits=bool(fits),
         streamed_units=int(streamed_units),
+        stream_min_rows=int(stream_min_rows if stream_bytes else 0),
     )
 
 
@@ -272,14 +278,11 @@ def _lanes(dataset: Dataset, memory_limit: int, piece_rows: int) -> tuple[int, i
     """``(lanes, bytes, units)``: how many units to stream at once, what their open
     streams hold, and how many units stream: one per streamable unit larger than a piece, as far as
     ``_STREAM_SHARE`` of the budget allows (at least one, at most ``_MAX_LANES``)."""
-    columns = list(dataset.columns)
-    units, per_stream = 0, 0
+    units = 0
     for shard in dataset.shards:
         if shard.streams_units and shard.unit_bounds is not None:
-            large = int(np.count_nonzero(np.diff(np.asarray(shard.unit_bounds)) > piece_rows))
-            if large:
-                units += large
-                per_stream = max(per_stream, shard.stream_nbytes(columns))
+            units += int(np.count_nonzero(np.diff(np.asarray(shard.unit_bounds)) > piece_rows))
+    per_stream = _stream_nbytes(dataset)
     if not units or not per_stream:
         return 1, 0, 0
     lanes = max(1, min(units, _MAX_LANES, int(memory_limit * _STREAM_SHARE) // per_stream))
@@ -315,11 +318,23 @@ def _resident_columns(dataset: Dataset, rows: int, memory_limit: int) -> tuple[t
     return names, total
 
 
-def _largest_whole_unit_rows(dataset: Dataset) -> int:
-    """Rows of the largest unit that must be read whole (formats that do not stream)."""
+def _stream_nbytes(dataset: Dataset) -> int:
+    """What one open stream holds, for the shard whose streams hold most."""
+    columns = list(dataset.columns)
+    return max((s.stream_nbytes(columns) for s in dataset.shards if s.streams_units), default=0)
+
+
+def _largest_whole_unit_rows(dataset: Dataset, stream_min_rows: int) -> int:
+    """Rows of the largest unit read whole: units of formats that do not stream,
+    and streamable units too small to be worth a stream (< ``stream_min_rows``)."""
     largest = 0
     for shard in dataset.shards:
         bounds = shard.unit_bounds
-        if bounds is not None and len(bounds) > 1 and not shard.streams_units:
-            largest = max(largest, int(np.max(np.diff(np.asarray(bounds)))))
+        if bounds is None or len(bounds) < 2:
+            continue
+        sizes = np.diff(np.asarray(bounds))
+        if shard.streams_units and stream_min_rows:
+            sizes = sizes[sizes < stream_min_rows]
+        if sizes.size:
+            largest = max(largest, int(sizes.max()))
     return largest

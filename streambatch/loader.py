@@ -243,6 +243,7 @@ class Loader:
             piece_rows=self.budget.piece_rows,
             lanes=self.budget.lanes,
             slice_rows=self.budget.slice_rows,
+            stream_min_rows=self.budget.stream_min_rows,
         ).to_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

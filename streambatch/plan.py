@@ -44,8 +44,12 @@ _PLAN_STREAM = 0x51AB  # separates the plan's random stream from the key stream
 
 #: Pieces loaded per tick during the ramp at the start of an epoch (steady state: 1).
 RAMP = 8
-#: The ``i``-th piece of an epoch ends at most this many ticks per piece after it loads.
-_FIRST_SPAN = 2 * RAMP
+#: The ``k``-th piece read on its own ends at most ``_FIRST_SPAN * (k + 1) ** 2`` ticks after it loads.
+_FIRST_SPAN = RAMP
+#: Data that fits: the first batch waits for two read units' rows, and at least this many.
+_MIN_HEAD_ROWS = 1024
+#: Data that fits: the rows loaded double with every this many rows emitted.
+_DOUBLING_ROWS = 256
 
 Remainder = Literal["pad", "drop"]
 
@@ -70,6 +74,7 @@ class PlanParams:
     lanes: int = 1
     remainder: Remainder = "pad"
     slice_rows: int = 0  # rows of a streamed unit's slices; 0: piece_rows
+    stream_min_rows: int = 0  # streamable units of fewer rows are read whole
 
     def __post_init__(self) -> None:
         if self.window_pieces < 1:
@@ -149,56 +154,87 @@ def make_plan(
     shard, start, stop = _rank_slice(shard, start, stop, params.remainder, rank, world_size)
     streamed = np.array([s.streams_units for s in dataset.shards], dtype=bool)
     slice_rows = params.slice_rows or params.piece_rows
-    shard, start, stop, stream = _pieces(shard, start, stop, streamed, slice_rows, params.lanes)
+    shard, start, stop, stream = _pieces(
+        shard, start, stop, streamed, slice_rows, params.lanes, max(slice_rows + 1, params.stream_min_rows)
+    )
     sizes = stop - start
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    load, end = ticks(shard.size, params.window_pieces, params.shuffle)
+    head_rows = max(_MIN_HEAD_ROWS, 2 * _largest_unit(sizes, stream))
+    load, end = ticks(sizes, stream >= 0, params.window_pieces, params.shuffle, head_rows)
     key_seed = int(np.random.SeedSequence([params.seed, epoch, rank, world_size]).generate_state(1, np.uint64)[0])
     return EpochPlan(shard, start, stop, stream, offsets, load, end, key_seed, params.shuffle)
 
 
-def ticks(num_pieces: int, window: int, shuffle: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``(load, end)``: the rows of piece ``i`` get keys uniform in ``[load[i], end[i])``.
+def ticks(
+    sizes: np.ndarray, streamed: np.ndarray, window: int, shuffle: bool, head_rows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(load, end)``: the rows of piece ``i`` (``sizes[i]`` rows; ``streamed[i]``
+    if it is a slice of a streamed unit) get keys uniform in ``[load[i], end[i])``.
 
     Emission in key order then has two properties the pipeline relies on: keys
     below tick ``t`` come only from pieces with ``load < t`` (a prefix, so the
     first batch needs only the first pieces), and piece ``i`` can be released
     once tick ``end[i]`` is reached; at most ``window`` pieces are live at once.
 
-    * **The data fits** (``num_pieces <= window``): every piece ends at one
+    * **The data fits** (``len(sizes) <= window``): every piece ends at one
       common tick ``T``. A row not emitted by tick ``t`` then has its key uniform
       in ``[t, T)`` whatever its piece (the uniform is memoryless), so once all
       pieces are loaded the rest of the epoch is a uniform random permutation of
-      the rows left. Pieces load ``RAMP`` per tick, so that happens early.
+      the rows left. The first ``head_rows`` rows (about two read units) load at
+      tick 0, so the first batch waits for them only; after that the rows loaded
+      double with every ``_DOUBLING_ROWS`` rows emitted (in expectation), so all
+      the data is in after a few dozen batches, and only those few are drawn
+      from part of it.
     * **It does not fit**: the first ``window / 2`` pieces load ``RAMP`` per
-      tick (a fast start), then one per tick; each piece ends ``window`` ticks
-      after the steady-state schedule would load it, which keeps ``window``
-      pieces live. The last pieces share the final tick, half a window after
-      the last load, so the epoch ends by draining the window uniformly instead
-      of emitting its last pieces on their own.
-    * In both, piece ``i`` ends at most ``2 * (i + 1)`` pieces' worth of ticks
-      after it loads, so the very first batches need only a few pieces.
+      tick (a fast start), then one per ``RAMP`` ticks; each piece ends
+      ``window`` pieces after the steady-state schedule would load it, which
+      keeps ``window`` pieces live. The last pieces share the final tick, half a
+      window after the last load, so the epoch ends by draining the window
+      uniformly instead of emitting its last pieces on their own. Pieces read on
+      their own (not slices: ``.npy`` pieces, whole units) end at most
+      ``_FIRST_SPAN * (k + 1) ** 2`` ticks after they load (the ``k``-th of the
+      epoch), so the first batch needs a handful of pieces and only the first
+      ~``sqrt(window)`` pieces are affected.
     * Without shuffle, piece ``i`` holds tick ``[i, i + 1)`` alone: stored order.
-
-    Shuffled ticks are counted in ramp steps (``RAMP`` ticks per piece in the
-    steady state), so that the first segments of emission, a few ticks long,
-    wait for a few pieces only.
     """
+    num_pieces = len(sizes)
     i = np.arange(num_pieces, dtype=np.float64)
     if not shuffle:
         return i, i + 1
     if num_pieces == 0:
         return i, i
     if num_pieces <= window:
-        load = i
-        end = np.full(num_pieces, i[-1] + num_pieces * RAMP)
-    else:
-        ramp = max(1, window // 2)
-        load = np.where(i < ramp, i, ramp + (i - ramp) * RAMP)
-        end = np.minimum((i + window) * RAMP - ramp * (RAMP - 1), load[-1] + max(1, window // 2) * RAMP)
-    # the first pieces end sooner, so the first batch needs a handful of pieces, not
-    # a square root of the window's worth (simulated: score +0.03 at most, fits case)
-    return load, np.minimum(end, load + _FIRST_SPAN * (i + 1))
+        return _fitting_ticks(np.asarray(sizes, dtype=np.float64), head_rows)
+    ramp = max(1, window // 2)
+    load = np.where(i < ramp, i, ramp + (i - ramp) * RAMP)
+    end = np.minimum((i + window) * RAMP - ramp * (RAMP - 1), load[-1] + max(1, window // 2) * RAMP)
+    cap = np.where(streamed, np.inf, load + _FIRST_SPAN * (i + 1) ** 2)
+    return load, np.minimum.accumulate(np.minimum(end, cap)[::-1])[::-1]
+
+
+def _fitting_ticks(sizes: np.ndarray, head_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Load ticks of data that fits: piece ``i`` loads when (in expectation) the
+    rows emitted reach ``_DOUBLING_ROWS * log2(rows before i / head_rows)``;
+    every piece ends at ``T = len(sizes)``. With all ends at ``T``, the rows
+    expected to be emitted by tick ``t`` are ``sum_j sizes[j] (t - load[j]) /
+    (T - load[j])`` over the pieces loaded before ``t``: linear in ``t`` between
+    loads, so each load tick is solved from two running sums."""
+    n = len(sizes)
+    total_ticks = float(n)
+    before = np.concatenate([[0.0], np.cumsum(sizes)[:-1]])
+    head = max(1.0, float(head_rows))
+    target = _DOUBLING_ROWS * np.log2(np.maximum(before, head) / head)  # 0 for the head: loads at tick 0
+    load = np.zeros(n)
+    rate = offset = 0.0  # sum of sizes/(T - load), sum of sizes*load/(T - load) so far
+    latest = 0.0
+    for k in range(n):
+        if target[k] > 0 and rate > 0:
+            latest = max(latest, min((target[k] + offset) / rate, total_ticks * (1 - 1e-9)))
+        load[k] = latest
+        weight = sizes[k] / (total_ticks - latest)
+        rate += weight
+        offset += weight * latest
+    return load, np.full(n, total_ticks)
 
 
 def _units(dataset: Dataset, params: PlanParams, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
@@ -222,12 +258,20 @@ def _units(dataset: Dataset, params: PlanParams, rng: np.random.Generator) -> tu
 
 
 def _pieces(
-    shard: np.ndarray, start: np.ndarray, stop: np.ndarray, streamed: np.ndarray, piece_rows: int, lanes: int
+    shard: np.ndarray,
+    start: np.ndarray,
+    stop: np.ndarray,
+    streamed: np.ndarray,
+    piece_rows: int,
+    lanes: int,
+    min_rows: int = 0,
 ) -> tuple[np.ndarray, ...]:
-    """Units -> pieces in read order: streamed units larger than a piece are cut
-    into ``piece_rows`` slices (a stream each), then lanes are interleaved."""
+    """Units -> pieces in read order: streamable units of at least ``min_rows``
+    (and more than a piece) are cut into ``piece_rows`` slices (a stream each),
+    then lanes are interleaved."""
     sizes = stop - start
-    sliced = streamed[shard] & (sizes > piece_rows) if shard.size else np.zeros(0, dtype=bool)
+    min_rows = max(min_rows, piece_rows + 1)
+    sliced = streamed[shard] & (sizes >= min_rows) if shard.size else np.zeros(0, dtype=bool)
     counts = np.where(sliced, -(-sizes // piece_rows), 1)
     unit = np.repeat(np.arange(shard.size, dtype=np.int64), counts)
     within = np.arange(unit.size, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -240,6 +284,15 @@ def _pieces(
         order = _interleave(unit, p_start - start[unit], sizes, lanes)
         p_shard, p_start, p_stop, stream = p_shard[order], p_start[order], p_stop[order], stream[order]
     return p_shard, p_start, p_stop, stream
+
+
+def _largest_unit(sizes: np.ndarray, stream: np.ndarray) -> int:
+    """Rows of the largest read unit: a streamed unit's slices together, else a piece."""
+    whole = sizes[stream < 0]
+    largest = int(whole.max()) if whole.size else 0
+    if (stream >= 0).any():
+        largest = max(largest, int(np.bincount(stream[stream >= 0], weights=sizes[stream >= 0]).max()))
+    return largest
 
 
 def _interleave(unit: np.ndarray, row_in_unit: np.ndarray, unit_sizes: np.ndarray, lanes: int) -> np.ndarray:

@@ -38,6 +38,7 @@ class LoaderState:
     piece_rows: int
     lanes: int
     slice_rows: int
+    stream_min_rows: int
 
     def to_dict(self) -> dict[str, Any]:
         return {"format_version": FORMAT_VERSION, **asdict(self)}
@@ -70,13 +71,14 @@ class LoaderState:
             "piece_rows": loader.budget.piece_rows,
             "lanes": loader.budget.lanes,
             "slice_rows": loader.budget.slice_rows,
+            "stream_min_rows": loader.budget.stream_min_rows,
         }
         differing = [
             f"{k}: saved {getattr(self, k)!r}, loader has {v!r}" for k, v in ours.items() if getattr(self, k) != v
         ]
         if differing:
             hint = ""
-            if any(d.startswith(("window_pieces", "piece_rows", "lanes", "slice_rows")) for d in differing):
+            if any(d.startswith(("window_pieces", "piece_rows", "lanes", "slice_rows", "stream_min_rows")) for d in differing):
                 hint = " (window_pieces/piece_rows/lanes/slice_rows follow from memory_limit: use the saved run's memory_limit)"
             raise StateMismatchError("loader state does not match this loader: " + "; ".join(differing) + hint)
         history = self.history
