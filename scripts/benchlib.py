@@ -219,11 +219,12 @@ def worker_main(spec: dict) -> None:
     print("BENCH-RESULT " + json.dumps(result), flush=True)
 
 
-def run_config(spec: dict, timeout: float, python: str | None = None) -> dict:
+def run_config(spec: dict, timeout: float, python: str | None = None, code: str | None = None) -> dict:
     """Run one configuration in a fresh interpreter (``python``, default this one);
-    errors become a result with ``error``."""
+    errors become a result with ``error``. ``code``: a checkout whose ``streambatch``
+    is imported instead of this one's (a baseline measured in the same run)."""
     cmd = [python or sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
-    path = os.pathsep.join([REPO, SCRIPTS, os.environ.get("PYTHONPATH", "")])
+    path = os.pathsep.join([code or REPO, SCRIPTS, os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, PYTHONPATH=path)
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)

@@ -103,7 +103,8 @@ class Budget:
     fits: bool = False
     #: units of the data larger than a piece that are streamed (all open at once iff == lanes)
     streamed_units: int = 0
-    #: streamable units of fewer rows are read whole (a stream would hold more than half of one)
+    #: streamable units of fewer rows are read whole (a stream would hold more than half of
+    #: one); more rows than the data when nothing streams
     stream_min_rows: int = 0
 
     @property
@@ -270,7 +271,7 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
         slice_rows=int(slice_rows),
         fits=bool(fits),
         streamed_units=int(streamed_units),
-        stream_min_rows=int(stream_min_rows if stream_bytes else 0),
+        stream_min_rows=int(stream_min_rows if stream_bytes else num_rows + 1),  # no streams: no unit streams
     )
 
 
