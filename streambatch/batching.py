@@ -35,6 +35,8 @@ class BatchFiller:
         self._filled = 0
         self._size = 0
         self.finished = False
+        #: rows of the current ``fill``/``fill_rows`` call consumed so far
+        self.taken = 0
         self._next_batch()
 
     def _next_batch(self) -> None:
@@ -57,12 +59,13 @@ class BatchFiller:
     def _consume(
         self, n: int, part: Callable[[int, int], dict[str, np.ndarray]]
     ) -> Iterator[dict[str, np.ndarray]]:
-        i = 0
+        i = self.taken = 0
         while i < n and not self.finished:
             take = min(self._size - self._filled, n - i)
             self._parts.append(part(i, i + take))
             self._filled += take
             i += take
+            self.taken = i
             if self._filled == self._size:
                 parts = self._parts
                 self._next_batch()

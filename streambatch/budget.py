@@ -161,8 +161,8 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
     """Split ``memory_limit`` for ``dataset``; raises if one read unit cannot fit."""
     row_nbytes = max(1, dataset.row_nbytes)
     num_rows = dataset.num_rows
-    # a unit is streamed when an open stream costs less than half the unit held whole
-    stream_min_rows = 2 * _stream_nbytes(dataset) // row_nbytes + 1 if shuffle else 0
+    # a unit is streamed when an open stream costs less than the unit held whole
+    stream_min_rows = _stream_nbytes(dataset) // row_nbytes + 1 if shuffle else 0
     unit_rows = _largest_whole_unit_rows(dataset, stream_min_rows)
     # enough for a few concurrent decodes (each ~2 units: decoded + compressed pages),
     # never more than a quarter of the budget; the rest goes to the shuffle window
@@ -194,7 +194,8 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
     plan_floor = -(-sliced_rows * _PLAN_BYTES_PER_PIECE // max(1, memory_limit // _PLAN_SHARE))
     piece_rows = max(piece_rows, plan_floor)
     piece_rows = int(min(piece_rows, max(1, ring_rows // 4) if ring_rows else 1))
-    plan_bytes = _PLAN_BYTES_PER_PIECE * _count_pieces(dataset, piece_rows, piece_rows)
+    streamed_from = stream_min_rows if stream_bytes else num_rows + 1
+    plan_bytes = _PLAN_BYTES_PER_PIECE * _count_pieces(dataset, piece_rows, piece_rows, streamed_from)
     ring_bytes -= plan_bytes
     ring_rows = max(0, ring_bytes // (row_nbytes + _INDEX_BYTES_PER_ROW))
     slice_rows = piece_rows
@@ -237,7 +238,7 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
         )
     if fits:
         # every piece may be live at once: the plan's ticks give a full permutation
-        window = _count_pieces(dataset, piece_rows, slice_rows) + 2
+        window = _count_pieces(dataset, piece_rows, slice_rows, streamed_from) + 2
         segment = max(1, window // 4)
     elif shuffle:
         # live pieces <= window - 1 + segment, plus one job admitted ahead and read-ahead
@@ -271,7 +272,7 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
         slice_rows=int(slice_rows),
         fits=bool(fits),
         streamed_units=int(streamed_units),
-        stream_min_rows=int(stream_min_rows if stream_bytes else num_rows + 1),  # no streams: no unit streams
+        stream_min_rows=int(streamed_from),  # no streams: more rows than the data, so no unit streams
     )
 
 
@@ -290,7 +291,7 @@ def _lanes(dataset: Dataset, memory_limit: int, piece_rows: int) -> tuple[int, i
     return lanes, lanes * per_stream, units
 
 
-def _count_pieces(dataset: Dataset, piece_rows: int, slice_rows: int) -> int:
+def _count_pieces(dataset: Dataset, piece_rows: int, slice_rows: int, streamed_from: int) -> int:
     """Pieces of one epoch (all ranks' shares together: an upper bound for one rank):
     random-access shards are cut every ``piece_rows`` rows, the others have their units."""
     pieces = 0
@@ -300,7 +301,9 @@ def _count_pieces(dataset: Dataset, piece_rows: int, slice_rows: int) -> int:
             pieces += -(-shard.num_rows // piece_rows)
         elif shard.streams_units:
             sizes = np.diff(np.asarray(bounds))
-            pieces += int(np.maximum(1, -(-sizes // slice_rows))[sizes > 0].sum())
+            sizes = sizes[sizes > 0]
+            sliced = sizes >= max(streamed_from, slice_rows + 1)
+            pieces += int((-(-sizes[sliced] // slice_rows)).sum()) + int((~sliced).sum())
         else:
             pieces += max(0, len(bounds) - 1)
     return pieces

@@ -422,14 +422,14 @@ def _emit(
             direct = batch_size if (direct_ok and tick > 0) else 0
             for segment in shuffle.segments(tick):
                 reads.admit()
-                positions = segment.positions
+                positions, keys = segment.positions, segment.keys
                 if skip:
-                    positions, skip = positions[skip:], 0
+                    positions, keys, skip = positions[skip:], keys[skip:], 0
                 if positions.size > left:
-                    positions = positions[:left]
+                    positions, keys = positions[:left], keys[:left]
                 left -= positions.size
                 if direct:
-                    head, positions = positions[:direct], positions[direct:]
+                    head, positions, keys = positions[:direct], positions[direct:], keys[direct:]
                     direct -= head.size
                     done = list(filler.fill_rows(_read_rows(plan, head, dataset, cache)))
                     if done:
@@ -445,6 +445,9 @@ def _emit(
                     if len(group) == budget.batch_group:
                         yield group
                         group = []
+                        # pieces whose every row is emitted free their slots now, not at the
+                        # segment's end: reads keep flowing instead of coming in bursts
+                        reads.release(plan.first_live_piece(keys[filler.taken - 1]))
                     reads.admit()
                 if group:
                     yield group

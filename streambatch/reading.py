@@ -249,8 +249,9 @@ def _piece_reader(
     cache: ReaderCache,
     streams: _Streams,
     decode: threading.BoundedSemaphore,
-) -> Callable[[int, int], None]:
-    """The job body run in pool threads: read pieces ``[a, b)`` into their ring slots.
+) -> Callable[[np.ndarray], None]:
+    """The job body run in pool threads: read ``pieces`` (increasing indices, as
+    :func:`_split_by_stream` groups them) into their ring slots.
 
     A streamed piece is read through its stream; consecutive other pieces of
     one shard form a run whose ring slots are contiguous (split where the ring
@@ -258,26 +259,22 @@ def _piece_reader(
     shards = dataset.shards
 
     def read(pieces: np.ndarray) -> None:
-        position, count = 0, len(pieces)
-        while position < count:
-            k = int(pieces[position])
-            index = int(plan.shard[k])
-            shard = shards[index]
-            if plan.stream[k] >= 0:
+        if plan.stream[pieces[0]] >= 0:  # one stream's slices, in order
+            for k in pieces.tolist():
                 try:
                     _read_streamed(streams, ring, plan, k)
                 except (StreambatchError, Stopped):
                     raise
                 except Exception as error:
-                    where = shard.describe_rows(int(plan.start[k]), int(plan.stop[k]))
+                    where = shards[int(plan.shard[k])].describe_rows(int(plan.start[k]), int(plan.stop[k]))
                     raise ReaderError(f"reading {where} failed: {error!r}") from error
-                position += 1
-                continue
-            # a run of consecutive pieces of this shard read on their own
-            last = position + 1
-            while last < count and pieces[last] == k + last - position and plan.shard[pieces[last]] == index:
-                last += 1
-            run_end = k + last - position
+            return
+        # pieces read on their own: runs of consecutive pieces of one shard
+        breaks = np.flatnonzero((np.diff(pieces) != 1) | (np.diff(plan.shard[pieces]) != 0)) + 1
+        for run in np.split(pieces, breaks) if breaks.size else (pieces,):
+            k, run_end = int(run[0]), int(run[-1]) + 1
+            index = int(plan.shard[k])
+            shard = shards[index]
             try:
                 reader = cache.acquire(index)
                 try:
@@ -294,7 +291,6 @@ def _piece_reader(
             except Exception as error:
                 where = shard.describe_rows(int(plan.start[k]), int(plan.stop[run_end - 1]))
                 raise ReaderError(f"reading {where} failed: {error!r}") from error
-            position = last
 
     return read
 

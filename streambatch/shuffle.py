@@ -45,14 +45,16 @@ def uniform_hash(seed: int, positions: np.ndarray) -> np.ndarray:
 class Segment:
     """Rows whose keys fall in ticks ``[tick_lo, tick_hi)``, in emission order.
 
-    ``positions`` are positions in the rank's row sequence. Pieces
-    ``< pieces_needed`` must be loaded to emit it; once it is consumed, pieces
-    ``< first_live`` are no longer needed.
+    ``positions`` are positions in the rank's row sequence, ``keys`` their
+    (increasing) keys. Pieces ``< pieces_needed`` must be loaded to emit it; once
+    it is consumed, pieces ``< first_live`` are no longer needed (and once its
+    rows up to key ``k`` are, pieces ``< plan.first_live_piece(k)``).
     """
 
     tick_lo: int
     tick_hi: int
     positions: np.ndarray
+    keys: np.ndarray
     pieces_needed: int
     first_live: int
 
@@ -139,7 +141,7 @@ class WindowShuffle:
                 resuming = False
             chosen = keys[inside]
             order = np.argsort(chosen)  # keys are distinct 53-bit hashes: no ties to break
-            yield Segment(tick, hi, positions[inside][order], needed, self.first_live_piece(hi))
+            yield Segment(tick, hi, positions[inside][order], chosen[order], needed, self.first_live_piece(hi))
             pending_keys, pending_pos = keys[later], positions[later]
             tick = hi
             length = min(length * 2, self.max_segment_ticks)
