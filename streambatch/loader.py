@@ -25,7 +25,7 @@ import numpy as np
 from ._units import parse_bytes
 from .batching import BatchFiller, batch_sizes
 from .budget import Budget, plan_budget
-from .distributed import detect_rank_and_world_size
+from .distributed import resolve_rank_and_world_size
 from .errors import EmptyDatasetError, PoorShuffleWarning
 from .plan import EpochPlan, Remainder, make_plan, rows_per_rank
 from .prefetch import BackgroundIterator, ReaderPool
@@ -116,10 +116,7 @@ class Loader:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         if num_threads is not None and (not isinstance(num_threads, (int, np.integer)) or num_threads < 1):
             raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
-        if rank is None or world_size is None:
-            detected_rank, detected_world = detect_rank_and_world_size()
-            rank = detected_rank if rank is None else rank
-            world_size = detected_world if world_size is None else world_size
+        rank, world_size = resolve_rank_and_world_size(rank, world_size)
         if not isinstance(world_size, (int, np.integer)) or world_size < 1:
             raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
         if not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:

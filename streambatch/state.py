@@ -88,8 +88,3 @@ class LoaderState:
         )
         if not valid or self.epoch < 0:
             raise StateMismatchError(f"loader state has an invalid epoch/history: {self.epoch!r}, {history!r}")
-
-    @property
-    def batches(self) -> int:
-        """Batches delivered in the current world."""
-        return int(self.history[-1][1])

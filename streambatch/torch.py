@@ -41,7 +41,7 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("streambatch.torch needs PyTorch: pip install 'streambatch[torch]'") from error
 
-from .distributed import detect_rank_and_world_size
+from .distributed import resolve_rank_and_world_size
 from .errors import StateMismatchError
 from .loader import Loader
 from .sources import SourceLike
@@ -84,10 +84,7 @@ class StreambatchIterable(IterableDataset):
         **loader_kwargs: Any,
     ) -> None:
         super().__init__()
-        if rank is None or world_size is None:
-            detected_rank, detected_world = detect_rank_and_world_size()
-            rank = detected_rank if rank is None else rank
-            world_size = detected_world if world_size is None else world_size
+        rank, world_size = resolve_rank_and_world_size(rank, world_size)
         self.source = source
         self.batch_size = batch_size
         self.loader_kwargs = dict(loader_kwargs)
