@@ -36,7 +36,7 @@ from .shuffle import WindowShuffle
 from .sources import Dataset, SourceLike, open_dataset
 from .sources._handles import ReaderCache
 from .sources._retry import RetryPolicy
-from .state import LoaderState
+from .state import LoaderState, order_params
 
 __all__ = ["EpochIterator", "Loader"]
 
@@ -226,21 +226,8 @@ class Loader:
     # -- resume --------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """What the consumer has received, as a small JSON-safe dict."""
-        return LoaderState(
-            epoch=self._epoch,
-            history=[list(h) for h in self._history],
-            seed=self.seed,
-            batch_size=self.batch_size,
-            shuffle=self.shuffle,
-            drop_last=self.drop_last,
-            remainder=self.remainder,
-            rank=self.rank,
-            dataset=self.dataset.fingerprint(),
-            window_pieces=self.budget.window_pieces,
-            piece_rows=self.budget.piece_rows,
-            lanes=self.budget.lanes,
-            slice_rows=self.budget.slice_rows,
-        ).to_dict()
+        history = [list(h) for h in self._history]
+        return LoaderState(self._epoch, history, self.rank, order_params(self)).to_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue exactly where the saved loader's consumer stopped.
