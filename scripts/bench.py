@@ -56,7 +56,6 @@ from benchlib import (
     ensure_data,
     env_block,
     fmt_bytes,
-    parse_limit,
     run_config,
     warm,
 )
@@ -201,6 +200,8 @@ WORKERS = {
 
 
 def main_run(args, log) -> dict:
+    from streambatch import parse_bytes
+
     rows = args.rows
     data_bytes = rows * ROW_BYTES
     limit = args.memory_limit
@@ -252,7 +253,7 @@ def main_run(args, log) -> dict:
         "data_bytes": data_bytes,
         "chunk_rows": args.chunk_rows,
         "memory_limit": limit,
-        "memory_limit_bytes": parse_limit(limit),
+        "memory_limit_bytes": parse_bytes(limit),
         "npy5_limit": npy5,
         "repeat": args.repeat,
         "formats": list(args.formats),

@@ -32,7 +32,6 @@ from benchlib import (
     env_block,
     files_under,
     fmt_bytes,
-    parse_limit,
     run_config,
 )
 
@@ -158,6 +157,8 @@ def _streambatch_spec(paths: list[str], fmt: str, limit: str, shuffle: bool = Tr
 
 # ----------------------------------------------------------------------------- --scaling
 def scaling_run(args, log) -> dict:
+    from streambatch import parse_bytes
+
     sizes = args.scaling_sizes
     limit = args.memory_limit
     shards = {f: scaling_shards(args.data_dir, f, max(sizes), log) for f in args.formats}
@@ -186,7 +187,7 @@ def scaling_run(args, log) -> dict:
         "shard_bytes": {f: dir_bytes(s[0]) for f, s in shards.items()},
         "shard_rows": BASE_ROWS,
         "memory_limit": limit,
-        "memory_limit_bytes": parse_limit(limit),
+        "memory_limit_bytes": parse_bytes(limit),
         "repeat": args.repeat,
         "series": series,
         "results": {key: aggregate(rs) for key, rs in runs.items()},

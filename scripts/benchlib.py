@@ -237,31 +237,6 @@ def run_config(spec: dict, timeout: float, python: str | None = None, code: str 
     return {"error": (err[-1] if err else f"exit {done.returncode}")[:300]}
 
 
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "kib": 1024,
-    "m": 10**6,
-    "mb": 10**6,
-    "mib": 2**20,
-    "g": 10**9,
-    "gb": 10**9,
-    "gib": 2**30,
-}
-
-
-def parse_limit(text: str) -> int:
-    """``"256MiB"`` -> bytes (streambatch accepts the same spellings; the Loader re-parses it)."""
-    import re
-
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"cannot parse memory limit {text!r}")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
 def fmt_bytes(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 

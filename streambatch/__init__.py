@@ -6,6 +6,8 @@ NumPy minibatches, with a hard bound on memory and exact resumption.
 >>> for batch in loader: ...                                             # doctest: +SKIP
 """
 
+from importlib import metadata as _metadata
+
 from ._units import parse_bytes
 from .errors import (
     BudgetError,
@@ -44,4 +46,8 @@ __all__ = [
     "open_dataset",
     "parse_bytes",
 ]
-__version__ = "0.1.0"
+
+try:  # pyproject.toml is the one place the version is written
+    __version__ = _metadata.version("streambatch")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
+    __version__ = "0+unknown"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["detect_rank_and_world_size"]
+__all__ = ["detect_rank_and_world_size", "resolve_rank_and_world_size"]
 
 
 def detect_rank_and_world_size() -> tuple[int, int]:
@@ -25,3 +25,13 @@ def detect_rank_and_world_size() -> tuple[int, int]:
         except ValueError as e:
             raise ValueError(f"RANK={rank!r} and WORLD_SIZE={world!r} must be integers") from e
     return 0, 1
+
+
+def resolve_rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """``(rank, world_size)``, each ``None`` replaced by :func:`detect_rank_and_world_size`'s
+    value (the one place both the Loader and ``streambatch.torch`` resolve them; callers
+    validate the result)."""
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    detected_rank, detected_world = detect_rank_and_world_size()
+    return (detected_rank if rank is None else rank, detected_world if world_size is None else world_size)

@@ -25,7 +25,7 @@ import numpy as np
 from ._units import parse_bytes
 from .batching import BatchFiller, batch_sizes
 from .budget import Budget, plan_budget
-from .distributed import detect_rank_and_world_size
+from .distributed import resolve_rank_and_world_size
 from .errors import EmptyDatasetError, PoorShuffleWarning
 from .plan import EpochPlan, Remainder, make_plan, rows_per_rank
 from .prefetch import BackgroundIterator, ReaderPool
@@ -36,7 +36,7 @@ from .shuffle import WindowShuffle
 from .sources import Dataset, SourceLike, open_dataset
 from .sources._handles import ReaderCache
 from .sources._retry import RetryPolicy
-from .state import LoaderState
+from .state import LoaderState, order_params
 
 __all__ = ["EpochIterator", "Loader"]
 
@@ -116,10 +116,7 @@ class Loader:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         if num_threads is not None and (not isinstance(num_threads, (int, np.integer)) or num_threads < 1):
             raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
-        if rank is None or world_size is None:
-            detected_rank, detected_world = detect_rank_and_world_size()
-            rank = detected_rank if rank is None else rank
-            world_size = detected_world if world_size is None else world_size
+        rank, world_size = resolve_rank_and_world_size(rank, world_size)
         if not isinstance(world_size, (int, np.integer)) or world_size < 1:
             raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
         if not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:
@@ -229,22 +226,8 @@ class Loader:
     # -- resume --------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """What the consumer has received, as a small JSON-safe dict."""
-        return LoaderState(
-            epoch=self._epoch,
-            history=[list(h) for h in self._history],
-            seed=self.seed,
-            batch_size=self.batch_size,
-            shuffle=self.shuffle,
-            drop_last=self.drop_last,
-            remainder=self.remainder,
-            rank=self.rank,
-            dataset=self.dataset.fingerprint(),
-            window_pieces=self.budget.window_pieces,
-            piece_rows=self.budget.piece_rows,
-            lanes=self.budget.lanes,
-            slice_rows=self.budget.slice_rows,
-            stream_min_rows=self.budget.stream_min_rows,
-        ).to_dict()
+        history = [list(h) for h in self._history]
+        return LoaderState(self._epoch, history, self.rank, order_params(self)).to_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue exactly where the saved loader's consumer stopped.
@@ -437,6 +420,7 @@ def _emit(
                     if not positions.size:
                         if filler.finished or left == 0:
                             break
+                        reads.release(segment.first_live)  # the segment was read directly: its pieces are done
                         continue
                 reads.wait_loaded(min(segment.pieces_needed, reads.stop_piece))
                 group: list[Batch] = []

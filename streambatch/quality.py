@@ -17,17 +17,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["ShuffleScore", "mean_tv_distance", "shuffle_score"]
-
-
-def mean_tv_distance(batches: Iterable[np.ndarray], num_classes: int, global_hist: np.ndarray) -> float:
-    """Mean total-variation distance of each batch's label histogram to ``global_hist``."""
-    total, count = 0.0, 0
-    for labels in batches:
-        hist = np.bincount(labels, minlength=num_classes) / len(labels)
-        total += 0.5 * float(np.abs(hist - global_hist).sum())
-        count += 1
-    return total / max(count, 1)
+__all__ = ["ShuffleScore", "shuffle_score"]
 
 
 def _mean_tv(counts: np.ndarray, global_hist: np.ndarray) -> float:

@@ -41,10 +41,11 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("streambatch.torch needs PyTorch: pip install 'streambatch[torch]'") from error
 
-from .distributed import detect_rank_and_world_size
+from .distributed import resolve_rank_and_world_size
 from .errors import StateMismatchError
 from .loader import Loader
 from .sources import SourceLike
+from .state import LoaderState
 
 __all__ = ["StreambatchIterable", "as_tensors"]
 
@@ -84,10 +85,7 @@ class StreambatchIterable(IterableDataset):
         **loader_kwargs: Any,
     ) -> None:
         super().__init__()
-        if rank is None or world_size is None:
-            detected_rank, detected_world = detect_rank_and_world_size()
-            rank = detected_rank if rank is None else rank
-            world_size = detected_world if world_size is None else world_size
+        rank, world_size = resolve_rank_and_world_size(rank, world_size)
         self.source = source
         self.batch_size = batch_size
         self.loader_kwargs = dict(loader_kwargs)
@@ -207,7 +205,7 @@ class StreambatchIterable(IterableDataset):
         exact continuation; otherwise the rest of the epoch is re-split (see
         docs/distributed.md for when that is possible)."""
         self._pending = _normalise(state)
-        self._epoch = int(self._pending["loader"]["epoch"])
+        self._epoch = LoaderState.from_dict(self._pending["loader"]).epoch
         self._resume_base = self._pending if self._pending["kind"] == _RANK_KIND else None
 
     # -- resume: the plain path (main process) ---------------------------------
@@ -226,19 +224,18 @@ class StreambatchIterable(IterableDataset):
         sub_world = self.world_size * workers
         base = self._resume_base
         probe = self._probe or self._make_loader(self.rank, self.world_size)
-        template = probe.state_dict()
+        template = LoaderState.from_dict(probe.state_dict())
         if base is None:
             prefix, done, epoch = [], int(batches), self._epoch
         else:
-            prefix, epoch = [list(h) for h in base["prefix"]], int(base["loader"]["epoch"])
+            prefix, epoch = [list(h) for h in base["prefix"]], LoaderState.from_dict(base["loader"]).epoch
             if base["world_size"] == self.world_size and base["num_workers"] == workers:
                 done = int(base["batches"]) + int(batches)
             else:
                 prefix.append([base["world_size"] * base["num_workers"], base["batches"] // base["num_workers"]])
                 done = int(batches)
-        template["epoch"] = epoch
-        template["history"] = [*prefix, [sub_world, done // workers]]
-        return _rank_state(template, self.world_size, workers, done)
+        loader_state = template.at(epoch, [*prefix, [sub_world, done // workers]]).to_dict()
+        return _rank_state(loader_state, self.world_size, workers, done)
 
     def _resolve(self, pending: dict[str, Any], worker: int, workers: int) -> tuple[int, dict[str, Any]]:
         """For worker slot ``worker`` of ``workers``: its sub-rank and the Loader state to load."""
@@ -261,8 +258,7 @@ class StreambatchIterable(IterableDataset):
         if same:  # exact: slot j continues the stream that was next in the round-robin
             identity = (done + worker) % workers
             history.append([saved_world * workers, done // workers + (1 if identity < done % workers else 0)])
-            loader_state["history"] = history
-            return self.rank * workers + identity, loader_state
+            return self.rank * workers + identity, _with_history(loader_state, history)
         if done % saved_workers:
             raise StateMismatchError(
                 f"this state was saved after {done} batches with num_workers={saved_workers} (not a multiple), "
@@ -270,8 +266,7 @@ class StreambatchIterable(IterableDataset):
                 f"num_workers={saved_workers}. To change either, checkpoint after a multiple of num_workers batches"
             )
         history.append([saved_world * saved_workers, done // saved_workers])
-        loader_state["history"] = history
-        return self.rank * workers + worker, loader_state
+        return self.rank * workers + worker, _with_history(loader_state, history)
 
     def __repr__(self) -> str:
         return (
@@ -289,6 +284,12 @@ def _rank_state(loader_state: dict[str, Any], world_size: int, num_workers: int,
         "batches": batches,
         "loader": loader_state,
     }
+
+
+def _with_history(loader_state: dict[str, Any], history: list) -> dict[str, Any]:
+    """``loader_state`` at the same epoch with another ``history`` (built by :class:`LoaderState`)."""
+    saved = LoaderState.from_dict(loader_state)
+    return saved.at(saved.epoch, history).to_dict()
 
 
 def _copy(state: Any) -> Any:
@@ -321,20 +322,20 @@ def _normalise(state: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("world_size", "num_workers", "loader"):
         if key not in state:
             raise StateMismatchError(f"streambatch.torch state lacks {key}")
-    loader = state["loader"]
-    if not isinstance(loader, dict) or not isinstance(loader.get("history"), list) or not loader["history"]:
+    loader_history = LoaderState.from_dict(state["loader"]).history
+    if not isinstance(loader_history, list) or not loader_history:
         raise StateMismatchError("streambatch.torch state has no valid loader history")
     state["original"] = _copy({k: v for k, v in state.items() if k != "original"})
     if kind == _RANK_KIND:
         if "batches" not in state:
             raise StateMismatchError("streambatch.torch rank state lacks batches")
         world = state["world_size"] * state["num_workers"]
-        if loader["history"][-1][0] != world:
+        if loader_history[-1][0] != world:
             raise StateMismatchError(
-                f"streambatch.torch rank state: history ends in world {loader['history'][-1][0]}, "
+                f"streambatch.torch rank state: history ends in world {loader_history[-1][0]}, "
                 f"expected world_size*num_workers={world}"
             )
-        state["prefix"] = [list(h) for h in loader["history"][:-1]]
+        state["prefix"] = [list(h) for h in loader_history[:-1]]
     elif "sub_rank" not in state:
         raise StateMismatchError("streambatch.torch worker state lacks sub_rank")
     return state

@@ -1,7 +1,9 @@
-"""Every Python block in docs/ runs, in order, page by page, in a directory that
-holds the small example dataset the docs use. A block preceded by an HTML
-comment ``<!-- not run: reason -->`` is skipped on purpose (it needs a cluster,
-GPUs or credentials); the reason is in the page for readers to see."""
+"""Every Python block in README.md and docs/ runs, in order, page by page, in one
+namespace. The README and getting-started make their own data and must run as
+pasted, so they run in an empty directory; the other pages run in a directory that
+holds the small example dataset they use. A block preceded by an HTML comment
+``<!-- not run: reason -->`` is skipped on purpose (it needs a cluster, GPUs or
+credentials); the reason is in the page for readers to see."""
 
 from __future__ import annotations
 
@@ -13,9 +15,12 @@ import pytest
 
 from streambatch.writers import NpyWriter, ParquetWriter, ZarrWriter, write_blocks
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
 BLOCK = re.compile(r"(<!--\s*not run:[^>]*-->\s*)?```python\n(.*?)```", re.S)
-PAGES = sorted(p for p in DOCS.glob("*.md") if BLOCK.search(p.read_text()))
+PAGES = [ROOT / "README.md", *sorted(p for p in DOCS.glob("*.md") if BLOCK.search(p.read_text()))]
+#: pages a new reader pastes first: they create their own data, in an empty directory
+AS_PASTED = {ROOT / "README.md", DOCS / "getting-started.md"}
 
 
 def _example_data(root: Path) -> None:
@@ -30,12 +35,14 @@ def _example_data(root: Path) -> None:
 
 
 def test_docs_have_python_examples():
-    assert PAGES, f"no Python blocks found in {DOCS}"
+    assert all(BLOCK.search(p.read_text()) for p in AS_PASTED)
+    assert len(PAGES) > len(AS_PASTED), f"no Python blocks found in {DOCS}"
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_every_python_block_in_the_page_runs(page, tmp_path, monkeypatch):
-    _example_data(tmp_path)
+    if page not in AS_PASTED:
+        _example_data(tmp_path)
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": f"docs.{page.stem}"}
     ran = 0

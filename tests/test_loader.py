@@ -238,3 +238,11 @@ def test_narrow_columns_are_held_whole_and_charged_to_the_budget(dataset_factory
     assert np.array_equal(np.sort(ids_of(collect(loader))), np.arange(20_000))
     ordered = sb.Loader(path, 100, memory_limit="4MiB", shuffle=False)
     assert ordered.budget.resident_columns == ()  # sequential reads need no help
+
+
+def test_a_column_spec_reads_like_its_dtype_shape_tuple(dataset_factory):
+    spec = sb.open_dataset(dataset_factory("npy", n=10)).columns["img"]
+    dtype, shape = spec
+    assert (spec[0], spec[1], spec[-1], len(spec)) == (dtype, shape, shape, 2)
+    assert tuple(spec) == spec[:] == (np.dtype(np.int32), (3, 2)) == spec
+    assert repr(spec) == "(int32, (3, 2))"

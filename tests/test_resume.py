@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import streambatch as sb
+from streambatch.state import order_params
 from tests.conftest import collect, ids_of
 
 LIMIT = "256KiB"
@@ -163,3 +164,54 @@ def test_set_epoch_during_a_live_iteration_is_not_undone(dataset_factory):
     next(it)
     assert loader.epoch == 5 and loader.state_dict()["history"][-1][1] == 0
     it.close()
+
+
+def test_the_state_keeps_what_decides_the_order_in_one_sub_dict(dataset_factory):
+    path = dataset_factory("npy", n=500)
+    loader = _loader(path)
+    state = loader.state_dict()
+    assert state["format_version"] == 3
+    assert set(state) == {"format_version", "epoch", "history", "rank", "order"}
+    assert state["order"] == order_params(loader)  # the one list, used by the check too
+    assert {"dataset", "batch_size", "drop_last", "shuffle", "seed", "remainder"} <= set(state["order"])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"seed": 12}, r"seed: saved 11, loader has 12"),
+        ({"batch_size": 16}, r"batch_size: saved 32, loader has 16"),
+        ({"memory_limit": "4MiB"}, r"follow from memory_limit"),
+    ],
+)
+def test_a_state_names_the_order_field_that_differs(dataset_factory, change, message):
+    path = dataset_factory("npy", n=5000)
+    state = _loader(path).state_dict()
+    with pytest.raises(sb.StateMismatchError, match=message):
+        _loader(path, **change).load_state_dict(state)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_flat_state_of_format_1_or_2_still_resumes(dataset_factory, version):
+    path = dataset_factory("npy", n=700, shards=2)
+    loader = _loader(path)
+    it = iter(loader)
+    for _ in range(3):
+        next(it)
+    it.close()
+    state = loader.state_dict()
+    flat = {"format_version": version, "epoch": state["epoch"], "history": state["history"], "rank": state["rank"],
+            **state["order"]}
+    a, b = _loader(path), _loader(path)
+    a.load_state_dict(state)
+    b.load_state_dict(flat)
+    assert np.array_equal(ids_of(collect(a)), ids_of(collect(b)))
+
+
+def test_a_state_lacking_an_order_field_names_it(dataset_factory):
+    path = dataset_factory("npy", n=500)
+    state = _loader(path).state_dict()
+    order = dict(state["order"])
+    order.pop("seed")
+    with pytest.raises(sb.StateMismatchError, match=r"seed: saved '<absent>', loader has 11"):
+        _loader(path).load_state_dict({**state, "order": order})

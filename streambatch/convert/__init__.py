@@ -17,7 +17,24 @@ Determinism: the bytes of every shard depend only on the inputs and on
 memory limit), never on ``workers`` or ``scheduler``.
 """
 
-from ._run import ConvertError, ConvertOptions, ConvertResult, convert, default_chunk_rows
+from ._run import (
+    COMPRESSIONS,
+    DEFAULT_COMPRESSION,
+    ConvertError,
+    ConvertOptions,
+    ConvertResult,
+    convert,
+    default_chunk_rows,
+)
 from ._shards import ConvertWriteError
 
-__all__ = ["ConvertError", "ConvertOptions", "ConvertResult", "ConvertWriteError", "convert", "default_chunk_rows"]
+__all__ = [
+    "COMPRESSIONS",
+    "DEFAULT_COMPRESSION",
+    "ConvertError",
+    "ConvertOptions",
+    "ConvertResult",
+    "ConvertWriteError",
+    "convert",
+    "default_chunk_rows",
+]

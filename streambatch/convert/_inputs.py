@@ -48,13 +48,6 @@ class RawPart:
 Part = DatasetPart | RawPart
 
 
-def part_columns(part: Part) -> dict[str, ColumnSpec]:
-    if isinstance(part, RawPart):
-        return {name: ColumnSpec(np.dtype(d), shape) for name, d, shape in part.specs}
-    ds = open_dataset(part.source, part.columns, storage_options=dict(part.storage_options) or None)
-    return dict(ds.columns)
-
-
 class InputReader:
     """Reads global row ranges of the concatenated ``parts``; a context manager
     that closes every handle it opened."""

@@ -21,7 +21,10 @@ __all__ = ["ColumnSpec", "RowStream", "Shard", "ShardReader"]
 
 @dataclass(frozen=True)
 class ColumnSpec:
-    """The numpy dtype and per-row shape of one column (``shape == ()`` for scalars)."""
+    """The numpy dtype and per-row shape of one column (``shape == ()`` for scalars).
+
+    Also usable as the tuple ``(dtype, shape)``: it unpacks, indexes, has length 2
+    and compares equal to such a tuple."""
 
     dtype: np.dtype
     shape: tuple[int, ...]
@@ -35,8 +38,16 @@ class ColumnSpec:
         """Bytes one row of this column occupies in memory."""
         return int(self.dtype.itemsize * int(np.prod(self.shape, dtype=np.int64)))
 
-    def __iter__(self):  # lets callers unpack ``dtype, shape = ds.columns[name]``
+    # a ColumnSpec reads like the ``(dtype, shape)`` tuple it prints as:
+    # ``dtype, shape = ds.columns[name]``, ``ds.columns[name][0]``, ``len(spec) == 2``
+    def __iter__(self):
         return iter((self.dtype, self.shape))
+
+    def __getitem__(self, index):
+        return (self.dtype, self.shape)[index]
+
+    def __len__(self) -> int:
+        return 2
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, tuple):
