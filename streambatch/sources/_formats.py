@@ -64,6 +64,18 @@ def _zarr_store(location: FileSystemPath) -> list[Shard]:
     return [ZarrShard(location)]
 
 
+def _arrow_file(location: FileSystemPath) -> Shard:
+    from ._arrow import ArrowShard
+
+    return ArrowShard(location)
+
+
+def _hf_directory(location: FileSystemPath) -> list[Shard]:
+    from ._arrow import huggingface_shards
+
+    return huggingface_shards(location)
+
+
 def _stem(name: str, suffix: str) -> str:
     return name[: -len(suffix)]
 
@@ -71,8 +83,11 @@ def _stem(name: str, suffix: str) -> str:
 #: In the order a directory is tested: the first whose store suffix or marker matches wins.
 FORMATS: tuple[Format, ...] = (
     Format("zarr", store_suffixes=(".zarr",), markers=("zarr.json", ".zgroup", ".zarray"), open_store=_zarr_store),
+    # Hugging Face ``Dataset.save_to_disk``: Arrow stream files listed in state.json
+    Format("huggingface", markers=("state.json", "dataset_dict.json"), open_store=_hf_directory),
     Format("parquet", suffixes=(".parquet", ".pq", ".parq"), open_file=_parquet_file),
     Format("npy", suffixes=(".npy",), open_file=_npy_file, group=_npy_group),
+    Format("arrow", suffixes=(".arrow", ".feather", ".ipc", ".arrows"), open_file=_arrow_file),
 )
 
 
@@ -102,4 +117,4 @@ def directory_format(location: FileSystemPath, isdir: bool | None = None) -> For
 
 def known_suffixes() -> str:
     """``.npy, .parquet, ...`` for messages."""
-    return ", ".join(fmt.suffixes[0] for fmt in FORMATS if fmt.suffixes) + " files and .zarr stores"
+    return ", ".join(fmt.suffixes[0] for fmt in FORMATS if fmt.suffixes) + ", .zarr stores and Hugging Face datasets"
