@@ -8,7 +8,8 @@ Layout
     array gives one column named after the store (``images.zarr`` -> ``images``).
     The row axis is axis 0. When arrays carry dimension names (zarr 3
     ``dimension_names``, or xarray's ``_ARRAY_DIMENSIONS``), the row dimension is
-    the first dimension most arrays share and arrays along another first
+    the first dimension most arrays share (a tie: the one that starts the array
+    of most dimensions, a data variable rather than a coordinate) and arrays along another first
     dimension (an xarray coordinate such as ``feature``) are not columns; without
     names, the row count is the length most arrays share. Arrays that are not
     columns (those, 0-d arrays, arrays of another length) are listed in
@@ -496,8 +497,15 @@ def _row_axis(url: str, arrays: dict[str, Any]) -> tuple[int, dict[str, NotAColu
     if not candidates:
         raise SourceNotFoundError(f"{url}: the Zarr group holds no array with a row axis (all are 0-d)")
     firsts = {n: (_dimension_names(a) or (None,))[0] for n, a in candidates.items()}
-    named = [d for d in firsts.values() if d is not None]
-    row_dim = Counter(named).most_common(1)[0][0] if named else None
+    counts = Counter(d for d in firsts.values() if d is not None)
+    # the dimension most arrays start with; a tie goes to the one that starts the array of most
+    # dimensions (data variables, not 1-d coordinates), then to the longer one
+    rank = {
+        d: (n, max(a.ndim for k, a in candidates.items() if firsts[k] == d),
+            max(a.shape[0] for k, a in candidates.items() if firsts[k] == d))
+        for d, n in counts.items()
+    }
+    row_dim = max(rank, key=lambda d: rank[d]) if rank else None
     on_dim = {n: a for n, a in candidates.items() if row_dim is not None and firsts[n] == row_dim}
     for name, array in candidates.items():
         if row_dim is not None and firsts[name] not in (row_dim, None):
