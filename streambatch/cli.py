@@ -61,6 +61,8 @@ def _add_convert(commands) -> None:
                    help="inputs (.npy, .parquet, .zarr, .csv, directories, globs) then the output directory")
     c.add_argument("--format", required=True, choices=("parquet", "npy", "zarr"), help="output shard format")
     c.add_argument("--columns", default=None, help="comma-separated columns to keep (default: all)")
+    c.add_argument("--exclude", default=None,
+                   help="comma-separated columns to leave out (e.g. strings, which convert cannot read)")
     size = c.add_mutually_exclusive_group()
     size.add_argument("--shard-size", default=None, help="target bytes per shard, e.g. 256MiB (the default)")
     size.add_argument("--rows-per-shard", type=int, default=None, help="exact rows per shard (the last may be short)")
@@ -86,6 +88,11 @@ def _convert(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error("convert needs at least one SRC and a DEST")
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     try:
+        if args.exclude:
+            from .convert._inputs import columns_excluding
+
+            exclude = [c.strip() for c in args.exclude.split(",") if c.strip()]
+            columns = columns_excluding(args.paths[:-1], exclude, columns)
         result = convert(
             args.paths[:-1], args.paths[-1], args.format, columns=columns, shard_size=args.shard_size,
             rows_per_shard=args.rows_per_shard, chunk_rows=args.chunk_rows, compression=args.compression,

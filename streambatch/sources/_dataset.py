@@ -19,7 +19,7 @@ from ._formats import FORMATS, directory_format, file_format, known_suffixes
 from ._fs import FileSystemPath, expand_glob, list_directory, resolve
 from ._retry import RetryPolicy
 
-__all__ = ["Dataset", "SourceLike", "open_dataset"]
+__all__ = ["Dataset", "SourceLike", "inspect_dataset", "open_dataset"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 SourceLike = Union[PathLike, Sequence[PathLike], Mapping[str, PathLike], "Dataset"]
@@ -155,6 +155,27 @@ def open_dataset(
         return Dataset(shards, columns, exclude=exclude, fill_nulls=fill_nulls)
     shards = [_with_retry(s, retry) for s in _shards_of(source, storage_options)]
     return Dataset(shards, columns, exclude=exclude, fill_nulls=fill_nulls)
+
+
+def inspect_dataset(
+    source: SourceLike, storage_options: dict[str, Any] | None = None
+) -> tuple[Dataset, dict[str, str]]:
+    """What ``streambatch info`` shows: the dataset of every column that can be
+    read, and every column that cannot (unreadable, or with nulls its footer
+    counts) mapped to the reason -- listed instead of failing the whole command."""
+    shards = list(source.shards) if isinstance(source, Dataset) else _shards_of(source, storage_options)
+    problems: dict[str, str] = {}
+    for shard in shards:
+        for name, reason in shard.unreadable.items():
+            problems.setdefault(name, reason)
+        for name in shard.columns:
+            if name in problems:
+                continue
+            try:
+                shard.check_columns([name])
+            except SchemaError as e:
+                problems[name] = str(e)
+    return Dataset(shards, exclude=list(problems)), problems
 
 
 def _with_retry(shard: Shard, retry: RetryPolicy | None) -> Shard:
