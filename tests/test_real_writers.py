@@ -454,3 +454,11 @@ def test_a_directory_of_symbolic_links_to_data_files_reads_them(tmp_path):
     assert [s.num_rows for s in ds.shards] == [5, 4, 5, 4]
     with sb.Loader(ds, batch_size=3, shuffle=False) as loader:
         assert sorted(np.concatenate([b["id"] for b in loader]).tolist()) == sorted([*range(9), *range(9)])
+
+
+def test_a_float_fill_value_is_rounded_to_the_columns_precision(tmp_path):
+    path = str(tmp_path / "f4.parquet")
+    pq.write_table(pa.table({"x": pa.array([1.0, None], pa.float32())}), path)
+    with sb.Loader(path, batch_size=2, shuffle=False, fill_nulls={"x": 0.1}) as loader:
+        (batch,) = list(loader)
+    assert batch["x"].dtype == np.float32 and batch["x"].tolist() == [1.0, float(np.float32(0.1))]

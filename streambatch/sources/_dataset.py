@@ -366,8 +366,9 @@ def _short(value: Any) -> str:
 
 
 def _check_fill_nulls(shards: Sequence[Shard], fill_nulls: Mapping[str, Any]) -> dict[str, Any]:
-    """``fill_nulls`` validated against the first shard: known columns, and values
-    their dtype represents exactly."""
+    """``fill_nulls`` validated against the first shard: known columns, and scalar
+    values their dtype holds (any real number for a float column, an exact value
+    otherwise)."""
     if not isinstance(fill_nulls, Mapping):
         raise TypeError(f"fill_nulls must be a dict {{column: value}}, got {type(fill_nulls).__name__}")
     first = shards[0]
@@ -378,11 +379,15 @@ def _check_fill_nulls(shards: Sequence[Shard], fill_nulls: Mapping[str, Any]) ->
             first.check_columns([name])  # unknown or unreadable: named
             raise UnknownColumnError(f"fill_nulls: no column {name!r} in {first.path}")
         try:
-            converted = np.asarray(value).astype(spec.dtype)
-            same = bool(np.all((converted == value) | (np.isnan(converted) & np.isnan(value))))
-        except (TypeError, ValueError):
+            given = np.asarray(value)
+            converted = given.astype(spec.dtype)
+            if spec.dtype.kind in "fc":  # any real number, rounded to the column's precision
+                same = given.dtype.kind in "biuf" and given.ndim == 0
+            else:  # integers, bools, datetimes: exactly representable
+                same = given.ndim == 0 and bool(converted == value)
+        except (TypeError, ValueError, OverflowError):
             same = False
-        if not same or converted.ndim:
+        if not same:
             raise SchemaError(f"fill_nulls[{name!r}] = {value!r} is not a {spec.dtype} scalar (the column's dtype)")
         checked[name] = converted[()].item()
     return checked

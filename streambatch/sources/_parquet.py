@@ -973,6 +973,8 @@ def _check_list_lengths(column: pa.ChunkedArray, plan: _Plan, error) -> None:  #
         arr: pa.Array = chunk
         per_row = 1  # values of this level per top-level row
         for expected in plan.checked_lengths:
+            if not len(arr):
+                break
             if expected:
                 wide = pa.types.is_large_list(arr.type)
                 offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64 if wide else np.int32,
