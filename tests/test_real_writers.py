@@ -462,3 +462,27 @@ def test_a_float_fill_value_is_rounded_to_the_columns_precision(tmp_path):
     with sb.Loader(path, batch_size=2, shuffle=False, fill_nulls={"x": 0.1}) as loader:
         (batch,) = list(loader)
     assert batch["x"].dtype == np.float32 and batch["x"].tolist() == [1.0, float(np.float32(0.1))]
+
+
+def test_finding_nested_list_lengths_at_open_does_not_read_the_whole_column_chunk(tmp_path):
+    """The inner lengths of a list<list<T>> come from its first row: a fresh process
+    (a fresh Arrow pool, whose peak is measured) opens a file of one 10 MB row group."""
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "nested.parquet")
+    n = 160_000
+    values = np.arange(n * 16, dtype=np.float32).reshape(n, 4, 4)
+    pq.write_table(
+        pa.table({"m": pa.array(values.tolist(), pa.list_(pa.list_(pa.float32())))}),
+        path, row_group_size=n, compression="none",
+    )
+    assert os.path.getsize(path) > 10 << 20
+    code = (
+        "import pyarrow as pa, streambatch as sb\n"
+        f"ds = sb.open_dataset({path!r})\n"
+        "assert ds.columns['m'] == ('float32', (4, 4)), ds.columns\n"
+        "print(pa.default_memory_pool().max_memory())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert int(out.split()[-1]) < 4 << 20  # a few pages, not the 10 MB column chunk

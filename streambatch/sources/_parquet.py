@@ -992,8 +992,17 @@ def _check_list_lengths(column: pa.ChunkedArray, plan: _Plan, error) -> None:  #
 def _first_row(
     location: FileSystemPath, verify: bool, metadata: pq.FileMetaData, name: str, group: int
 ) -> pa.Array:
-    """Row 0 of row group ``group`` of column ``name``: decodes its first page only."""
-    pf, raw = _open(location, verify, metadata)
+    """Row 0 of row group ``group`` of column ``name``, decoding its first page only
+    and reading the column chunk through a 1 MiB buffer (unbuffered, pyarrow would
+    read the whole column chunk first)."""
+    raw = pa.OSFile(location.path, "r") if location.is_local else location.fs.open(location.path, "rb")
+    try:
+        pf = pq.ParquetFile(
+            raw, metadata=metadata, page_checksum_verification=verify, pre_buffer=False, buffer_size=1 << 20
+        )
+    except BaseException:
+        raw.close()
+        raise
     try:
         batch = next(pf.iter_batches(batch_size=1, row_groups=[group], columns=[name], use_threads=False))
         return batch.column(0)
