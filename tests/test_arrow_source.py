@@ -86,7 +86,8 @@ def huggingface_directory(tmp_path) -> str:
     (root / "state.json").write_text(
         json.dumps({"_data_files": [{"filename": n} for n in names], "_fingerprint": "x", "_split": "train"})
     )
-    (root / "dataset_info.json").write_text(json.dumps({"features": {"id": {"dtype": "int64", "_type": "Value"}}}))
+    features = {"id": {"dtype": "int64", "_type": "Value"}, "label": {"names": ["neg", "pos"], "_type": "ClassLabel"}}
+    (root / "dataset_info.json").write_text(json.dumps({"features": features}))
     return str(root)
 
 
@@ -271,6 +272,19 @@ def test_a_compressed_stream_is_refused_with_the_remedy(tmp_path):
     write_stream(path, source_table(), compression="zstd")
     with pytest.raises(sb.SchemaError, match=r"compressed Arrow stream has no random access"):
         sb.open_dataset(str(path))
+
+
+def test_huggingface_class_labels_are_the_columns_categories(tmp_path):
+    root = tmp_path / "hf"
+    root.mkdir()
+    write_stream(root / "data-00000-of-00001.arrow", pa.table({"label": np.array([0, 1, 1], np.int64)}))
+    (root / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
+    features = {"label": {"names": ["neg", "pos"], "_type": "ClassLabel"}}
+    (root / "dataset_info.json").write_text(json.dumps({"features": features}))
+    ds = sb.open_dataset(str(root))
+    assert ds.column_metadata == {"label": {"categories": ["neg", "pos"], "ordered": False}}
+    with sb.Loader(ds, batch_size=3, shuffle=False) as loader:
+        assert next(iter(loader))["label"].tolist() == [0, 1, 1]
 
 
 def test_a_huggingface_dataset_dict_asks_for_one_split(tmp_path):

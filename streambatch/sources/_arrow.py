@@ -50,9 +50,11 @@ _FILE_MAGIC = b"ARROW1"
 
 
 class ArrowShard(Shard):
-    """One Arrow IPC file (file or stream format); read in place through a memory map."""
+    """One Arrow IPC file (file or stream format); read in place through a memory map.
+    ``labels`` gives integer columns their category names (Hugging Face ``ClassLabel``),
+    shown in ``column_metadata`` like the categories of a dictionary column."""
 
-    def __init__(self, location: FileSystemPath) -> None:
+    def __init__(self, location: FileSystemPath, labels: Mapping[str, list[str]] | None = None) -> None:
         self.location = location
         self.path = location.url
         if not location.is_local:
@@ -89,6 +91,9 @@ class ArrowShard(Shard):
                         )
                 self._scan_batch(i, batch, schema)
             self._plan_columns(schema, first)
+        for name, names in (labels or {}).items():
+            if name in self.columns and name not in self.column_metadata:
+                self.column_metadata[name] = {"categories": list(names), "ordered": False}
         self.num_rows = int(sum(counts))
         self.compressed = compressed
         self._batch_bounds = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
@@ -418,9 +423,29 @@ def huggingface_shards(location: FileSystemPath) -> list[Shard]:
         ) from e
     if not files:
         raise SourceNotFoundError(f"{state_location.url} lists no data files")
+    labels = _class_labels(location.child(f"{root}/dataset_info.json"))
     shards: list[Shard] = []
     for name in files:
         if not isinstance(name, str) or "/" in name or name.startswith("."):
             raise CorruptInputError(f"{state_location.url}: data file name {name!r} is not a file in the directory")
-        shards.append(ArrowShard(location.child(f"{root}/{name}")))
+        shards.append(ArrowShard(location.child(f"{root}/{name}"), labels))
     return shards
+
+
+def _class_labels(info: FileSystemPath) -> dict[str, list[str]]:
+    """Column -> names of the top-level ``ClassLabel`` features in ``dataset_info.json``
+    (``{}`` when the file is absent or says nothing about them)."""
+    if not info.exists():
+        return {}
+    try:
+        with info.fs.open(info.path, "rb") as f:
+            features = json.loads(f.read().decode("utf-8")).get("features") or {}
+    except (ValueError, UnicodeDecodeError, AttributeError) as e:
+        raise CorruptInputError(f"{info.url}: not valid JSON ({e})") from e
+    if not isinstance(features, dict):
+        return {}
+    return {
+        str(name): [str(n) for n in feature["names"]]
+        for name, feature in features.items()
+        if isinstance(feature, dict) and feature.get("_type") == "ClassLabel" and isinstance(feature.get("names"), list)
+    }
