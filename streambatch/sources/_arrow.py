@@ -24,9 +24,10 @@ Columns
 
 Handles
     A shard holds no open file. A reader holds one memory map (one file
-    descriptor); ``close()`` drops every batch it handed out and closes it, so
-    no mapping outlives the reader (batches are copied into the caller's arrays,
-    never returned as views).
+    descriptor) and checks each record batch once, when first used (nulls, list
+    offsets evenly spaced); reads then only copy. ``close()`` drops every batch
+    it handed out and closes the map, so no mapping outlives the reader (batches
+    are copied into the caller's arrays, never returned as views).
 """
 
 from __future__ import annotations
@@ -204,25 +205,36 @@ class _ArrowReader(ShardReader):
         try:
             schema = self._opened.schema
             self._index = {name: schema.get_field_index(name) for name in plans}
-            self._batches: list[pa.RecordBatch | None] = (
-                list(self._opened.batches()) if self._opened.stream else [None] * self._opened.num_batches
-            )
+            self._batches: list[pa.RecordBatch | None] = [None] * (len(shard._batch_bounds) - 1)
+            if self._opened.stream:  # no index to reach batch i: walk the messages once (views, no data read)
+                streamed = list(self._opened.batches())
+                if len(streamed) != len(self._batches):
+                    raise CorruptInputError(f"{shard.path}: the file changed since it was opened (record batches)")
+                for i, batch in enumerate(streamed):
+                    for name in plans:
+                        self._check(name, batch.column(self._index[name]), i, 0)
+                    self._batches[i] = batch
         except BaseException:
             self._opened.close()
             raise
-        if len(self._batches) != len(shard._batch_bounds) - 1:
+        if not self._opened.stream and self._opened.num_batches != len(self._batches):
             self.close()
             raise CorruptInputError(f"{shard.path}: the file changed since it was opened (record batch count)")
 
     def _batch(self, i: int) -> pa.RecordBatch:
+        """Record batch ``i``, its opened columns checked (nulls, list lengths) the first
+        time it is used, so that each read only copies."""
         with self._lock:
             if self._opened is None:
                 raise ValueError(f"reader of {self._shard.path} is closed")
             batch = self._batches[i]
-            if batch is None:
-                batch = self._opened.batch(i)
-                if not self._shard.compressed:  # a view of the map: keep it; a decompressed copy: drop it
-                    self._batches[i] = batch
+            if batch is not None:
+                return batch
+            batch = self._opened.batch(i)
+            for name in self._plans:
+                self._check(name, batch.column(self._index[name]), i, 0)
+            if not self._shard.compressed:  # a view of the map: keep it; a decompressed copy: drop it
+                self._batches[i] = batch
             return batch
 
     def read_into(self, start: int, stop: int, out: Mapping[str, np.ndarray]) -> None:
@@ -248,14 +260,13 @@ class _ArrowReader(ShardReader):
                 )
             for name, target in out.items():
                 column = batch.column(self._index[name]).slice(row - base, end - row)
-                self._check(name, column, i, row - base)
                 copy_column(column, self._plans[name], target[row - start : end - start],
                             shard._categories.get(name), shard.path)
             row = end
 
     def _check(self, name: str, column: pa.Array, batch: int, offset: int) -> None:
-        """Nulls and list lengths of the rows about to be copied (they cost a scan of
-        the slice's validity bitmap and offsets, nothing when there are none)."""
+        """Nulls and list lengths of a record batch's column, once per batch: one
+        vectorised pass over its offsets (null counts come from the IPC metadata)."""
         plan, path = self._plans[name], self._shard.path
         chunked = pa.chunked_array([column])
         nulls = _count_nulls(chunked, leaves=plan.fill is None)
