@@ -28,8 +28,8 @@ Missing and corrupt chunks
     Zarr defines an absent chunk as ``fill_value``, and by default it does not
     even write chunks that hold only ``fill_value`` (``write_empty_chunks=False``):
     class-0 labels and zero padding are absent from ordinary stores. So by
-    default an absent chunk reads as ``fill_value``, as zarr defines it (logged at
-    debug level once per key). A deleted chunk looks the same on disk, so stores
+    default an absent chunk reads as ``fill_value``, as zarr defines it (the first
+    one of a store is logged at debug level). A deleted chunk looks the same on disk, so stores
     whose every chunk is known to exist -- those ``streambatch convert`` writes,
     whose manifest lists every chunk -- are opened with
     ``allow_missing_chunks=False``: the store is wrapped so that a chunk key it
@@ -118,13 +118,15 @@ _MISSING_HINT = (
 class _StrictChunkStore(WrapperStore):  # type: ignore[type-arg]
     """Delegates everything to the wrapped store, except that a ``get`` of a chunk
     key that returns nothing (zarr's cue to substitute ``fill_value``) raises
-    ``CorruptInputError`` or, when missing chunks are allowed, logs it once."""
+    ``CorruptInputError`` or, when missing chunks are allowed (zarr's own meaning:
+    the chunk is ``fill_value``), logs the first such key of the store at debug
+    level -- once, not once per key: sparse stores have millions of them."""
 
     def __init__(self, store: Store, url: str = "", allow_missing: bool = False) -> None:
         super().__init__(store)
         self._url = url
         self._allow_missing = allow_missing
-        self._reported: set[str] = set()
+        self._reported = False
         self._reported_lock = threading.Lock()
 
     def _with_store(self, store: Store) -> _StrictChunkStore:
@@ -140,10 +142,12 @@ class _StrictChunkStore(WrapperStore):  # type: ignore[type-arg]
         if not self._allow_missing:
             raise _MissingChunkError(key, self._url)
         with self._reported_lock:
-            if key in self._reported:
+            if self._reported:
                 return
-            self._reported.add(key)
-        logger.debug("%s: chunk %s is not stored; reading fill_value, as zarr defines it", self._url, key)
+            self._reported = True
+        logger.debug(
+            "%s: chunk %s (and maybe others) is not stored; reading fill_value, as zarr defines it", self._url, key
+        )
 
 
 class ZarrShard(Shard):
