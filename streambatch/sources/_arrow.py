@@ -43,7 +43,16 @@ import pyarrow as pa
 from ..errors import CorruptInputError, SchemaError, SourceNotFoundError
 from ._base import ColumnSpec, Shard, ShardReader
 from ._fs import FileSystemPath
-from ._parquet import _check_list_lengths, _count_nulls, _list_levels, _Plan, _plan_for, copy_column
+from ._parquet import (
+    _check_list_lengths,
+    _count_nulls,
+    _has_variable_list,
+    _list_levels,
+    _Plan,
+    _plan_for,
+    _variable_reason,
+    copy_column,
+)
 
 __all__ = ["ArrowShard", "huggingface_shards"]
 
@@ -131,8 +140,6 @@ class ArrowShard(Shard):
                 self.columns[field.name] = plan.spec
 
     def _plan_of(self, field: pa.Field, first: pa.Array | None) -> _Plan | str:
-        from ._parquet import _has_variable_list, _variable_reason
-
         lengths = None
         if _has_variable_list(field.type):
             if first is None:

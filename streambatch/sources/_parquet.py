@@ -745,9 +745,8 @@ def _scalar_dtype(t: pa.DataType) -> tuple[np.dtype, np.dtype] | str:
 
 
 def _is_text(t: pa.DataType) -> bool:
-    kinds = [pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary]
-    kinds += [getattr(pa.types, n) for n in ("is_string_view", "is_binary_view") if hasattr(pa.types, n)]
-    return any(k(t) for k in kinds)
+    kinds = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
+    return any(k(t) for k in kinds) or str(t) in ("string_view", "binary_view")  # views: pyarrow >= 16
 
 
 def _is_list(t: pa.DataType) -> bool:
