@@ -291,6 +291,21 @@ def test_a_column_that_cannot_be_delivered_is_refused_at_open_naming_file_column
         sb.open_dataset(path, columns=["id", column])
 
 
+@pytest.mark.parametrize(
+    ("values", "words"),
+    [
+        (pa.array([["a"], ["b"]], pa.list_(pa.string())), "list values of type string: variable-length strings"),
+        (pa.array([[{"p": 1}], [{"p": 2}]]), "list values of type struct<p: int64>: structs are not supported"),
+    ],
+    ids=["list-of-strings", "list-of-structs"],
+)
+def test_a_list_of_unreadable_values_is_refused_for_its_values(tmp_path, values, words):
+    path = str(tmp_path / "l.parquet")
+    pq.write_table(pa.table({"id": [0, 1], "v": values}), path)
+    with pytest.raises(sb.SchemaError, match=re.escape(words)):
+        sb.open_dataset(path)
+
+
 def test_a_file_of_only_unreadable_columns_is_an_error_not_empty_batches(tmp_path):
     path = str(tmp_path / "s.parquet")
     pq.write_table(pa.table({"s": ["a", "b"], "t": [[1], [2, 3]]}), path)

@@ -175,6 +175,10 @@ class ParquetShard(Shard):
         categories of a dictionary from the first row."""
         lengths: list[int] | None = None
         if _has_variable_list(field.type):
+            leaf = _list_levels(field.type)[1]
+            unreadable_leaf = _scalar_dtype(leaf)
+            if isinstance(unreadable_leaf, str):  # list<string>, list<struct>: no length to look for
+                return f"list values of type {leaf}: {unreadable_leaf}"
             found = self._list_lengths(field)
             if isinstance(found, str):
                 return found
