@@ -17,10 +17,12 @@ from .errors import (
     ReaderError,
     ReaderTimeoutError,
     RemoteReadError,
+    RowCountError,
     SchemaError,
     SourceNotFoundError,
     StateMismatchError,
     StreambatchError,
+    UnknownColumnError,
 )
 from .loader import EpochIterator, Loader
 from .sources import ColumnSpec, Dataset, open_dataset
@@ -39,10 +41,12 @@ __all__ = [
     "ReaderTimeoutError",
     "RemoteReadError",
     "RetryPolicy",
+    "RowCountError",
     "SchemaError",
     "SourceNotFoundError",
     "StateMismatchError",
     "StreambatchError",
+    "UnknownColumnError",
     "open_dataset",
     "parse_bytes",
 ]

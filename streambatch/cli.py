@@ -132,6 +132,8 @@ def _add_convert(commands) -> None:
     c.add_argument("dest", metavar="DEST", help="the output directory (new or empty)")
     c.add_argument("--format", required=True, choices=("parquet", "npy", "zarr"), help="output shard format")
     c.add_argument("--columns", default=None, metavar="A,B", help="comma-separated columns to keep (default: all)")
+    c.add_argument("--exclude", default=None,
+                   help="comma-separated columns to leave out (e.g. strings, which convert cannot read)")
     size = c.add_mutually_exclusive_group()
     size.add_argument("--shard-size", default=None, metavar="BYTES",
                       help="target bytes per shard, e.g. 256MiB (the default)")
@@ -213,6 +215,11 @@ def _convert(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         )
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     try:
+        if args.exclude:
+            from .convert._inputs import columns_excluding
+
+            exclude = [c.strip() for c in args.exclude.split(",") if c.strip()]
+            columns = columns_excluding(args.sources, exclude, columns)
         result = convert(
             args.sources, args.dest, args.format, columns=columns, shard_size=args.shard_size,
             rows_per_shard=args.rows_per_shard, chunk_rows=args.chunk_rows, compression=args.compression,

@@ -15,10 +15,12 @@ __all__ = [
     "ReaderError",
     "ReaderTimeoutError",
     "RemoteReadError",
+    "RowCountError",
     "SchemaError",
     "SourceNotFoundError",
     "StateMismatchError",
     "StreambatchError",
+    "UnknownColumnError",
 ]
 
 
@@ -38,8 +40,21 @@ class SchemaError(StreambatchError, TypeError):
     """A dtype, row shape, column name or row count does not fit what was expected."""
 
 
-class EmptyDatasetError(SchemaError):
-    """The dataset holds zero rows in total."""
+class RowCountError(SchemaError, ValueError):
+    """Columns or shards that must have the same number of rows do not: a wrong
+    value, not a wrong type, so it is also a ``ValueError``."""
+
+
+class EmptyDatasetError(SchemaError, ValueError):
+    """The dataset holds zero rows in total (also a ``ValueError``)."""
+
+
+class UnknownColumnError(SchemaError, KeyError):
+    """A requested column does not exist; also a ``KeyError``, whose ``str()``
+    would quote the message, so ``__str__`` gives the message as written."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
 
 
 class ReaderError(StreambatchError, OSError):

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ._units import format_bytes
-from .sources import open_dataset
+from .sources._dataset import inspect_dataset
 from .sources._fs import resolve
 from .sources._manifest import has_manifest, read_manifest, verify_manifest
 
@@ -17,8 +17,12 @@ __all__ = ["describe", "format_info", "verify"]
 
 def describe(path: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Rows, columns, shards, bytes on storage and read-unit sizes of ``path``, plus
-    the manifest's format and convert parameters when ``path`` is a convert output."""
-    ds = open_dataset(path, storage_options=storage_options)
+    the manifest's format and convert parameters when ``path`` is a convert output.
+
+    Unlike ``open_dataset``, a column that cannot be read does not fail the
+    description: ``unreadable`` lists it with the reason (its type, or the nulls
+    its footer counts), and ``not_columns`` lists what is not on the row axis."""
+    ds, unreadable = inspect_dataset(path, storage_options=storage_options)
     location = resolve(path, storage_options)
     manifest = read_manifest(location) if location.isdir() and has_manifest(location) else None
     shards = []
@@ -41,6 +45,9 @@ def describe(path: str, storage_options: dict[str, Any] | None = None) -> dict[s
         "path": location.url,
         "rows": ds.num_rows,
         "columns": {n: {"dtype": str(s.dtype), "shape": list(s.shape)} for n, s in ds.columns.items()},
+        "unreadable": unreadable,
+        "not_columns": dict(ds.ignored),
+        "column_metadata": {n: {k: _short(v) for k, v in m.items()} for n, m in ds.column_metadata.items()},
         "row_bytes": ds.row_nbytes,
         "data_bytes": ds.nbytes,
         "stored_bytes": sum(s["bytes"] or 0 for s in shards) if all(s["bytes"] is not None for s in shards) else None,
@@ -51,6 +58,13 @@ def describe(path: str, storage_options: dict[str, Any] | None = None) -> dict[s
             k: manifest.get(k) for k in ("format", "format_version", "shard_format", "written_by", "params")
         }
     return info
+
+
+def _short(value: Any) -> Any:
+    """Category lists and the like, cut to 20 entries for display."""
+    if isinstance(value, list) and len(value) > 20:
+        return [*value[:20], f"... {len(value) - 20} more"]
+    return value
 
 
 def verify(path: str, storage_options: dict[str, Any] | None = None) -> int:
@@ -85,7 +99,19 @@ def format_info(info: dict[str, Any]) -> str:
     lines.append(f"  columns  {len(info['columns'])}")
     for name, spec in info["columns"].items():
         shape = "x".join(map(str, spec["shape"])) if spec["shape"] else "scalar"
-        lines.append(f"    {name:<16} {spec['dtype']:<10} {shape}")
+        meta = info.get("column_metadata", {}).get(name)
+        extra = f"  categories {meta['categories']}" if meta and "categories" in meta else ""
+        lines.append(f"    {name:<16} {spec['dtype']:<10} {shape}{extra}")
+    unreadable = info.get("unreadable") or {}
+    if unreadable:
+        lines.append(f"  cannot be read ({len(unreadable)}; open_dataset refuses them unless excluded)")
+        for name, reason in unreadable.items():
+            lines.append(f"    {name:<16} {reason}")
+    ignored = info.get("not_columns") or {}
+    if ignored:
+        lines.append(f"  not columns ({len(ignored)}; not along the row axis)")
+        for name, reason in ignored.items():
+            lines.append(f"    {name:<16} {reason}")
     shards = info["shards"]
     lines.append(f"  shards   {len(shards)}")
     for s in shards[:20]:

@@ -104,6 +104,8 @@ class Loader:
         memory_limit: int | str = "512MiB",
         num_threads: int | None = None,
         columns: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        fill_nulls: Mapping[str, Any] | None = None,
         rank: int | None = None,
         world_size: int | None = None,
         remainder: Remainder = "pad",
@@ -131,7 +133,10 @@ class Loader:
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.remainder: Remainder = remainder
-        self.dataset: Dataset = open_dataset(source, columns, storage_options=storage_options, retry=retry)
+        # exclude / fill_nulls: see open_dataset (columns that cannot be read, nulls)
+        self.dataset: Dataset = open_dataset(
+            source, columns, exclude=exclude, fill_nulls=fill_nulls, storage_options=storage_options, retry=retry
+        )
         self.num_threads = int(num_threads) if num_threads is not None else _default_threads(self.dataset)
         if self.dataset.num_rows == 0:
             paths = ", ".join(s.path for s in self.dataset.shards[:5])

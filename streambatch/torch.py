@@ -55,8 +55,31 @@ _VERSION = 1
 
 
 def as_tensors(batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """``{column: torch.from_numpy(array)}``: the tensors share the arrays' memory (no copy)."""
-    return {name: torch.from_numpy(array) for name, array in batch.items()}
+    """``{column: torch.from_numpy(array)}``: the tensors share the arrays' memory (no copy),
+    except for what torch cannot hold as it is:
+
+    * a non-native byte order (big-endian ``>f4`` from a ``.npy`` or Zarr store) is
+      converted to native order (one copy of that column);
+    * ``datetime64``/``timedelta64`` columns become ``int64`` tensors counting the
+      column's own unit (``datetime64[ms]`` -> milliseconds since 1970), a view, no copy;
+    * any other dtype torch refuses (``S``/``U`` bytes and strings ...) is a
+      ``TypeError`` naming the column and its dtype.
+    """
+    return {name: _tensor(name, array) for name, array in batch.items()}
+
+
+def _tensor(name: str, array: np.ndarray) -> torch.Tensor:
+    if array.dtype.kind in "mM":
+        array = array.view(np.int64)
+    elif not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    try:
+        return torch.from_numpy(array)
+    except TypeError as e:
+        raise TypeError(
+            f"column {name!r} has dtype {array.dtype}, which torch cannot hold: exclude the column "
+            f"(Loader(..., exclude=[{name!r}])) or store it as numbers ({e})"
+        ) from e
 
 
 class StreambatchIterable(IterableDataset):

@@ -13,13 +13,29 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import SchemaError
+
 __all__ = ["NpyWriter", "ParquetWriter", "ZarrWriter", "arrow_column", "arrow_field"]
 
 
+#: numpy kinds a scalar Parquet column stores as the matching Arrow primitive type.
+_PRIMITIVE_KINDS = "biufmM"
+
+
 def arrow_field(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> pa.Field:
-    """A primitive field for scalar rows; FixedSizeBinary with dtype/shape metadata for tensors."""
+    """A primitive field for scalar rows of a native-order number, bool or datetime;
+    FixedSizeBinary with dtype/shape metadata for tensors and for every other
+    fixed-size dtype (big-endian, complex, ``S``/``U`` strings, structured), which
+    Arrow has no primitive type for: the bytes are kept and read back as they are."""
     dtype = np.dtype(dtype)
-    if not shape:
+    if dtype.hasobject or dtype.itemsize == 0:
+        raise SchemaError(f"column {name!r}: dtype {dtype} is not a fixed-size value; Parquet output cannot store it")
+    if dtype.fields is not None:
+        raise SchemaError(
+            f"column {name!r}: structured dtype {dtype}: Parquet output keeps no field names; "
+            "store each field as its own column, or choose npy or zarr output"
+        )
+    if not shape and dtype.kind in _PRIMITIVE_KINDS and dtype.isnative and dtype.fields is None:
         return pa.field(name, pa.from_numpy_dtype(dtype), nullable=False)
     width = int(dtype.itemsize * np.prod(shape))
     metadata = {b"dtype": dtype.str.encode(), b"shape": json.dumps(list(shape)).encode()}
@@ -29,7 +45,7 @@ def arrow_field(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> pa.Field:
 def arrow_column(values: np.ndarray, field: pa.Field) -> pa.Array:
     """Wrap ``values`` (rows first) as an Arrow array of ``field``'s type, without copying."""
     values = np.ascontiguousarray(values)
-    if values.ndim == 1:
+    if not pa.types.is_fixed_size_binary(field.type):
         return pa.array(values, type=field.type)
     raw = pa.py_buffer(values.reshape(-1).view(np.uint8))
     return pa.Array.from_buffers(field.type, len(values), [None, raw])
@@ -82,6 +98,15 @@ class ZarrWriter:
     ) -> None:
         import zarr
 
+        for name, (dtype, _) in columns.items():
+            dtype = np.dtype(dtype)
+            if not dtype.isnative and dtype.itemsize > 1:  # zarr 3 reads it back in native order
+                raise SchemaError(
+                    f"column {name!r}: dtype {dtype.str} is not in native byte order, and a Zarr store reads "
+                    "it back as native: choose Parquet or npy output, or byte-swap the column first"
+                )
+            if dtype.hasobject or dtype.itemsize == 0:
+                raise SchemaError(f"column {name!r}: dtype {dtype} is not a fixed-size value; Zarr cannot store it")
         self._group = zarr.open_group(path, mode="w", zarr_format=3)
         compressors = _zarr_compressors(compression)
         self._arrays = {
@@ -142,7 +167,8 @@ class NpyWriter:
     def write(self, block: Mapping[str, np.ndarray]) -> None:
         n = len(next(iter(block.values())))
         for name, f in self._files.items():
-            f.write(np.ascontiguousarray(block[name]).data)
+            # raw bytes: a memoryview of datetime64 or structured values cannot be written directly
+            f.write(np.ascontiguousarray(block[name]).reshape(-1).view(np.uint8).data)
         self.rows += n
 
     def close(self) -> None:

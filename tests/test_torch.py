@@ -138,6 +138,20 @@ def test_as_tensors_does_not_copy():
     assert tensors["a"][0, 0].item() == 42
 
 
+def test_big_endian_and_datetime_columns_become_tensors_and_other_dtypes_are_named(tmp_path):
+    x = np.arange(10, dtype=">f4").reshape(5, 2)
+    t = np.array(["2024-01-01T00:00:00.001", "1970-01-01T00:00:00.002"] * 2 + ["1970-01-01"], "datetime64[ms]")
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "t.npy", t)
+    adapter = sbt.StreambatchIterable(str(tmp_path), batch_size=5, shuffle=False)
+    (batch,) = list(adapter)
+    assert batch["x"].dtype == torch.float32 and batch["x"].tolist() == x.astype("<f4").tolist()
+    assert batch["t"].dtype == torch.int64 and batch["t"].tolist() == t.view(np.int64).tolist()
+    assert batch["t"][1].item() == 2  # milliseconds since 1970: the column's unit
+    with pytest.raises(TypeError, match=r"column 'name' has dtype <U3, which torch cannot hold"):
+        sbt.as_tensors({"name": np.array(["abc"])})
+
+
 def test_in_process_tensors_share_the_loaders_arrays(dataset_factory, monkeypatch):
     path = dataset_factory("npy", n=300)
     seen = []

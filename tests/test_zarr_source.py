@@ -2,11 +2,12 @@
 
 A shard reads metadata documents only; a group is a column per array, a lone
 array is one column named after its store; the units are chunks (or shards)
-along axis 0. Broken metadata is a ``CorruptInputError`` naming the document,
-mismatched or unsupported arrays a ``SchemaError`` naming the arrays. Reads are
-strict: a missing chunk is a ``CorruptInputError`` naming the chunk key (zarr
-alone would read ``fill_value``), unless ``allow_missing_chunks=True``; a chunk
-that does not decode is a ``CorruptInputError`` naming the chunk key.
+along axis 0. Broken metadata is a ``CorruptInputError`` naming the document;
+arrays off the row axis are ``ignored`` and unsupported ones ``unreadable``, each
+refused by name when requested. A missing chunk reads as ``fill_value``, as zarr
+defines it, unless ``allow_missing_chunks=False`` (convert outputs): then it is a
+``CorruptInputError`` naming the chunk key; a chunk that does not decode is a
+``CorruptInputError`` naming the chunk key.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 import zarr
 from zarr.codecs import ZstdCodec
 
-from streambatch.errors import CorruptInputError, SchemaError, SourceNotFoundError
+from streambatch.errors import CorruptInputError, RowCountError, SchemaError, SourceNotFoundError
 from streambatch.sources._base import ColumnSpec
 from streambatch.sources._fs import resolve
 from streambatch.sources._zarr import ZarrShard
@@ -142,7 +143,7 @@ def test_a_reader_reads_only_the_columns_it_was_opened_with(store):
     with pytest.raises(SchemaError, match="'images'"):
         reader.read_into(0, 8, {"images": np.empty((8, 4, 3), np.uint8)})
     reader.close()
-    with pytest.raises(SchemaError, match="no array 'nope'"):
+    with pytest.raises(SchemaError, match="no column 'nope'"):
         shard.open_reader(["nope"])
 
 
@@ -201,34 +202,41 @@ def test_a_sharded_array_is_read_one_inner_chunk_per_unit(tmp_path):
 # --------------------------------------------------------------------------- schema errors
 
 
-def test_arrays_of_different_lengths_are_a_schema_error_listing_each(tmp_path):
+def test_an_array_of_another_length_is_not_a_column_and_is_a_row_count_error_when_requested(tmp_path):
     path = str(tmp_path / "ragged.zarr")
     group = zarr.open_group(path, mode="w")
-    group.create_array("a", shape=(10,), dtype="f4")
+    group.create_array("a", shape=(12,), dtype="f4")
     group.create_array("b", shape=(12, 2), dtype="f4")
-    with pytest.raises(SchemaError) as info:
-        shard_of(path)
-    assert "'a' has 10 rows" in str(info.value)
-    assert "'b' has 12 rows" in str(info.value)
-    assert path in str(info.value)
+    group.create_array("c", shape=(10,), dtype="f4")
+    shard = shard_of(path)
+    assert list(shard.columns) == ["a", "b"] and shard.num_rows == 12
+    assert "10 rows" in str(shard.ignored["c"])
+    with pytest.raises(RowCountError) as info:  # a ValueError too
+        shard.open_reader(["a", "c"])
+    assert path in str(info.value) and "'c'" in str(info.value) and "10 rows" in str(info.value)
+    assert isinstance(info.value, ValueError)
 
 
-def test_a_0d_array_is_a_schema_error(tmp_path):
+def test_a_0d_array_is_not_a_column_and_is_refused_by_name(tmp_path):
     path = str(tmp_path / "scalar.zarr")
     group = zarr.open_group(path, mode="w")
     group.create_array("rows", shape=(4,), dtype="f4")
     group.create_array("scalar", shape=(), dtype="f4")
-    with pytest.raises(SchemaError, match=r"'scalar' is 0-d"):
-        shard_of(path)
+    shard = shard_of(path)
+    assert list(shard.columns) == ["rows"]
+    with pytest.raises(SchemaError, match=r"'scalar' is not a column: a 0-d array has no row axis"):
+        shard.check_columns(["scalar"])
 
 
-def test_a_variable_length_string_array_is_a_schema_error_naming_it(tmp_path):
+def test_a_variable_length_string_array_is_unreadable_naming_it(tmp_path):
     path = str(tmp_path / "text.zarr")
     group = zarr.open_group(path, mode="w")
     group.create_array("rows", shape=(4,), dtype="f4")
     group.create_array("names", shape=(4,), dtype=str)
-    with pytest.raises(SchemaError, match=r"'names'.*variable length"):
-        shard_of(path)
+    shard = shard_of(path)
+    assert list(shard.columns) == ["rows"] and "names" in shard.unreadable
+    with pytest.raises(SchemaError, match=r"'names'.*variable-length"):
+        shard.check_columns(["names"])
 
 
 # --------------------------------------------------------------------------- not a store / broken metadata
@@ -294,7 +302,7 @@ def test_array_metadata_missing_a_field_is_corrupt_input_not_a_silently_skipped_
 def test_a_deleted_chunk_is_corrupt_input_naming_the_chunk_key(tmp_path, zarr_format, key):
     store = write_group(tmp_path / "data.zarr", zarr_format=zarr_format)
     os.remove(chunk_file(store, "labels", key))
-    shard = shard_of(store)  # metadata is intact: opening succeeds
+    shard = shard_of(store, allow_missing_chunks=False)  # metadata is intact: opening succeeds
     read(shard, 16, 24)  # other chunks still read
     with pytest.raises(CorruptInputError) as info:
         read(shard, 24, 32)
@@ -307,20 +315,21 @@ def test_a_deleted_chunk_is_corrupt_input_naming_the_chunk_key(tmp_path, zarr_fo
 def test_a_deleted_chunk_of_an_n_d_array_names_its_full_key(store):
     os.remove(chunk_file(store, "images", "c/0/0/0"))
     with pytest.raises(CorruptInputError, match=r"array 'images' chunk images/c/0/0/0: missing"):
-        read(shard_of(store), 0, 8)
+        read(shard_of(store, allow_missing_chunks=False), 0, 8)
 
 
-def test_allow_missing_chunks_reads_fill_value_and_logs_a_warning(store, caplog):
+def test_a_missing_chunk_reads_fill_value_by_default_as_zarr_defines_it_logged_once(store, caplog):
     os.remove(chunk_file(store, "labels", "c/3"))
-    shard = shard_of(store, allow_missing_chunks=True)
-    with caplog.at_level(logging.WARNING, logger="streambatch"):
+    os.remove(chunk_file(store, "labels", "c/4"))
+    shard = shard_of(store)
+    with caplog.at_level(logging.DEBUG, logger="streambatch"):
         got = read(shard, 24, 32)
-        read(shard, 24, 32)
+        read(shard, 24, 40)
     np.testing.assert_array_equal(got["labels"], np.zeros(8, np.int64))
     np.testing.assert_array_equal(got["images"], source_columns()["images"][24:32])
-    warnings = [r for r in caplog.records if "labels/c/3" in r.getMessage()]
-    assert len(warnings) == 1  # once per chunk, not once per read
-    assert warnings[0].levelno == logging.WARNING
+    logged = [r for r in caplog.records if "is not stored" in r.getMessage()]
+    assert len(logged) == 1 and "labels/c/3" in logged[0].getMessage()  # once per store, not per key
+    assert logged[0].levelno == logging.DEBUG  # normal in zarr stores: no warning
 
 
 @pytest.mark.parametrize("damage", ["garbage", "empty"])
@@ -416,7 +425,7 @@ def test_a_missing_chunk_in_a_memory_store_is_corrupt_input(memory_url):
     location = resolve(memory_url)
     location.fs.rm(f"{location.path}/labels/c/1")
     with pytest.raises(CorruptInputError, match=r"chunk labels/c/1: missing"):
-        read(ZarrShard(location), 8, 16)
+        read(ZarrShard(location, allow_missing_chunks=False), 8, 16)
 
 
 def test_a_missing_memory_url_is_source_not_found(memory_url):

@@ -16,11 +16,19 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptInputError, SchemaError
+from ..errors import CorruptInputError, SchemaError, UnknownColumnError
 from ..sources import ColumnSpec, open_dataset
 from ..sources._fs import resolve
 
-__all__ = ["DatasetPart", "InputReader", "RawPart", "fingerprint_sources", "is_csv_source", "stage_csv"]
+__all__ = [
+    "DatasetPart",
+    "InputReader",
+    "RawPart",
+    "columns_excluding",
+    "fingerprint_sources",
+    "is_csv_source",
+    "stage_csv",
+]
 
 _CSV = (".csv", ".csv.gz", ".tsv")
 _CSV_BLOCK_BYTES = 16 << 20
@@ -112,6 +120,30 @@ class InputReader:
             base = int(ds.shard_offsets[s])
             readers[s].read_into(row - base, end - base, {n: a[row - start : end - start] for n, a in out.items()})
             row = end
+
+
+def columns_excluding(
+    sources: Sequence[str],
+    exclude: Sequence[str],
+    columns: Sequence[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """The columns of the first source (or ``columns``) without ``exclude``: what
+    ``convert --exclude`` keeps, so that a column convert cannot read (a string, a
+    ragged list) can be left out by name. An unknown name is an ``UnknownColumnError``."""
+    first = sources[0]
+    if is_csv_source(first):
+        reader = _open_csv(first, None)
+        try:
+            names = list(reader.schema.names)
+        finally:
+            reader.close()
+        unknown = [n for n in exclude if n not in names]
+        if unknown:
+            raise UnknownColumnError(f"{first}: --exclude names no column {unknown[0]!r}; columns: {names}")
+        return [n for n in (columns or names) if n not in exclude]
+    ds = open_dataset(first, columns, exclude=list(exclude), storage_options=dict(storage_options or {}) or None)
+    return list(ds.columns)
 
 
 def largest_unit_rows(parts: Sequence[Part]) -> int:

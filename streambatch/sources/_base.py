@@ -11,12 +11,17 @@ being held whole: then :meth:`ShardReader.open_stream` reads it).
 from __future__ import annotations
 
 import abc
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
-__all__ = ["ColumnSpec", "RowStream", "Shard", "ShardReader"]
+from ..errors import RowCountError, SchemaError, UnknownColumnError
+
+__all__ = ["ColumnSpec", "NotAColumn", "RowStream", "Shard", "ShardReader"]
 
 
 @dataclass(frozen=True)
@@ -107,11 +112,37 @@ class ShardReader(abc.ABC):
         """Release every handle; idempotent."""
 
 
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class NotAColumn:
+    """Why a name a store holds is not a column: ``wrong_length`` when it has
+    another length along the row axis (requesting it is then a ``RowCountError``,
+    a ``ValueError``), else it has no row axis at all (a ``SchemaError``)."""
+
+    reason: str
+    wrong_length: bool = False
+
+    def __str__(self) -> str:
+        return self.reason
+
+
 class Shard(abc.ABC):
     """Metadata of one file or store: rows, columns and natural read units.
 
     Building a shard reads headers or footers only, never data rows, and
     validates everything cheap so that bad input fails in the caller's thread.
+
+    Every name a shard holds is in exactly one of three mappings:
+
+    * ``columns``: what a batch can hold (name -> ``ColumnSpec``);
+    * ``unreadable``: columns of the data that streambatch cannot deliver (name ->
+      reason, naming the storage type). Opening a dataset with ``columns=None``
+      refuses them, so no column is ever dropped without a word;
+    * ``ignored``: names that are not columns at all (a Zarr coordinate along
+      another dimension, a 0-d array): never in the way, refused only when asked
+      for by name.
     """
 
     #: Path or URL, for messages.
@@ -123,6 +154,14 @@ class Shard(abc.ABC):
     #: Units can be read in order in slices (``ShardReader.open_stream``) at a cost
     #: of ``stream_nbytes`` each, instead of being decoded whole.
     streams_units: bool = False
+    #: Column name -> why it cannot be read (a column of the data that is refused).
+    unreadable: Mapping[str, str] = _EMPTY
+    #: Name -> why it is not a column (not on the row axis); refused only when requested.
+    ignored: Mapping[str, NotAColumn] = _EMPTY
+    #: Column name -> ``{"categories": [...]}`` and the like: what a column's values mean.
+    column_metadata: Mapping[str, Mapping[str, Any]] = _EMPTY
+    #: Column name -> the value its nulls are read as (``open_dataset(fill_nulls=...)``).
+    fill_nulls: Mapping[str, Any] = _EMPTY
 
     @property
     @abc.abstractmethod
@@ -143,3 +182,27 @@ class Shard(abc.ABC):
     def describe_rows(self, start: int, stop: int) -> str:
         """Where rows ``[start, stop)`` live, for error messages."""
         return f"{self.path} rows {start}:{stop}"
+
+    def check_columns(self, names: list[str]) -> None:
+        """Raise a ``SchemaError`` naming this shard and the column if any of ``names``
+        cannot be read: unknown (``UnknownColumnError``, also a ``KeyError``), not on
+        the row axis, or unreadable. Formats extend it with checks that need only
+        metadata (Parquet: nulls in the footer statistics). Reads no data."""
+        for name in names:
+            if name in self.columns:
+                continue
+            if name in self.unreadable:
+                raise SchemaError(f"{self.path}: column {name!r} cannot be read: {self.unreadable[name]}")
+            if name in self.ignored:
+                error = RowCountError if self.ignored[name].wrong_length else SchemaError
+                raise error(f"{self.path}: {name!r} is not a column: {self.ignored[name]}")
+            available = ", ".join(repr(c) for c in self.columns) or "none"
+            raise UnknownColumnError(f"{self.path}: no column {name!r}; available columns: {available}")
+
+    def with_fill_nulls(self, fill_nulls: Mapping[str, Any]) -> Shard:
+        """A shallow copy of this shard whose readers read the nulls of column ``c``
+        as ``fill_nulls[c]``; the shard itself is not changed. Formats that cannot
+        hold nulls (``.npy``, Zarr) ignore it."""
+        other = copy.copy(self)
+        other.fill_nulls = MappingProxyType(dict(fill_nulls))
+        return other

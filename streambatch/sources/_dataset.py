@@ -6,25 +6,27 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
 import numpy as np
 
-from ..errors import SchemaError, SourceNotFoundError
+from ..errors import SchemaError, SourceNotFoundError, UnknownColumnError
 from ._base import ColumnSpec, Shard
-from ._fs import FileSystemPath, expand_glob, resolve
+from ._formats import FORMATS, directory_format, file_format, known_suffixes
+from ._fs import FileSystemPath, expand_glob, list_directory, resolve
 from ._retry import RetryPolicy
 
-__all__ = ["Dataset", "SourceLike", "open_dataset"]
+__all__ = ["Dataset", "SourceLike", "inspect_dataset", "open_dataset"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 SourceLike = Union[PathLike, Sequence[PathLike], Mapping[str, PathLike], "Dataset"]
 
+logger = logging.getLogger("streambatch")
+
 _NPY = (".npy",)
-_PARQUET = (".parquet", ".pq", ".parq")
-_ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
 _GLOB_CHARS = set("*?[")
 
 
@@ -34,16 +36,48 @@ class Dataset:
     ``columns`` maps each selected column name to ``(numpy dtype, per-row shape)``.
     Global row ``r`` lives in the shard ``i`` with
     ``shard_offsets[i] <= r < shard_offsets[i + 1]``.
+
+    ``column_metadata`` maps a column to what its values mean where the storage
+    says more than the dtype (a categorical column's ``{"categories": [...]}``);
+    ``ignored`` maps the names that are not columns (not on the row axis) to why.
+    Building a dataset refuses, by name, every selected column a shard cannot
+    deliver, including nulls its footer statistics count (unless ``fill_nulls``
+    fills them); see :func:`open_dataset`.
     """
 
-    def __init__(self, shards: Sequence[Shard], columns: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        shards: Sequence[Shard],
+        columns: Sequence[str] | None = None,
+        *,
+        exclude: Sequence[str] | None = None,
+        fill_nulls: Mapping[str, Any] | None = None,
+    ) -> None:
         if not shards:
             raise SourceNotFoundError("the dataset has no shards")
-        self.shards: tuple[Shard, ...] = tuple(shards)
-        self.columns: dict[str, ColumnSpec] = _common_columns(self.shards, columns)
+        shards = tuple(shards)
+        if fill_nulls is not None:
+            fill_nulls = _check_fill_nulls(shards, fill_nulls)
+            shards = tuple(s.with_fill_nulls(fill_nulls) for s in shards)
+        self.shards: tuple[Shard, ...] = shards
+        self.exclude: tuple[str, ...] = _names("exclude", exclude) if exclude is not None else ()
+        self.columns: dict[str, ColumnSpec] = _common_columns(self.shards, columns, self.exclude)
+        for shard in self.shards:  # nulls in footer statistics and the like: at open, named
+            shard.check_columns(list(self.columns))
+        self.column_metadata: dict[str, dict[str, Any]] = _common_metadata(self.shards, self.columns)
+        self.ignored: dict[str, str] = {n: str(r) for s in self.shards for n, r in s.ignored.items()}
+        if self.ignored:
+            logger.info(
+                "not columns (not along the row axis), left out: %s",
+                "; ".join(f"{n!r}: {r}" for n, r in self.ignored.items()),
+            )
         rows = [s.num_rows for s in self.shards]
         self.shard_offsets = np.concatenate([[0], np.cumsum(rows, dtype=np.int64)])
         self.num_rows = int(self.shard_offsets[-1])
+
+    @property
+    def fill_nulls(self) -> dict[str, Any]:
+        return dict(self.shards[0].fill_nulls)
 
     @property
     def row_nbytes(self) -> int:
@@ -55,8 +89,8 @@ class Dataset:
         return self.row_nbytes * self.num_rows
 
     def select(self, columns: Sequence[str] | None) -> Dataset:
-        """The same shards with a different column projection."""
-        return Dataset(self.shards, columns)
+        """The same shards (with their ``fill_nulls``) with a different column projection."""
+        return Dataset(self.shards, columns, exclude=self.exclude if columns is None else None)
 
     def fingerprint(self) -> str:
         """A short hash of what decides the row order: shard paths, row counts, columns."""
@@ -76,17 +110,31 @@ def open_dataset(
     source: SourceLike,
     columns: Sequence[str] | None = None,
     *,
+    exclude: Sequence[str] | None = None,
+    fill_nulls: Mapping[str, Any] | None = None,
     storage_options: dict[str, Any] | None = None,
     retry: RetryPolicy | None = None,
 ) -> Dataset:
     """Open ``source`` reading metadata only (headers, footers, Zarr metadata).
 
-    ``source`` is a path or fsspec URL to a ``.npy`` file, a ``.parquet`` file, a
-    ``.zarr`` store, a directory or glob of those; a list of such paths (shards,
-    concatenated in order); or a dict ``{column: path_to_npy}`` of row-aligned arrays.
-    A ``.npy`` file is one column named after its stem; a directory holding ``.npy``
-    files directly is one shard with a column per file; a Zarr group gives a column
-    per array.
+    ``source`` is a path or fsspec URL to a ``.npy`` file, a Parquet file, an Arrow
+    IPC / Feather file, a ``.zarr`` store, a Hugging Face ``save_to_disk`` directory,
+    a directory or glob of those; a list of such paths (shards, concatenated in
+    order); or a dict ``{column: path_to_npy}`` of row-aligned arrays. A ``.npy``
+    file is one column named after its stem; a directory holding ``.npy`` files
+    directly is one shard with a column per file; a Zarr group gives a column per
+    array along the row axis.
+
+    ``columns=None`` means every column: one that streambatch cannot deliver (a
+    string, a variable-length list, a decimal ...) is a ``SchemaError`` naming the
+    file, the column, its type and the remedy, never silently left out. Select
+    the others with ``columns=[...]`` or drop such columns with ``exclude=[...]``.
+    An unknown name in either is an ``UnknownColumnError`` (also a ``KeyError``).
+
+    Nulls cannot be held by a NumPy batch: they are found at open from footer
+    statistics where the file has them (else when the row group is read), and
+    ``fill_nulls={"col": value}`` reads them as ``value`` instead (pandas writes
+    float NaN as null).
 
     ``storage_options`` go to every fsspec filesystem made for a URL (including
     Zarr's store); ``retry`` says how remote reads are retried on transient
@@ -99,11 +147,35 @@ def open_dataset(
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise TypeError(f"retry must be a streambatch.RetryPolicy or None, got {type(retry).__name__}")
     if isinstance(source, Dataset):
+        shards: Sequence[Shard] = source.shards
         if retry is not None:  # shards are shared with the given dataset: copy, never mutate them
-            source = Dataset([_with_retry(copy.copy(s), retry) for s in source.shards], list(source.columns))
-        return source if columns is None else source.select(columns)
+            shards = [_with_retry(copy.copy(s), retry) for s in shards]
+        if columns is None and exclude is None:
+            columns = list(source.columns)
+        return Dataset(shards, columns, exclude=exclude, fill_nulls=fill_nulls)
     shards = [_with_retry(s, retry) for s in _shards_of(source, storage_options)]
-    return Dataset(shards, columns)
+    return Dataset(shards, columns, exclude=exclude, fill_nulls=fill_nulls)
+
+
+def inspect_dataset(
+    source: SourceLike, storage_options: dict[str, Any] | None = None
+) -> tuple[Dataset, dict[str, str]]:
+    """What ``streambatch info`` shows: the dataset of every column that can be
+    read, and every column that cannot (unreadable, or with nulls its footer
+    counts) mapped to the reason -- listed instead of failing the whole command."""
+    shards = list(source.shards) if isinstance(source, Dataset) else _shards_of(source, storage_options)
+    problems: dict[str, str] = {}
+    for shard in shards:
+        for name, reason in shard.unreadable.items():
+            problems.setdefault(name, reason)
+        for name in shard.columns:
+            if name in problems:
+                continue
+            try:
+                shard.check_columns([name])
+            except SchemaError as e:
+                problems[name] = str(e)
+    return Dataset(shards, exclude=list(problems)), problems
 
 
 def _with_retry(shard: Shard, retry: RetryPolicy | None) -> Shard:
@@ -162,94 +234,93 @@ def _shards_at(location: FileSystemPath, top_level: bool) -> list[Shard]:
 
     if has_manifest(location):  # written by `streambatch convert`: trust-but-check, no footer scan
         return shards_from_manifest(location)
-    if _is_zarr(location):
-        from ._zarr import ZarrShard
-
-        return [ZarrShard(location)]
-    if location.isdir():
+    isdir = location.isdir()
+    store = directory_format(location, isdir)
+    if store is not None and store.open_store is not None:
+        return store.open_store(location)
+    if isdir:
         return _shards_in_directory(location)
     return [_file_shard(location)]
 
 
 def _file_shard(location: FileSystemPath) -> Shard:
-    name = location.name()
-    if name.endswith(_NPY):
-        from ._npy import NpyShard
-
-        return NpyShard({name[: -len(".npy")]: location}, location.url)
-    if name.endswith(_PARQUET):
-        from ._parquet import ParquetShard
-
-        return ParquetShard(location)
-    raise SchemaError(
-        f"{location.url}: unsupported file type; streambatch reads .npy, .parquet "
-        "files and .zarr stores (use `streambatch convert` for CSV)"
-    )
-
-
-def _is_zarr(location: FileSystemPath) -> bool:
-    if location.path.rstrip("/").endswith(".zarr"):
-        return True
-    if not location.isdir():
-        return False
-    return any(location.child(f"{location.path.rstrip('/')}/{m}").exists() for m in _ZARR_MARKERS)
+    fmt = file_format(location)
+    if fmt is None or fmt.open_file is None:
+        raise SchemaError(
+            f"{location.url}: unsupported file type; streambatch reads {known_suffixes()} "
+            "(use `streambatch convert` for CSV)"
+        )
+    return fmt.open_file(location)
 
 
 def _shards_in_directory(location: FileSystemPath) -> list[Shard]:
-    """A directory of ``.npy`` files is one shard (a column per file); otherwise each
-    Parquet file, Zarr store and sub-directory holding data is a shard, in name order."""
-    entries = sorted(location.fs.ls(location.path, detail=True), key=lambda e: e["name"])
-    visible = [e for e in entries if not e["name"].rstrip("/").rsplit("/", 1)[-1].startswith((".", "_"))]
-    npy = [e for e in visible if e["type"] == "file" and e["name"].endswith(_NPY)]
+    """Data files directly in a directory that a format groups (``.npy``: one shard,
+    a column per file) come first; then each other data file, store and
+    sub-directory holding data is a shard, in name order. Symbolic links are
+    followed; names starting with ``.`` or ``_`` are skipped."""
+    visible = [(e, kind) for e, kind in list_directory(location) if not e.name().startswith((".", "_"))]
+    grouped: dict[str, list[FileSystemPath]] = {}
+    singles: list[tuple[FileSystemPath, str]] = []
+    for entry, kind in visible:
+        fmt = file_format(entry) if kind == "file" else None
+        if fmt is not None and fmt.group is not None:
+            grouped.setdefault(fmt.name, []).append(entry)
+        else:
+            singles.append((entry, kind))
     shards: list[Shard] = []
-    if npy:
-        from ._npy import NpyShard
-
-        files = {}
-        for e in npy:
-            child = location.child(e["name"])
-            files[child.name()[: -len(".npy")]] = child
-        shards.append(NpyShard(files, location.url))
-    for e in visible:
-        child = location.child(e["name"])
-        if e["type"] == "file" and e["name"].endswith(_PARQUET):
-            from ._parquet import ParquetShard
-
-            shards.append(ParquetShard(child))
-        elif e["type"] == "directory":
+    for fmt in FORMATS:
+        if fmt.name in grouped and fmt.group is not None:
+            shards.append(fmt.group(grouped[fmt.name], location))
+    for entry, kind in singles:
+        if kind == "file" and file_format(entry) is not None:
+            shards.append(_file_shard(entry))
+        elif kind == "directory":
             try:
-                shards.extend(_shards_at(child, top_level=False))
+                shards.extend(_shards_at(entry, top_level=False))
             except SourceNotFoundError:
                 continue  # a sub-directory without data files is not part of the dataset
     if not shards:
-        raise SourceNotFoundError(
-            f"directory {location.url} holds no data files (.npy, .parquet or .zarr)"
-        )
+        raise SourceNotFoundError(f"directory {location.url} holds no data files ({known_suffixes()})")
     return shards
 
 
-def _common_columns(shards: Sequence[Shard], columns: Sequence[str] | None) -> dict[str, ColumnSpec]:
+def _names(parameter: str, names: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(names, str):
+        raise TypeError(f"{parameter} must be a list of names, got the string {names!r}")
+    return tuple(dict.fromkeys(str(n) for n in names))
+
+
+def _common_columns(
+    shards: Sequence[Shard], columns: Sequence[str] | None, exclude: Sequence[str] = ()
+) -> dict[str, ColumnSpec]:
     first = shards[0]
+    for name in exclude:
+        if name not in first.columns and name not in first.unreadable and name not in first.ignored:
+            available = ", ".join(repr(c) for c in [*first.columns, *first.unreadable]) or "none"
+            raise UnknownColumnError(f"exclude: unknown column {name!r} in {first.path}; columns: {available}")
     if columns is None:
-        names = list(first.columns)
+        refused = {n: r for n, r in first.unreadable.items() if n not in exclude}
+        if refused:
+            raise SchemaError(_refusal(first.path, refused, list(first.columns)))
+        names = [n for n in first.columns if n not in exclude]
+        if not names:
+            raise SchemaError(f"{first.path}: no columns left to read (exclude={list(exclude)})")
     else:
-        if isinstance(columns, str):
-            raise TypeError(f"columns must be a list of names, got the string {columns!r}")
-        names = list(dict.fromkeys(columns))
+        names = [n for n in _names("columns", columns) if n not in exclude]
         if not names:
             raise SchemaError("columns is empty: select at least one column")
-    checker = getattr(first, "check_columns", None)
-    for name in names:
-        if name not in first.columns:
-            if checker is not None:
-                checker([name])  # raises with the reason the format cannot read it
-            available = ", ".join(repr(c) for c in first.columns) or "none"
-            raise SchemaError(f"unknown column {name!r} in {first.path}; available columns: {available}")
+    first.check_columns(names)  # unknown, unreadable or not a column: named, with the reason
     selected = {name: first.columns[name] for name in names}
     for shard in shards[1:]:
+        if columns is None:
+            refused = {n: r for n, r in shard.unreadable.items() if n not in exclude}
+            if refused:
+                raise SchemaError(_refusal(shard.path, refused, list(shard.columns)))
         for name, spec in selected.items():
             other = shard.columns.get(name)
             if other is None:
+                if name in shard.unreadable or name in shard.ignored:
+                    shard.check_columns([name])
                 raise SchemaError(f"column {name!r} is in {first.path} but missing from {shard.path}")
             if other != spec:
                 raise SchemaError(
@@ -257,3 +328,66 @@ def _common_columns(shards: Sequence[Shard], columns: Sequence[str] | None) -> d
                     f"{shard.path} has {other} (dtype, row shape)"
                 )
     return selected
+
+
+def _refusal(path: str, refused: Mapping[str, str], readable: list[str]) -> str:
+    """The message for columns ``columns=None`` would have to drop silently."""
+    lines = [f"{path}: {len(refused)} column(s) cannot be read, and columns=None means every column:"]
+    lines += [f"  column {n!r}: {reason}" for n, reason in refused.items()]
+    keep = ", ".join(repr(c) for c in readable) or "none"
+    drop = ", ".join(repr(n) for n in refused)
+    lines.append(
+        f"Read the others with columns=[{keep}] or exclude=[{drop}] (--exclude for the CLI), "
+        "or cast the column(s) to a supported type before loading."
+    )
+    return "\n".join(lines)
+
+
+def _common_metadata(shards: Sequence[Shard], columns: Mapping[str, ColumnSpec]) -> dict[str, dict[str, Any]]:
+    """Column metadata (categories) of the selected columns, equal in every shard:
+    codes from two shards mean the same value only if their categories are equal."""
+    first = shards[0]
+    found = {n: dict(first.column_metadata[n]) for n in columns if n in first.column_metadata}
+    for shard in shards[1:]:
+        for name in columns:
+            here = dict(shard.column_metadata.get(name, {}))
+            if here != found.get(name, {}):
+                raise SchemaError(
+                    f"column {name!r}: {shard.path} has metadata {_short(here)} but {first.path} has "
+                    f"{_short(found.get(name, {}))}; the codes of a categorical column mean the same "
+                    "value only when every file has the same categories (write them with the same categories)"
+                )
+    return found
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "...}"
+
+
+def _check_fill_nulls(shards: Sequence[Shard], fill_nulls: Mapping[str, Any]) -> dict[str, Any]:
+    """``fill_nulls`` validated against the first shard: known columns, and scalar
+    values their dtype holds (any real number for a float column, an exact value
+    otherwise)."""
+    if not isinstance(fill_nulls, Mapping):
+        raise TypeError(f"fill_nulls must be a dict {{column: value}}, got {type(fill_nulls).__name__}")
+    first = shards[0]
+    checked: dict[str, Any] = {}
+    for name, value in fill_nulls.items():
+        spec = first.columns.get(name)
+        if spec is None:
+            first.check_columns([name])  # unknown or unreadable: named
+            raise UnknownColumnError(f"fill_nulls: no column {name!r} in {first.path}")
+        try:
+            given = np.asarray(value)
+            converted = given.astype(spec.dtype)
+            if spec.dtype.kind in "fc":  # any real number, rounded to the column's precision
+                same = given.dtype.kind in "biuf" and given.ndim == 0
+            else:  # integers, bools, datetimes: exactly representable
+                same = given.ndim == 0 and bool(converted == value)
+        except (TypeError, ValueError, OverflowError):
+            same = False
+        if not same:
+            raise SchemaError(f"fill_nulls[{name!r}] = {value!r} is not a {spec.dtype} scalar (the column's dtype)")
+        checked[name] = converted[()].item()
+    return checked

@@ -12,7 +12,7 @@ from fsspec.core import url_to_fs
 from ..errors import SourceNotFoundError
 from ._retry import redact, secrets_of
 
-__all__ = ["FileSystemPath", "resolve"]
+__all__ = ["FileSystemPath", "list_directory", "resolve"]
 
 
 class FileSystemPath:
@@ -76,3 +76,20 @@ def expand_glob(location: FileSystemPath) -> list[FileSystemPath]:
     if not matches:
         raise SourceNotFoundError(f"glob {location.url!r} matched no files")
     return [location.child(m) for m in matches]
+
+
+def list_directory(location: FileSystemPath) -> list[tuple[FileSystemPath, str]]:
+    """``(entry, kind)`` for every entry directly in the directory ``location``, by
+    name, with ``kind`` ``"file"``, ``"directory"`` or ``"other"``. Symbolic links
+    are followed (fsspec's local listing reports a link as ``"other"``: datasets
+    linked in from shared storage would otherwise look empty); a dangling link is
+    ``"other"``."""
+    entries = sorted(location.fs.ls(location.path, detail=True), key=lambda e: e["name"])
+    listed = []
+    for e in entries:
+        child = location.child(e["name"])
+        kind = e.get("type", "other")
+        if location.is_local and (kind == "other" or e.get("islink")):
+            kind = "directory" if os.path.isdir(child.path) else "file" if os.path.isfile(child.path) else "other"
+        listed.append((child, kind))
+    return listed

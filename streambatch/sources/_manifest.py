@@ -183,7 +183,7 @@ def _build_shard(
     if shard_format == "zarr":
         from ._zarr import ZarrShard
 
-        return ZarrShard(location)
+        return ZarrShard(location, allow_missing_chunks=False)  # convert writes every chunk
     from ._npy import NpyShard
 
     root = location.path.rstrip("/")

@@ -11,7 +11,7 @@ from collections.abc import Collection, Mapping
 
 import numpy as np
 
-from ..errors import CorruptInputError, SchemaError
+from ..errors import CorruptInputError, RowCountError, SchemaError
 from ._base import ColumnSpec, Shard, ShardReader
 from ._fs import FileSystemPath
 from ._retry import RetryPolicy, ShortReadError, call_with_retry, read_exactly
@@ -88,7 +88,7 @@ class NpyShard(Shard):
             self._offsets[name] = offset
         if len(set(lengths.values())) > 1:
             listing = ", ".join(f"{self._files[n].url} has {r} rows" for n, r in lengths.items())
-            raise SchemaError(f"columns of {path} have different row counts: {listing}")
+            raise RowCountError(f"columns of {path} have different row counts: {listing}")
         self.columns = columns
         self.num_rows = next(iter(lengths.values()))
 

@@ -17,9 +17,28 @@ Arrow type                                             ``ColumnSpec``
 ``fixed_size_binary[n]`` without that metadata         ``(uint8, (n,))``: the raw bytes
 ``fixed_size_list<T>[k]``, nested for N-d              ``(T's dtype, (k, ...))``, or the field
                                                        metadata ``shape`` when present
-anything else (strings, variable lists, dictionary,    not in ``columns``; listed in
-structs, decimals, time of day, tz-aware timestamps)   ``unsupported`` with the reason
+``list<T>`` / ``large_list<T>`` (nested too) whose     like ``fixed_size_list``: the length
+rows all hold the same number of values                comes from the footer (see below)
+``dictionary<indices=intN, values=...>``               ``(intN, ())``: the codes; the values
+(pandas categoricals)                                  are ``column_metadata["categories"]``
+anything else (strings, binary, variable-length        listed in ``unreadable`` with the
+lists, structs, decimals, time of day, tz-aware        reason: refused by name at open
+timestamps)
 =====================================================  ===================================
+
+A ``list<T>`` column is what pandas (a list or ndarray per row), polars ``List``,
+DuckDB ``FLOAT[n]`` and Hugging Face write for embeddings. Its length is found
+from the footer alone: a row group's leaf column chunk holds ``num_values`` values
+(a null or empty list counts one) for ``num_rows`` rows, so a constant length
+``k`` shows as ``num_values == k * num_rows`` in every row group. Nested variable
+lists (``list<list<T>>``) need the inner lengths too: those are read from the
+first row (one page). Every decoded row group is then checked cheaply (its
+offsets must be evenly spaced); a row of another length is a ``SchemaError``
+naming the file, row group and row.
+
+The categories of a dictionary column are read at open from the first row of the
+first non-empty row group (its dictionary page); a row group whose dictionary
+differs is re-coded to those categories, or refused if it holds other values.
 
 ``fixed_size_binary`` with ``dtype``/``shape`` metadata is the fast layout: Parquet
 stores it as one flat byte run per page, so a row group decodes with a memcpy and
@@ -28,12 +47,16 @@ levels, about four times slower).
 
 Nulls are not representable in a fixed-size NumPy batch, and a nullable schema
 says nothing about whether a file holds any, so nulls are looked for in the
-footer statistics of the requested columns when a reader is opened, and again in
-each decoded row group (for files written without statistics).
+footer statistics of the requested columns when the dataset is opened
+(:meth:`ParquetShard.check_columns`), and again in each decoded row group (for
+files written without statistics). ``fill_nulls`` reads the nulls of a column
+(of the leaf values of a list column) as a value instead; a null *list* has no
+length and stays an error.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -43,6 +66,7 @@ from typing import IO
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import CorruptInputError, RemoteReadError, SchemaError, SourceNotFoundError
@@ -76,11 +100,16 @@ class _Plan:
     ``datetime64[D]`` by the final copy).
     """
 
-    kind: str  # "primitive", "bool", "fsb" or "fsl"
+    kind: str  # "primitive", "bool", "fsb", "fsl" (any nesting of lists) or "dict" (the codes)
     spec: ColumnSpec
     storage: np.dtype
-    list_depth: int = 0  # fixed_size_list levels above the leaf values
+    list_depth: int = 0  # list levels above the leaf values
     leaf_is_bool: bool = False
+    #: Per list level, the length every row must have where the type does not fix it
+    #: (``list``/``large_list``), 0 where it does (``fixed_size_list``).
+    checked_lengths: tuple[int, ...] = ()
+    #: The value nulls (of the leaf values) are read as; ``None``: nulls are an error.
+    fill: object = None
 
 
 class ParquetShard(Shard):
@@ -114,25 +143,110 @@ class ParquetShard(Shard):
         self._bounds = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
         self._bounds.flags.writeable = False  # shared with every caller of unit_bounds
 
+        self._leaf_index = _leaf_columns(schema, metadata)
         self.columns: dict[str, ColumnSpec] = {}
-        self.unsupported: dict[str, str] = {}
+        self.unreadable: dict[str, str] = {}
+        self.column_metadata: dict[str, dict[str, object]] = {}
+        self._categories: dict[str, pa.Array] = {}
         self._plans: dict[str, _Plan] = {}
         seen: set[str] = set()
         for field in schema:
             if field.name in seen:
                 self.columns.pop(field.name, None)
                 self._plans.pop(field.name, None)
-                self.unsupported[field.name] = "the name appears more than once in the schema"
+                self.unreadable[field.name] = "the name appears more than once in the schema"
                 continue
             seen.add(field.name)
-            plan_or_reason = _plan_for(field)
+            plan_or_reason = self._plan_of(field)
             if isinstance(plan_or_reason, str):
-                self.unsupported[field.name] = f"Arrow type {field.type}: {plan_or_reason}"
+                self.unreadable[field.name] = f"Arrow type {field.type}: {plan_or_reason}"
             else:
                 self._plans[field.name] = plan_or_reason
                 self.columns[field.name] = plan_or_reason.spec
-        self._leaf_index = _leaf_columns(schema, metadata)
         self._null_reports: dict[str, str | None] = {}
+
+    @property
+    def unsupported(self) -> dict[str, str]:
+        """The former name of ``unreadable``."""
+        return self.unreadable
+
+    def _plan_of(self, field: pa.Field) -> _Plan | str:
+        """The plan of one field of this file: list lengths from the footer, the
+        categories of a dictionary from the first row."""
+        lengths: list[int] | None = None
+        if _has_variable_list(field.type):
+            leaf = _list_levels(field.type)[1]
+            unreadable_leaf = _scalar_dtype(leaf)
+            if isinstance(unreadable_leaf, str):  # list<string>, list<struct>: no length to look for
+                return f"list values of type {leaf}: {unreadable_leaf}"
+            found = self._list_lengths(field)
+            if isinstance(found, str):
+                return found
+            lengths = found
+        plan = _plan_for(field, lengths)
+        if isinstance(plan, _Plan) and plan.kind == "dict":
+            categories = self._read_categories(field.name)
+            if isinstance(categories, str):
+                return categories
+            self._categories[field.name] = categories
+            self.column_metadata[field.name] = {
+                "categories": categories.to_pylist(),
+                "ordered": bool(field.type.ordered),
+            }
+        return plan
+
+    def _list_lengths(self, field: pa.Field) -> list[int] | str:
+        """The length of every list level of ``field`` (fixed levels included), from
+        the footer: ``num_values`` of its leaf column chunk over ``num_rows`` in
+        every row group; or why the column has no constant length."""
+        sizes, _ = _list_levels(field.type)
+        metadata = self._metadata
+        leaves = self._leaf_index.get(field.name) if self._leaf_index is not None else None
+        if leaves is None or len(leaves) != 1:
+            return "a list column whose leaf column cannot be found in the footer"
+        per_row: set[int] = set()
+        first_group = None
+        for g in range(metadata.num_row_groups):
+            group = metadata.row_group(g)
+            rows, values = group.num_rows, group.column(leaves[0]).num_values
+            if rows == 0:
+                continue
+            if values % rows:
+                return _variable_reason(field.name, f"row group {g} holds {values} values in {rows} rows")
+            per_row.add(values // rows)
+            first_group = g if first_group is None else first_group
+            if len(per_row) > 1:
+                return _variable_reason(field.name, f"rows hold {sorted(per_row)} values in different row groups")
+        if first_group is None:
+            return _variable_reason(field.name, "the file has no rows to find the length from")
+        values_per_row = per_row.pop()
+        fixed = math.prod(s for s in sizes if s is not None)
+        unknown = [i for i, s in enumerate(sizes) if s is None]
+        if len(unknown) == 1:
+            if fixed == 0 or values_per_row % fixed:
+                return _variable_reason(field.name, f"{values_per_row} values per row do not fill {fixed}-value lists")
+            lengths = [s if s is not None else values_per_row // fixed for s in sizes]
+        else:  # several variable levels: the first row says how the values split
+            row = _first_row(self.location, self.verify, metadata, field.name, first_group)
+            lengths = []
+            arr = row
+            for size in sizes:
+                n = len(arr.flatten()) // max(len(arr), 1)
+                lengths.append(size if size is not None else n)
+                arr = arr.flatten()
+            if math.prod(lengths) != values_per_row:
+                return _variable_reason(
+                    field.name, f"the first row is {lengths} but rows hold {values_per_row} values each"
+                )
+        return lengths
+
+    def _read_categories(self, name: str) -> pa.Array | str:
+        metadata = self._metadata
+        groups = [g for g in range(metadata.num_row_groups) if metadata.row_group(g).num_rows]
+        if not groups:
+            return "a dictionary column with no rows: its categories are unknown"
+        row = _first_row(self.location, self.verify, metadata, name, groups[0])
+        return row.dictionary
 
     @classmethod
     def from_manifest(
@@ -158,7 +272,9 @@ class ParquetShard(Shard):
         self._bounds = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
         self._bounds.flags.writeable = False
         self.columns = {}
-        self.unsupported = {}
+        self.unreadable = {}
+        self.column_metadata = {}
+        self._categories = {}
         self._plans = {}
         for name, spec in columns.items():
             plan = _plan_for(arrow_field(name, spec.dtype, spec.shape))
@@ -208,13 +324,12 @@ class ParquetShard(Shard):
     def check_columns(self, names: list[str]) -> None:
         """Raise ``SchemaError`` naming the file and column if any of ``names`` is
         absent, of a type streambatch cannot read, or has nulls according to the
-        footer statistics. Reads nothing but the already-loaded footer."""
+        footer statistics (unless ``fill_nulls`` fills them). Reads nothing but the
+        already-loaded footer."""
+        super().check_columns(names)
         for name in names:
-            if name in self.unsupported:
-                raise SchemaError(f"{self.path}: column {name!r} cannot be read: {self.unsupported[name]}")
-            if name not in self.columns:
-                available = ", ".join(repr(c) for c in self.columns) or "none"
-                raise SchemaError(f"{self.path}: no column {name!r}; readable columns: {available}")
+            if name in self.fill_nulls:
+                continue
             report = self._null_report(name)
             if report is not None:
                 raise SchemaError(report)
@@ -222,7 +337,11 @@ class ParquetShard(Shard):
     def open_reader(self, columns: list[str]) -> ShardReader:
         columns = list(dict.fromkeys(columns))
         self.check_columns(columns)
-        return _ParquetReader(self, {c: self._plans[c] for c in columns})
+        plans = {c: self._plans[c] for c in columns}
+        for c, value in self.fill_nulls.items():
+            if c in plans:
+                plans[c] = dataclasses.replace(plans[c], fill=value)
+        return _ParquetReader(self, plans)
 
     def row_group_of(self, row: int) -> int:
         """Index of the (non-empty) row group holding ``row``."""
@@ -346,10 +465,27 @@ class _ParquetReader(ShardReader):
                 f"{path} row group {group}: decoded {table.num_rows} rows, the footer promises {expected}"
             )
         for name in names:
-            nulls = _count_nulls(table.column(name))
-            if nulls:
-                raise SchemaError(_null_message(path, name, group, nulls))
+            self.check_decoded(group, name, table.column(name))
         return table
+
+    def check_decoded(self, group: int, name: str, column: pa.ChunkedArray | pa.Array, first_row: int = 0) -> None:
+        """Raise naming file, row group and row if decoded rows of ``column`` (from row
+        ``first_row`` of row group ``group`` on) hold nulls that are not filled, or
+        lists of another length than the footer promises."""
+        path = self._shard.path
+        plan = self._plans[name]
+        if isinstance(column, pa.Array):
+            column = pa.chunked_array([column])
+        nulls = _count_nulls(column, leaves=plan.fill is None)
+        if nulls:
+            raise SchemaError(_null_message(path, name, group, nulls, filled=plan.fill is not None))
+        if any(plan.checked_lengths):
+            start = int(self._shard.unit_bounds[group])
+            _check_list_lengths(column, plan, lambda row, n, k: SchemaError(
+                f"{path} row group {group} row {first_row + row} (row {start + first_row + row} of the file): "
+                f"column {name!r} holds a list of {n} values where every row must hold {k} (the length the footer "
+                "gives); a column of varying lengths cannot be read yet: exclude it"
+            ))
 
     # -- remote (fsspec) files: one retried request per row group --------------
     def _remote_footer(self) -> tuple[pq.FileMetaData, int]:
@@ -430,15 +566,9 @@ class _ParquetReader(ShardReader):
         ``position``: one copy per chunk, from a view of Arrow's buffers."""
         for name, target in out.items():
             plan = self._plans[name]
-            if plan.storage != plan.spec.dtype:  # date32: int32 days into datetime64[D]
-                target = target.view(np.int64)
-            pos = position
-            column = table.column(name).slice(offset, length)
-            for chunk in column.chunks if isinstance(column, pa.ChunkedArray) else [column]:
-                n = len(chunk)
-                if n:
-                    np.copyto(target[pos : pos + n], _to_numpy(chunk, plan), casting="safe")
-                    pos += n
+            categories = self._shard._categories.get(name) if plan.kind == "dict" else None
+            copy_column(table.column(name).slice(offset, length), plan, target[position : position + length],
+                        categories, self._shard.path)
 
     def close(self) -> None:
         with self._lock:
@@ -645,15 +775,15 @@ def _scalar_dtype(t: pa.DataType) -> tuple[np.dtype, np.dtype] | str:
     if pa.types.is_date64(t):
         dtype = np.dtype("datetime64[ms]")
         return dtype, dtype
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+    if _is_text(t):
         return (
-            "variable-length values cannot form fixed-size rows; store them as "
-            "fixed_size_binary (with 'dtype' and 'shape' field metadata) or encode them as integers"
+            "variable-length strings/binary are not delivered yet (a later version reads them); "
+            "exclude the column, or store fixed-size values (fixed_size_binary, or integer codes)"
         )
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         return "variable-length lists cannot form fixed-size rows; write a fixed_size_list or fixed_size_binary"
     if pa.types.is_dictionary(t):
-        return "dictionary-encoded (categorical) values; decode them or store their integer codes"
+        return "dictionary values inside a list or another type; store the integer codes"
     if pa.types.is_struct(t):
         return "structs are not supported; store each field as its own column"
     if pa.types.is_decimal(t):
@@ -665,14 +795,53 @@ def _scalar_dtype(t: pa.DataType) -> tuple[np.dtype, np.dtype] | str:
     return "not a fixed-width numeric, boolean or temporal type"
 
 
-def _plan_for(field: pa.Field) -> _Plan | str:
-    """The read plan of one top-level field, or the reason it cannot be read."""
+def _is_text(t: pa.DataType) -> bool:
+    kinds = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
+    return any(k(t) for k in kinds) or str(t) in ("string_view", "binary_view")  # views: pyarrow >= 16
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def _list_levels(t: pa.DataType) -> tuple[list[int | None], pa.DataType]:
+    """Per list level, its fixed size (``None`` for ``list``/``large_list``), and the leaf type."""
+    sizes: list[int | None] = []
+    while _is_list(t):
+        sizes.append(t.list_size if pa.types.is_fixed_size_list(t) else None)
+        t = t.value_type
+    return sizes, t
+
+
+def _has_variable_list(t: pa.DataType) -> bool:
+    sizes, leaf = _list_levels(t)
+    return any(s is None for s in sizes) and not _is_list(leaf)
+
+
+def _variable_reason(name: str, evidence: str) -> str:
+    return (
+        f"variable-length lists ({evidence}); only lists whose rows all hold the same number of "
+        f"values are delivered (a later version reads ragged columns): exclude it with exclude=[{name!r}]"
+    )
+
+
+def _plan_for(field: pa.Field, list_lengths: list[int] | None = None) -> _Plan | str:
+    """The read plan of one top-level field, or the reason it cannot be read.
+    ``list_lengths`` gives the length of every list level (found from a footer)
+    for ``list``/``large_list`` levels, whose type does not fix it."""
     t = field.type
     meta = field.metadata or {}
+    if isinstance(t, pa.ExtensionType):
+        t = t.storage_type
     if pa.types.is_fixed_size_binary(t) and not pa.types.is_decimal(t):
         return _fsb_plan(t.byte_width, meta)
-    if pa.types.is_fixed_size_list(t):
-        return _fsl_plan(t, meta)
+    if _is_list(t):
+        return _fsl_plan(t, meta, list_lengths)
+    if pa.types.is_dictionary(t):
+        if not pa.types.is_integer(t.index_type):
+            return f"dictionary indices of type {t.index_type}"
+        dtype = np.dtype(t.index_type.to_pandas_dtype())
+        return _Plan("dict", ColumnSpec(dtype, ()), dtype)
     scalar = _scalar_dtype(t)
     if isinstance(scalar, str):
         return scalar
@@ -706,17 +875,19 @@ def _fsb_plan(width: int, meta: Mapping[bytes, bytes]) -> _Plan | str:
     return _Plan("fsb", ColumnSpec(dtype, shape), dtype)
 
 
-def _fsl_plan(t: pa.FixedSizeListType, meta: Mapping[bytes, bytes]) -> _Plan | str:
-    shape: list[int] = []
-    depth = 0
-    inner: pa.DataType = t
-    while pa.types.is_fixed_size_list(inner):
-        shape.append(inner.list_size)
-        inner = inner.value_type
-        depth += 1
+def _fsl_plan(t: pa.DataType, meta: Mapping[bytes, bytes], list_lengths: list[int] | None = None) -> _Plan | str:
+    sizes, inner = _list_levels(t)
+    depth = len(sizes)
     scalar = _scalar_dtype(inner)
     if isinstance(scalar, str):
-        return f"fixed_size_list values of type {inner}: {scalar}"
+        return f"list values of type {inner}: {scalar}"
+    if any(s is None for s in sizes) and list_lengths is None:
+        return _variable_reason("the column", "the length of a list<T> is not part of its type")
+    lengths = list_lengths if list_lengths is not None else [int(s) for s in sizes if s is not None]
+    if len(lengths) != depth or any(s is not None and s != n for s, n in zip(sizes, lengths)):
+        return f"list lengths {lengths} do not fit the type {t}"
+    shape = list(lengths)
+    checked = tuple(n if s is None else 0 for s, n in zip(sizes, lengths))
     dtype, storage = scalar
     final: tuple[int, ...] = tuple(shape)
     if SHAPE_KEY in meta:
@@ -729,7 +900,10 @@ def _fsl_plan(t: pa.FixedSizeListType, meta: Mapping[bytes, bytes]) -> _Plan | s
                 f"but the list holds {math.prod(shape)}"
             )
         final = parsed
-    return _Plan("fsl", ColumnSpec(dtype, final), storage, list_depth=depth, leaf_is_bool=dtype == np.bool_)
+    return _Plan(
+        "fsl", ColumnSpec(dtype, final), storage, list_depth=depth, leaf_is_bool=dtype == np.bool_,
+        checked_lengths=checked,
+    )
 
 
 def _parse_shape(raw: bytes) -> tuple[int, ...] | str:
@@ -757,9 +931,15 @@ def _leaf_view(arr: pa.Array, storage: np.dtype, is_bool: bool) -> np.ndarray:
 
 
 def _to_numpy(arr: pa.Array, plan: _Plan) -> np.ndarray:
-    """A NumPy view (shape ``(len(arr), *plan.spec.shape)``) of a null-free chunk."""
+    """A NumPy view (shape ``(len(arr), *plan.spec.shape)``) of a chunk without nulls,
+    or whose leaf nulls ``plan.fill`` fills (then a filled copy). A dictionary
+    chunk gives its indices, which must already be in the dataset's categories
+    (:func:`copy_column` re-codes them)."""
     rows = len(arr)
     shape = (rows, *plan.spec.shape)
+    if plan.kind == "dict":
+        arr = arr.indices if pa.types.is_dictionary(arr.type) else arr
+        return _leaf_view(_filled(arr, plan), plan.storage, False)
     if plan.kind == "fsb":
         width = arr.type.byte_width
         if width == 0:
@@ -768,25 +948,128 @@ def _to_numpy(arr: pa.Array, plan: _Plan) -> np.ndarray:
         return raw[arr.offset * width :].view(plan.storage).reshape(shape)
     if plan.kind == "fsl":
         for _ in range(plan.list_depth):
-            arr = arr.flatten()  # honours the slice offset; zero-copy without nulls
-        return _leaf_view(arr, plan.storage, plan.leaf_is_bool).reshape(shape)
-    return _leaf_view(arr, plan.storage, plan.leaf_is_bool)
+            arr = arr.flatten()  # honours the slice offset (and list offsets); zero-copy without nulls
+        return _leaf_view(_filled(arr, plan), plan.storage, plan.leaf_is_bool).reshape(shape)
+    return _leaf_view(_filled(arr, plan), plan.storage, plan.leaf_is_bool)
 
 
-def _count_nulls(column: pa.ChunkedArray) -> int:
-    """Nulls at every level of a decoded column (list slots and their values)."""
-    total = column.null_count
-    if pa.types.is_fixed_size_list(column.type):
-        for chunk in column.chunks:
-            arr: pa.Array = chunk
-            while pa.types.is_fixed_size_list(arr.type):
-                arr = arr.flatten()  # the slots of this chunk only (unlike .values)
-                total += arr.null_count
+def _filled(arr: pa.Array, plan: _Plan) -> pa.Array:
+    if plan.fill is None or not arr.null_count:
+        return arr
+    return pc.fill_null(arr, pa.scalar(plan.fill, arr.type))
+
+
+def copy_column(
+    column: pa.ChunkedArray | pa.Array,
+    plan: _Plan,
+    target: np.ndarray,
+    categories: pa.Array | None = None,
+    path: str = "",
+) -> None:
+    """Copy a decoded column slice (any ``RecordBatch``/``Table`` column) into
+    ``target`` (``len(column)`` rows): one copy per chunk, from a view of Arrow's
+    buffers; dictionary chunks are re-coded to ``categories`` first."""
+    if plan.storage != plan.spec.dtype:  # date32: int32 days into datetime64[D]
+        target = target.view(np.int64)
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    pos = 0
+    for chunk in chunks:
+        n = len(chunk)
+        if n:
+            if plan.kind == "dict" and categories is not None:
+                chunk = _recode(chunk, categories, path)
+            np.copyto(target[pos : pos + n], _to_numpy(chunk, plan), casting="safe")
+            pos += n
+
+
+def _recode(chunk: pa.DictionaryArray, categories: pa.Array, path: str) -> pa.Array:
+    """The indices of ``chunk`` as positions in ``categories`` (the same array when
+    the chunk's dictionary is ``categories``, the common case)."""
+    dictionary = chunk.dictionary
+    if dictionary is categories or dictionary.equals(categories):
+        return chunk.indices
+    mapping = pc.index_in(dictionary, value_set=categories)
+    if mapping.null_count:
+        extra = [v for v, m in zip(dictionary.to_pylist(), mapping.to_pylist()) if m is None][:5]
+        raise SchemaError(
+            f"{path}: a dictionary holds values {extra} that are not among the categories read at "
+            f"open ({len(categories)} of them); write every file with the same categories"
+        )
+    codes = mapping.cast(chunk.indices.type).take(chunk.indices)
+    return codes
+
+
+def _count_nulls(column: pa.ChunkedArray, leaves: bool = True) -> int:
+    """Nulls at every level of a decoded column: its list slots, and when ``leaves``
+    (no fill value) its values too."""
+    total = 0
+    for chunk in column.chunks:
+        arr: pa.Array = chunk
+        while _is_list(arr.type):
+            total += arr.null_count
+            arr = arr.flatten()  # the values of this chunk only (unlike .values)
+        if leaves:
+            total += arr.null_count
     return total
 
 
-def _null_message(path: str, name: str, group: int, nulls: int) -> str:
+def _check_list_lengths(column: pa.ChunkedArray, plan: _Plan, error) -> None:  # type: ignore[no-untyped-def]
+    """Raise ``error(row, length, expected)`` for the first row of ``column`` whose
+    list (at any variable level) has another length than ``plan.checked_lengths``
+    says. One vectorised comparison of the offsets per level (they must be evenly
+    spaced); reads the offsets buffer only."""
+    base = 0
+    for chunk in column.chunks:
+        arr: pa.Array = chunk
+        per_row = 1  # values of this level per top-level row
+        for expected in plan.checked_lengths:
+            if not len(arr):
+                break
+            if expected:
+                wide = pa.types.is_large_list(arr.type)
+                offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64 if wide else np.int32,
+                                        count=arr.offset + len(arr) + 1)[arr.offset:]
+                lengths = np.diff(offsets)
+                bad = np.flatnonzero(lengths != expected)
+                if bad.size:
+                    k = int(bad[0])
+                    raise error(base + k // per_row, int(lengths[k]), expected)
+            per_row *= arr.type.list_size if pa.types.is_fixed_size_list(arr.type) else (expected or 1)
+            arr = arr.flatten()
+        base += len(chunk)
+
+
+def _first_row(
+    location: FileSystemPath, verify: bool, metadata: pq.FileMetaData, name: str, group: int
+) -> pa.Array:
+    """Row 0 of row group ``group`` of column ``name``, decoding its first page only
+    and reading the column chunk through a 1 MiB buffer (unbuffered, pyarrow would
+    read the whole column chunk first)."""
+    raw = pa.OSFile(location.path, "r") if location.is_local else location.fs.open(location.path, "rb")
+    try:
+        pf = pq.ParquetFile(
+            raw, metadata=metadata, page_checksum_verification=verify, pre_buffer=False, buffer_size=1 << 20
+        )
+    except BaseException:
+        raw.close()
+        raise
+    try:
+        batch = next(pf.iter_batches(batch_size=1, row_groups=[group], columns=[name], use_threads=False))
+        return batch.column(0)
+    except (pa.ArrowException, OSError, StopIteration) as e:
+        raise CorruptInputError(f"{location.url} row group {group}: cannot read column {name!r} ({e})") from e
+    finally:
+        pf.close()
+        raw.close()
+
+
+def _null_message(path: str, name: str, group: int, nulls: int, filled: bool = False) -> str:
+    if filled:
+        return (
+            f"{path}: column {name!r} row group {group} has {nulls} null lists; fill_nulls fills values, "
+            "but a null list has no length: drop or fill those rows before loading"
+        )
     return (
-        f"{path}: column {name!r} row group {group} has {nulls} nulls; streambatch needs "
-        "every value present (fill or drop them before loading)"
+        f"{path}: column {name!r} row group {group} has {nulls} nulls; streambatch needs every "
+        f"value present: pass fill_nulls={{{name!r}: value}} to read them as a value, or drop them"
     )

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import CorruptInputError, RemoteReadError, SchemaError
+from ..errors import CorruptInputError, RemoteReadError
 from ._base import RowStream
 from ._retry import call_with_retry
 
@@ -128,12 +128,9 @@ class ParquetRowStream(RowStream):
             if isinstance(e, (ConnectionError, TimeoutError, RemoteReadError)) or not self._shard.location.is_local:
                 raise  # the storage, not the bytes: retried (remote) or reported as is
             raise CorruptInputError(f"{path} row group {self._group}: {e}") from e
-        from ._parquet import _count_nulls, _null_message
-
+        first = self._next_row - self._group_start
         for name in self._names:
-            nulls = _count_nulls(pa.chunked_array([batch.column(name)]))
-            if nulls:
-                raise SchemaError(_null_message(path, name, self._group, nulls))
+            self._reader.check_decoded(self._group, name, batch.column(name), first)
         return batch
 
     def _open(self) -> None:

@@ -3,10 +3,18 @@ at open; rows are read one chunk along axis 0 at a time with zarr's own partial
 read, decoding straight into the caller's arrays.
 
 Layout
-    A group gives one column per array directly inside it (sorted by name;
-    sub-groups are skipped); a store holding a single array gives one column
-    named after the store (``images.zarr`` -> ``images``). Every array must have
-    the same length along axis 0, which is the row axis.
+    A group gives one column per array directly inside it that lies along the
+    row axis (sorted by name; sub-groups are skipped); a store holding a single
+    array gives one column named after the store (``images.zarr`` -> ``images``).
+    The row axis is axis 0. When arrays carry dimension names (zarr 3
+    ``dimension_names``, or xarray's ``_ARRAY_DIMENSIONS``), the row dimension is
+    the first dimension most arrays share (a tie: the one that starts the array
+    of most dimensions, a data variable rather than a coordinate) and arrays along another first
+    dimension (an xarray coordinate such as ``feature``) are not columns; without
+    names, the row count is the length most arrays share. Arrays that are not
+    columns (those, 0-d arrays, arrays of another length) are listed in
+    ``shard.ignored`` with the reason and logged; they never block the others, and
+    asking for one by name is an error (``RowCountError`` for another length).
 
 Read units
     ``unit_bounds`` follows the chunk grid along axis 0; for sharded Zarr 3
@@ -18,15 +26,16 @@ Read units
     chunk length along axis 0 for every array) are fastest.
 
 Missing and corrupt chunks
-    Zarr reads an absent chunk as ``fill_value`` without a word, and by default
-    it does not even write chunks that hold only ``fill_value``
-    (``array.write_empty_chunks = False``). So a deleted chunk and an all-fill
-    chunk look the same on disk. This module is strict by default: the store is
-    wrapped so that a chunk key the store does not hold raises
-    ``CorruptInputError`` naming the key, at no extra I/O (the check rides on the
-    read zarr makes anyway). Stores written with ``write_empty_chunks=False``
-    need ``allow_missing_chunks=True``, which reads ``fill_value`` and logs a
-    warning once per chunk key. A chunk that does not decode raises
+    Zarr defines an absent chunk as ``fill_value``, and by default it does not
+    even write chunks that hold only ``fill_value`` (``write_empty_chunks=False``):
+    class-0 labels and zero padding are absent from ordinary stores. So by
+    default an absent chunk reads as ``fill_value``, as zarr defines it (the first
+    one of a store is logged at debug level). A deleted chunk looks the same on disk, so stores
+    whose every chunk is known to exist -- those ``streambatch convert`` writes,
+    whose manifest lists every chunk -- are opened with
+    ``allow_missing_chunks=False``: the store is wrapped so that a chunk key it
+    does not hold raises ``CorruptInputError`` naming the key, at no extra I/O
+    (the check rides on the read zarr makes anyway). A chunk that does not decode raises
     ``CorruptInputError`` naming the array and chunk key. Zarr itself raises a
     bare ``RuntimeError`` here, so the chunk is found by reading the chunks of
     the failed range one at a time (only on the error path).
@@ -60,6 +69,7 @@ import itertools
 import json
 import logging
 import threading
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -72,8 +82,8 @@ from zarr.core.sync import collect_aiterator, sync
 from zarr.errors import NodeNotFoundError
 from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
-from ..errors import CorruptInputError, SchemaError, SourceNotFoundError
-from ._base import ColumnSpec, Shard, ShardReader
+from ..errors import CorruptInputError, RowCountError, SchemaError, SourceNotFoundError
+from ._base import ColumnSpec, NotAColumn, Shard, ShardReader
 from ._fs import FileSystemPath
 from ._retry import RetryPolicy, call_with_retry, is_transient
 
@@ -101,22 +111,23 @@ class _MissingChunkError(CorruptInputError):
 
 
 _MISSING_HINT = (
-    "missing from the store (zarr would silently read fill_value). Zarr does not write "
-    "chunks that hold only fill_value unless write_empty_chunks=True: if the store was "
-    "written that way, open it with allow_missing_chunks=True"
+    "missing from the store, which was written with every chunk present (write_empty_chunks=True, "
+    "as `streambatch convert` writes): the store is damaged; write it again"
 )
 
 
 class _StrictChunkStore(WrapperStore):  # type: ignore[type-arg]
     """Delegates everything to the wrapped store, except that a ``get`` of a chunk
     key that returns nothing (zarr's cue to substitute ``fill_value``) raises
-    ``CorruptInputError`` or, when missing chunks are allowed, logs it once."""
+    ``CorruptInputError`` or, when missing chunks are allowed (zarr's own meaning:
+    the chunk is ``fill_value``), logs the first such key of the store at debug
+    level -- once, not once per key: sparse stores have millions of them."""
 
     def __init__(self, store: Store, url: str = "", allow_missing: bool = False) -> None:
         super().__init__(store)
         self._url = url
         self._allow_missing = allow_missing
-        self._reported: set[str] = set()
+        self._reported = False
         self._reported_lock = threading.Lock()
 
     def _with_store(self, store: Store) -> _StrictChunkStore:
@@ -132,38 +143,54 @@ class _StrictChunkStore(WrapperStore):  # type: ignore[type-arg]
         if not self._allow_missing:
             raise _MissingChunkError(key, self._url)
         with self._reported_lock:
-            if key in self._reported:
+            if self._reported:
                 return
-            self._reported.add(key)
-        logger.warning("%s: chunk %s is missing; reading fill_value instead", self._url, key)
+            self._reported = True
+        logger.debug(
+            "%s: chunk %s (and maybe others) is not stored; reading fill_value, as zarr defines it", self._url, key
+        )
 
 
 class ZarrShard(Shard):
     """One Zarr store: a group (a column per array) or a single array (one column).
 
-    Opening reads metadata documents only. ``allow_missing_chunks=True`` reads
-    absent chunks as the array's ``fill_value`` (with a logged warning) instead
-    of raising ``CorruptInputError``.
+    Opening reads metadata documents only. An absent chunk reads as the array's
+    ``fill_value``, as zarr defines it; ``allow_missing_chunks=False`` (stores
+    whose manifest lists every chunk) makes it a ``CorruptInputError`` instead.
     """
 
-    def __init__(self, location: FileSystemPath, allow_missing_chunks: bool = False) -> None:
+    def __init__(self, location: FileSystemPath, allow_missing_chunks: bool = True) -> None:
         self.location = location
         self.path = location.url
         self.allow_missing_chunks = bool(allow_missing_chunks)
         self._store = _open_store(location, self.allow_missing_chunks)
-        self._arrays = _open_arrays(self._store, location)
-
-        lengths = {name: int(array.shape[0]) for name, array in self._arrays.items()}
-        if len(set(lengths.values())) > 1:
-            listing = ", ".join(f"{name!r} has {rows} rows" for name, rows in lengths.items())
-            raise SchemaError(f"{self.path}: arrays differ in length along axis 0 (the row axis): {listing}")
-        self.num_rows = next(iter(lengths.values()))
+        found = _open_arrays(self._store, location)
+        self.num_rows, self.ignored = _row_axis(self.path, found)
+        self.unreadable: dict[str, str] = {}
+        self._arrays = {}
+        for name, array in found.items():
+            if name in self.ignored:
+                continue
+            reason = _unreadable_reason(name, array)
+            if reason is None:
+                self._arrays[name] = array
+            else:
+                self.unreadable[name] = reason
+        if self.ignored:
+            logger.info(
+                "%s: not columns, left out: %s", self.path, "; ".join(f"{n!r}: {r}" for n, r in self.ignored.items())
+            )
         self.columns: dict[str, ColumnSpec] = {
             name: ColumnSpec(array.dtype, tuple(array.shape[1:])) for name, array in self._arrays.items()
         }
+        if not self._arrays:  # nothing to read rows from: units are one row range
+            self.chunk_rows: dict[str, int] = {}
+            self._bounds = np.array([0, self.num_rows], dtype=np.int64)
+            self._bounds.flags.writeable = False
+            return
 
         #: Rows per storage object along axis 0 (the shard length for sharded arrays).
-        self.chunk_rows: dict[str, int] = {name: _rows_per_object(array) for name, array in self._arrays.items()}
+        self.chunk_rows = {name: _rows_per_object(array) for name, array in self._arrays.items()}
         # read units follow the (inner) chunks: zarr reads one inner chunk of a shard with
         # a ranged request, so a sharded array has as many units as a plain one
         step = max(int(array.chunks[0]) for array in self._arrays.values())
@@ -177,10 +204,7 @@ class ZarrShard(Shard):
         return self._bounds
 
     def open_reader(self, columns: list[str]) -> ShardReader:
-        for name in columns:
-            if name not in self._arrays:
-                available = ", ".join(repr(c) for c in self._arrays)
-                raise SchemaError(f"{self.path}: no array {name!r}; arrays: {available}")
+        self.check_columns(columns)
         return _ZarrReader(self, {name: self._arrays[name] for name in columns})
 
     def describe_rows(self, start: int, stop: int) -> str:
@@ -396,6 +420,8 @@ def _open_arrays(store: Any, location: FileSystemPath) -> dict[str, Any]:
         raise CorruptInputError(f"{_document(store, '', url)}: unreadable Zarr metadata ({_describe(e)})") from e
 
     if isinstance(node, zarr.Array):
+        if node.ndim == 0:
+            raise SchemaError(f"{url}: the store is a 0-d array and has no row axis; need at least 1 dimension")
         name = location.name()
         name = name[: -len(".zarr")] if name.endswith(".zarr") and len(name) > len(".zarr") else name
         arrays = {name: node}
@@ -418,8 +444,6 @@ def _open_arrays(store: Any, location: FileSystemPath) -> dict[str, Any]:
                 arrays[key] = member
         if not arrays:
             raise SourceNotFoundError(f"{url}: the Zarr group holds no arrays (sub-groups are not read)")
-    for name, array in arrays.items():
-        _check_array(url, name, array)
     return arrays
 
 
@@ -455,15 +479,70 @@ def _describe(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _check_array(url: str, name: str, array: Any) -> None:
-    """Reject what a fixed-size NumPy batch cannot hold."""
-    if array.ndim == 0:
-        raise SchemaError(f"{url}: array {name!r} is 0-d and has no row axis; need at least 1 dimension")
+def _dimension_names(array: Any) -> tuple[str | None, ...] | None:
+    """Dimension names of an array: zarr 3's ``dimension_names``, else xarray's
+    ``_ARRAY_DIMENSIONS`` attribute (zarr 2 stores), else ``None``."""
+    names = getattr(array.metadata, "dimension_names", None)
+    if names:
+        return tuple(names)
+    attrs = array.attrs.get("_ARRAY_DIMENSIONS")
+    if isinstance(attrs, list) and len(attrs) == array.ndim:
+        return tuple(str(n) for n in attrs)
+    return None
+
+
+def _row_axis(url: str, arrays: dict[str, Any]) -> tuple[int, dict[str, NotAColumn]]:
+    """``(rows, ignored)``: the row count of the store and the arrays that are not
+    columns, each with why (see the module docstring)."""
+    ignored: dict[str, NotAColumn] = {}
+    candidates: dict[str, Any] = {}
+    for name, array in arrays.items():
+        if array.ndim == 0:
+            ignored[name] = NotAColumn("a 0-d array has no row axis")
+        else:
+            candidates[name] = array
+    if not candidates:
+        raise SourceNotFoundError(f"{url}: the Zarr group holds no array with a row axis (all are 0-d)")
+    firsts = {n: (_dimension_names(a) or (None,))[0] for n, a in candidates.items()}
+    counts = Counter(d for d in firsts.values() if d is not None)
+    # the dimension most arrays start with; a tie goes to the one that starts the array of most
+    # dimensions (data variables, not 1-d coordinates), then to the longer one
+    rank = {
+        d: (n, max(a.ndim for k, a in candidates.items() if firsts[k] == d),
+            max(a.shape[0] for k, a in candidates.items() if firsts[k] == d))
+        for d, n in counts.items()
+    }
+    row_dim = max(rank, key=lambda d: rank[d]) if rank else None
+    on_dim = {n: a for n, a in candidates.items() if row_dim is not None and firsts[n] == row_dim}
+    for name, array in candidates.items():
+        if row_dim is not None and firsts[name] not in (row_dim, None):
+            ignored[name] = NotAColumn(
+                f"along dimension {firsts[name]!r} ({array.shape[0]} long), not the row dimension {row_dim!r}"
+            )
+    if on_dim:
+        lengths = {n: int(a.shape[0]) for n, a in on_dim.items()}
+        if len(set(lengths.values())) > 1:
+            listing = ", ".join(f"{n!r} has {r} rows" for n, r in lengths.items())
+            raise RowCountError(f"{url}: arrays along the row dimension {row_dim!r} differ in length: {listing}")
+        rows = next(iter(lengths.values()))
+    else:
+        counts = Counter(int(a.shape[0]) for n, a in candidates.items() if n not in ignored)
+        rows = max(counts, key=lambda r: (counts[r], r))
+    for name, array in candidates.items():
+        if name not in ignored and int(array.shape[0]) != rows:
+            ignored[name] = NotAColumn(
+                f"it has {array.shape[0]} rows along axis 0, the other arrays {rows}", wrong_length=True
+            )
+    return rows, ignored
+
+
+def _unreadable_reason(name: str, array: Any) -> str | None:
+    """Why an array on the row axis cannot fill a fixed-size NumPy batch, or ``None``."""
     dtype = np.dtype(array.dtype)
     if dtype.hasobject or dtype.kind == "T" or dtype.itemsize == 0:
         zarr_type = getattr(array.metadata, "data_type", None) or getattr(array.metadata, "dtype", None)
-        raise SchemaError(
-            f"{url}: array {name!r} has dtype {dtype} (Zarr data type {zarr_type}), "
-            "whose values are Python objects or of variable length; streambatch reads fixed-size "
-            "values only (store strings as fixed-width 'S<n>'/'U<n>' or as codes)"
+        return (
+            f"dtype {dtype} (Zarr data type {zarr_type}): variable-length values (strings) are not "
+            f"delivered yet; exclude it with exclude=[{name!r}], or store fixed-width 'S<n>'/'U<n>' or codes"
         )
+    return None
