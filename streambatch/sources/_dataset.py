@@ -102,7 +102,7 @@ def open_dataset(
         if retry is not None:  # shards are shared with the given dataset: copy, never mutate them
             source = Dataset([_with_retry(copy.copy(s), retry) for s in source.shards], list(source.columns))
         return source if columns is None else source.select(columns)
-    shards = [_with_retry(s, retry) for s in _shards_of(source, storage_options)]
+    shards = [_with_retry(s, retry) for s in _shards_of(source, storage_options, retry)]
     return Dataset(shards, columns)
 
 
@@ -111,11 +111,11 @@ def _with_retry(shard: Shard, retry: RetryPolicy | None) -> Shard:
     return shard
 
 
-def _shards_of(source: Any, storage_options: dict[str, Any] | None) -> list[Shard]:
+def _shards_of(source: Any, storage_options: dict[str, Any] | None, retry: RetryPolicy | None = None) -> list[Shard]:
     if isinstance(source, Mapping):
-        return [_npy_columns_shard(source, storage_options)]
+        return [_npy_columns_shard(source, storage_options, retry)]
     if isinstance(source, (str, os.PathLike)):
-        return _shards_at(resolve(source, storage_options), top_level=True)
+        return _shards_at(resolve(source, storage_options, retry), top_level=True)
     if isinstance(source, Sequence):
         if not source:
             raise SourceNotFoundError("an empty list of sources was given")
@@ -123,7 +123,7 @@ def _shards_of(source: Any, storage_options: dict[str, Any] | None) -> list[Shar
         for item in source:
             if not isinstance(item, (str, os.PathLike)):
                 raise TypeError(f"a list of sources must hold paths or URLs, got {type(item).__name__}")
-            shards.extend(_shards_at(resolve(item, storage_options), top_level=True))
+            shards.extend(_shards_at(resolve(item, storage_options, retry), top_level=True))
         return shards
     raise TypeError(
         "source must be a path or URL, a list of them, a dict {column: path_to_npy} "
@@ -131,14 +131,16 @@ def _shards_of(source: Any, storage_options: dict[str, Any] | None) -> list[Shar
     )
 
 
-def _npy_columns_shard(mapping: Mapping[str, Any], storage_options: dict[str, Any] | None) -> Shard:
+def _npy_columns_shard(
+    mapping: Mapping[str, Any], storage_options: dict[str, Any] | None, retry: RetryPolicy | None = None
+) -> Shard:
     from ._npy import NpyShard
 
     if not mapping:
         raise SourceNotFoundError("an empty dict of columns was given")
     files: dict[str, FileSystemPath] = {}
     for name, path in mapping.items():
-        location = resolve(path, storage_options)
+        location = resolve(path, storage_options, retry)
         if not location.exists():
             raise SourceNotFoundError(f"column {name!r}: no such file: {location.url}")
         if not location.path.endswith(_NPY):
@@ -158,10 +160,11 @@ def _shards_at(location: FileSystemPath, top_level: bool) -> list[Shard]:
         return shards
     if not location.exists():
         raise SourceNotFoundError(f"no such file or directory: {location.url}")
-    from ._manifest import has_manifest, shards_from_manifest
+    from ._manifest import has_manifest, refuse_incomplete_conversion, shards_from_manifest
 
     if has_manifest(location):  # written by `streambatch convert`: trust-but-check, no footer scan
         return shards_from_manifest(location)
+    refuse_incomplete_conversion(location)  # a convert DEST without its manifest is not a dataset
     if _is_zarr(location):
         from ._zarr import ZarrShard
 
@@ -198,7 +201,7 @@ def _is_zarr(location: FileSystemPath) -> bool:
 def _shards_in_directory(location: FileSystemPath) -> list[Shard]:
     """A directory of ``.npy`` files is one shard (a column per file); otherwise each
     Parquet file, Zarr store and sub-directory holding data is a shard, in name order."""
-    entries = sorted(location.fs.ls(location.path, detail=True), key=lambda e: e["name"])
+    entries = sorted(location.ls(), key=lambda e: e["name"])
     visible = [e for e in entries if not e["name"].rstrip("/").rsplit("/", 1)[-1].startswith((".", "_"))]
     npy = [e for e in visible if e["type"] == "file" and e["name"].endswith(_NPY)]
     shards: list[Shard] = []

@@ -29,10 +29,12 @@ _REMOTE_BATCH_BYTES = 16 << 20
 def read_npy_header(location: FileSystemPath) -> tuple[ColumnSpec, int, int]:
     """``(spec of one row, number of rows, byte offset of the data)`` of an ``.npy``
     file, validated: not pickled, at least 1-d, C order, and long enough."""
-    try:
+    def read_head() -> tuple[bytes, int]:
         with location.fs.open(location.path, "rb") as f:
-            head = f.read(min(_MAX_HEADER_BYTES, 65536 + 10))
-            file_size = location.size()
+            return f.read(min(_MAX_HEADER_BYTES, 65536 + 10)), location.size()
+
+    try:
+        head, file_size = location.call(read_head, "header")  # retried as one request when remote
     except FileNotFoundError as e:
         raise FileNotFoundError(f"no such file: {location.url}") from e
     import io

@@ -527,10 +527,10 @@ def _read_footer(location: FileSystemPath, verify: bool) -> tuple[pq.FileMetaDat
             f"shorter than the smallest possible Parquet file ({_MIN_FILE_BYTES} bytes)"
         )
     try:
-        pf, raw = _open(location, verify)
+        pf, raw = location.call(lambda: _open(location, verify), "footer")  # retried when remote
     except FileNotFoundError as e:
         raise SourceNotFoundError(f"no such file: {url}") from e
-    except _TRANSIENT_OS_ERRORS:
+    except (*_TRANSIENT_OS_ERRORS, RemoteReadError):
         raise
     except MemoryError:
         raise

@@ -33,8 +33,9 @@ import errno
 import logging
 import random
 import re
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -44,6 +45,7 @@ __all__ = [
     "DEFAULT_POLICY",
     "RetryPolicy",
     "ShortReadError",
+    "acall_with_retry",
     "call_with_retry",
     "is_transient",
     "read_exactly",
@@ -312,6 +314,13 @@ def _safe_cause(error: BaseException, secrets: tuple[str, ...]) -> BaseException
 # ----------------------------------------------------------------- the wrapper
 
 
+#: Set while this thread runs an attempt of ``call_with_retry``: a retried call
+#: made inside another (``FileSystemPath.size`` inside a retried footer fetch)
+#: is attempted once, and the outer call retries the whole, so attempts never
+#: multiply (5 x 5) and the outer description names what failed.
+_inside = threading.local()
+
+
 def call_with_retry(
     fn: Callable[[], T],
     policy: RetryPolicy | None,
@@ -331,7 +340,13 @@ def call_with_retry(
     last error. ``fn`` must be idempotent: each attempt rewrites the same output.
     ``first_error``: the first attempt was already made elsewhere (a batched
     request) and failed with it; it counts as attempt 1.
+    Inside another ``call_with_retry`` of the same thread, ``fn`` is attempted
+    once: the outer call decides whether to send the whole again.
     """
+    if getattr(_inside, "active", False):
+        if first_error is not None:
+            raise first_error
+        return fn()
     policy = policy or DEFAULT_POLICY
     attempt = 0
     pending = first_error
@@ -340,38 +355,78 @@ def call_with_retry(
         if pending is not None:
             error, pending = pending, None
         else:
+            _inside.active = True
             try:
                 return fn()
             except Exception as caught:
                 error = caught
-        if not is_transient(error):
-            if secrets and isinstance(error, StreambatchError):
-                clean = redact(str(error), secrets)
-                if clean != str(error):
-                    raise type(error)(clean) from _safe_cause(error, secrets)
-            raise error
-        what = describe() if callable(describe) else describe
-        if attempt >= policy.max_attempts:
-            if isinstance(error, CorruptInputError):  # a decode failure that persisted: corrupt after all
-                raise error
-            kind = ReaderTimeoutError if _is_timeout(error) else RemoteReadError
-            message = redact(
-                f"{what}: failed after {attempt} attempt{'s' if attempt > 1 else ''}: "
-                f"{type(error).__name__}: {error}",
-                secrets,
-            )
-            raise kind(message) from _safe_cause(error, secrets)
-        delay = policy.delay(attempt, rng)
-        logger.info(
-            "%s",
-            redact(
-                f"{what}: attempt {attempt}/{policy.max_attempts} failed "
-                f"({type(error).__name__}: {error}); retrying in {delay:.2f} s",
-                secrets,
-            ),
-        )
+            finally:
+                _inside.active = False
+        delay = _after_failure(error, attempt, policy, describe, secrets, rng)
         del error  # no traceback (and the frames' buffers) kept across the sleep
         sleep(delay)
+
+
+def _after_failure(
+    error: Exception,
+    attempt: int,
+    policy: RetryPolicy,
+    describe: str | Callable[[], str],
+    secrets: tuple[str, ...],
+    rng: random.Random | None,
+) -> float:
+    """The delay before sending again after failed attempt ``attempt``, logged;
+    raises ``error`` when it is permanent, ``RemoteReadError`` when the attempts
+    are used up."""
+    if not is_transient(error):
+        if secrets and isinstance(error, StreambatchError):
+            clean = redact(str(error), secrets)
+            if clean != str(error):
+                raise type(error)(clean) from _safe_cause(error, secrets)
+        raise error
+    what = describe() if callable(describe) else describe
+    if attempt >= policy.max_attempts:
+        if isinstance(error, CorruptInputError):  # a decode failure that persisted: corrupt after all
+            raise error
+        kind = ReaderTimeoutError if _is_timeout(error) else RemoteReadError
+        message = redact(
+            f"{what}: failed after {attempt} attempt{'s' if attempt > 1 else ''}: "
+            f"{type(error).__name__}: {error}",
+            secrets,
+        )
+        raise kind(message) from _safe_cause(error, secrets)
+    delay = policy.delay(attempt, rng)
+    logger.info(
+        "%s",
+        redact(
+            f"{what}: attempt {attempt}/{policy.max_attempts} failed "
+            f"({type(error).__name__}: {error}); retrying in {delay:.2f} s",
+            secrets,
+        ),
+    )
+    return delay
+
+
+async def acall_with_retry(
+    fn: Callable[[], Awaitable[T]],
+    policy: RetryPolicy | None,
+    describe: str | Callable[[], str],
+    *,
+    secrets: tuple[str, ...] = (),
+) -> T:
+    """``await fn()`` with :func:`call_with_retry`'s rules, sleeping with
+    ``asyncio.sleep`` (for requests made on an event loop, e.g. zarr's store)."""
+    import asyncio
+
+    policy = policy or DEFAULT_POLICY
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await fn()
+        except Exception as error:
+            delay = _after_failure(error, attempt, policy, describe, secrets, None)
+        await asyncio.sleep(delay)
 
 
 def read_exactly(data: bytes | bytearray | memoryview, expected: int, describe: str) -> bytes | bytearray | memoryview:

@@ -71,10 +71,10 @@ from zarr.core.sync import collect_aiterator, sync
 from zarr.errors import NodeNotFoundError
 from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
-from ..errors import CorruptInputError, SchemaError, SourceNotFoundError
+from ..errors import CorruptInputError, RemoteReadError, SchemaError, SourceNotFoundError
 from ._base import ColumnSpec, Shard, ShardReader
 from ._fs import FileSystemPath
-from ._retry import RetryPolicy, call_with_retry, is_transient
+from ._retry import RetryPolicy, acall_with_retry, call_with_retry, is_transient
 
 __all__ = ["ZarrShard"]
 
@@ -109,19 +109,50 @@ _MISSING_HINT = (
 class _StrictChunkStore(WrapperStore):  # type: ignore[type-arg]
     """Delegates everything to the wrapped store, except that a ``get`` of a chunk
     key that returns nothing (zarr's cue to substitute ``fill_value``) raises
-    ``CorruptInputError`` or, when missing chunks are allowed, logs it once."""
+    ``CorruptInputError`` or, when missing chunks are allowed, logs it once.
 
-    def __init__(self, store: Store, url: str = "", allow_missing: bool = False) -> None:
+    ``remote=True``: every metadata request (a metadata document's ``get``,
+    ``exists``, ``list_dir``) is sent again on transient errors as ``retry``
+    says; chunk reads are retried a level up, by the reader, which names the
+    rows and chunks."""
+
+    def __init__(
+        self,
+        store: Store,
+        url: str = "",
+        allow_missing: bool = False,
+        retry: RetryPolicy | None = None,
+        secrets: tuple[str, ...] = (),
+        remote: bool = False,
+    ) -> None:
         super().__init__(store)
         self._url = url
         self._allow_missing = allow_missing
         self._reported: set[str] = set()
         self._reported_lock = threading.Lock()
+        self._retry, self._secrets, self._remote = retry, secrets, remote
 
     def _with_store(self, store: Store) -> _StrictChunkStore:
-        return type(self)(store, self._url, self._allow_missing)
+        return type(self)(store, self._url, self._allow_missing, self._retry, self._secrets, self._remote)
+
+    async def _metadata(self, fn: Any, what: str) -> Any:
+        if not self._remote:
+            return await fn()
+        return await acall_with_retry(fn, self._retry, f"{self._url} ({what})", secrets=self._secrets)
+
+    async def exists(self, key: str) -> bool:
+        return bool(await self._metadata(lambda: self._store.exists(key), f"Zarr metadata {key}"))
+
+    async def list_dir(self, prefix: str) -> Any:
+        async def listing() -> list[str]:
+            return [name async for name in self._store.list_dir(prefix)]
+
+        for name in await self._metadata(listing, f"Zarr listing {prefix or '/'}"):
+            yield name
 
     async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
+        if key.rsplit("/", 1)[-1] in _METADATA_NAMES:
+            return await self._metadata(lambda: self._store.get(key, prototype, byte_range), f"Zarr metadata {key}")
         value = await self._store.get(key, prototype, byte_range)
         if value is None and key.rsplit("/", 1)[-1] not in _METADATA_NAMES:
             self._missing(key)
@@ -358,7 +389,9 @@ def _open_store(location: FileSystemPath, allow_missing: bool) -> Any:
         store = LocalStore(location.path, read_only=True)
     else:
         store = FsspecStore(fs=_async_fs(location.fs), path=location.path.rstrip("/"), read_only=True)
-    return _StrictChunkStore(store, location.url, allow_missing)
+    return _StrictChunkStore(
+        store, location.url, allow_missing, location.retry, location.secrets, remote=not location.is_local
+    )
 
 
 def _async_fs(fs: Any) -> Any:
@@ -387,7 +420,7 @@ def _open_arrays(store: Any, location: FileSystemPath) -> dict[str, Any]:
         raise SourceNotFoundError(
             f"{url}: not a Zarr store: no zarr.json (format 3) or .zarray/.zgroup (format 2) at its root"
         ) from e
-    except _TRANSIENT_OS_ERRORS:
+    except (*_TRANSIENT_OS_ERRORS, RemoteReadError):
         raise
     except Exception as e:  # JSONDecodeError, KeyError, MetadataValidationError ...
         raise CorruptInputError(f"{_document(store, '', url)}: unreadable Zarr metadata ({_describe(e)})") from e
@@ -401,7 +434,7 @@ def _open_arrays(store: Any, location: FileSystemPath) -> dict[str, Any]:
         for key in _group_member_names(node):
             try:
                 member = node[key]
-            except _TRANSIENT_OS_ERRORS:
+            except (*_TRANSIENT_OS_ERRORS, RemoteReadError):
                 raise
             except KeyError as e:
                 if not _has_node_document(store, key):
