@@ -27,6 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info.add_argument(
         "--verify", action="store_true", help="also check every sha256 the manifest records (reads all data)"
     )
+    _add_storage_options(info)
 
     args = parser.parse_args(argv)
     if args.command == "convert":
@@ -35,9 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .info import describe, format_info, verify
 
         try:
-            print(format_info(describe(args.path)))
+            options = _storage_options(parser, args.storage_option)
+            print(format_info(describe(args.path, options)))
             if args.verify:
-                print(f"  verified {verify(args.path)} file(s): every sha256 matches the manifest")
+                print(f"  verified {verify(args.path, options)} file(s): every sha256 matches the manifest")
         except (OSError, ValueError, TypeError) as e:
             print(f"streambatch info: error: {e}", file=sys.stderr)
             return 1
@@ -58,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _add_convert(commands) -> None:
     c = commands.add_parser("convert", help="rewrite datasets into loader-friendly shards plus a manifest")
     c.add_argument("paths", nargs="+", metavar="SRC [SRC ...] DEST",
-                   help="inputs (.npy, .parquet, .zarr, .csv, directories, globs) then the output directory")
+                   help="inputs (.npy, .parquet, .zarr, .csv, directories, globs) then the output: "
+                   "a directory or an fsspec URL such as s3://bucket/prefix")
     c.add_argument("--format", required=True, choices=("parquet", "npy", "zarr"), help="output shard format")
     c.add_argument("--columns", default=None, help="comma-separated columns to keep (default: all)")
     size = c.add_mutually_exclusive_group()
@@ -77,6 +80,25 @@ def _add_convert(commands) -> None:
     mode.add_argument("--overwrite", action="store_true", help="replace a previous conversion in DEST")
     mode.add_argument("--resume", action="store_true", help="finish an interrupted conversion into DEST")
     c.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
+    _add_storage_options(c)
+
+
+def _add_storage_options(command) -> None:
+    command.add_argument(
+        "--storage-option", action="append", default=[], metavar="KEY=VALUE",
+        help="an fsspec storage option for every URL (sources and DEST), e.g. endpoint_url=http://127.0.0.1:9000; "
+        "repeatable; true/false become booleans, other values stay strings",
+    )
+
+
+def _storage_options(parser: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, object] | None:
+    options: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            parser.error(f"--storage-option must be KEY=VALUE, got {item.split('=')[0]!r}=...")
+        options[key.strip()] = {"true": True, "false": False}.get(value.lower(), value)
+    return options or None
 
 
 def _convert(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -85,19 +107,22 @@ def _convert(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if len(args.paths) < 2:
         parser.error("convert needs at least one SRC and a DEST")
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+    storage_options = _storage_options(parser, args.storage_option)
     try:
         result = convert(
             args.paths[:-1], args.paths[-1], args.format, columns=columns, shard_size=args.shard_size,
             rows_per_shard=args.rows_per_shard, chunk_rows=args.chunk_rows, compression=args.compression,
             shuffle=args.shuffle, seed=args.seed, memory_limit=args.memory_limit, workers=args.workers,
             scheduler=args.scheduler, overwrite=args.overwrite, resume=args.resume,
-            progress=False if args.quiet else None,
+            progress=False if args.quiet else None, storage_options=storage_options,
         )
     except KeyboardInterrupt:
         print("streambatch convert: interrupted; run again with --resume to finish", file=sys.stderr)
         return 130
     except (OSError, ValueError, TypeError, ImportError) as e:
         print(f"streambatch convert: error: {e}", file=sys.stderr)
+        for note in getattr(e, "__notes__", ()):
+            print(f"streambatch convert: {note}", file=sys.stderr)
         return 1
     if not args.quiet:
         print(result.summary())

@@ -7,43 +7,18 @@ Skipped when s3fs or moto[server] is missing (both are in the ``test`` extra).
 
 from __future__ import annotations
 
-import socket
 from typing import ClassVar
 
 import numpy as np
 import pytest
 
 import streambatch as sb
-from tests.conftest import FORMATS, make_columns, write_dataset
+from tests.conftest import BUCKET, FORMATS, KEY, SECRET, make_columns, write_dataset
 
 s3fs = pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 
-BUCKET = "streambatch-test"
-KEY, SECRET = "testing-key-id", "testing-secret-value"
 N = 1500
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    """``(endpoint_url, storage_options)`` of a moto S3 server for the session."""
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    options = {"endpoint_url": endpoint, "key": KEY, "secret": SECRET}
-    fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
-    fs.mkdir(BUCKET)
-    try:
-        yield endpoint, options
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

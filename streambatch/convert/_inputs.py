@@ -212,7 +212,11 @@ def stage_csv(path: str, directory: str, columns: Sequence[str] | None, specs: M
             for name, spec in specs.items():
                 column = batch.column(name)
                 if column.null_count:
-                    raise SchemaError(f"{path}: column {name!r} has {column.null_count} empty value(s) near row {rows}")
+                    first = rows + _first_null(column)
+                    raise SchemaError(
+                        f"{path}: column {name!r} is empty at row {first} (0-based, not counting the header; "
+                        f"{column.null_count} empty value(s) in rows {rows}:{rows + batch.num_rows})"
+                    )
                 values = column.to_numpy(zero_copy_only=False)
                 if values.dtype != spec.dtype:
                     raise SchemaError(f"{path}: column {name!r} changes type to {values.dtype} near row {rows}")
@@ -226,6 +230,13 @@ def stage_csv(path: str, directory: str, columns: Sequence[str] | None, specs: M
         for f in files.values():
             f.close()
     return RawPart(directory, tuple((n, s.dtype.str, s.shape) for n, s in specs.items()), rows)
+
+
+def _first_null(column) -> int:
+    """Index of the first null of an Arrow array."""
+    import pyarrow.compute as pc
+
+    return int(pc.index(column.is_null(), True).as_py())
 
 
 # --------------------------------------------------------------------------- fingerprint

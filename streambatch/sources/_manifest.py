@@ -52,6 +52,8 @@ def _manifest_location(location: FileSystemPath) -> FileSystemPath:
 
 def has_manifest(location: FileSystemPath) -> bool:
     """Whether ``location`` is a directory holding a streambatch ``manifest.json``."""
+    if not location.is_local:  # a listing cached by fsspec may predate the manifest (or its removal)
+        location.fs.invalidate_cache(location.path)
     if not location.isdir():
         return False
     manifest = _manifest_location(location)
