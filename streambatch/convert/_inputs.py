@@ -248,10 +248,16 @@ def fingerprint_sources(sources: Sequence[str], storage_options: Mapping[str, An
     listing = []
     for source in sources:
         location = resolve(source, dict(storage_options or {}) or None)
-        fs = location.fs
-        paths = sorted(fs.glob(location.path)) if any(ch in location.path for ch in "*?[") else [location.path]
+        globbed = any(ch in location.path for ch in "*?[")
+        paths = [location.path]
+        if globbed:
+            paths = sorted(location.call(lambda loc=location: loc.fs.glob(loc.path), "glob"))
         for p in paths:
-            found = fs.find(p, detail=True) if fs.isdir(p) else {p: fs.info(p)}
+            here = location.child(p)  # requests retried when remote (FileSystemPath.call)
+            if here.isdir():
+                found = here.call(lambda h=here: h.fs.find(h.path, detail=True), "listing")
+            else:
+                found = {p: here.info()}
             for name in sorted(found):
                 info = found[name]
                 mtime = info.get("mtime", info.get("LastModified", info.get("created", "")))
