@@ -15,6 +15,7 @@ first request of each kind to each path fails once.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 import random
@@ -23,9 +24,11 @@ import time
 from typing import Any, ClassVar
 
 import fsspec
+from fsspec.asyn import AsyncFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
+from fsspec.spec import AbstractBufferedFile
 
-__all__ = ["ALL_KINDS", "FlakyFS", "upload"]
+__all__ = ["ALL_KINDS", "FlakyFS", "HangFS", "upload"]
 
 _METADATA_NAMES = ("zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata")
 _internal = threading.local()
@@ -188,3 +191,77 @@ def upload(local_dir: str, fs: fsspec.AbstractFileSystem, target: str) -> None:
             dest = target.rstrip("/") + "/" + (name if rel == "." else f"{rel}/{name}")
             with open(os.path.join(root, name), "rb") as f:
                 fs.pipe_file(dest, f.read())
+
+
+class HangFS(AsyncFileSystem):
+    """``hang:///abs/path``: local files behind an *asynchronous* filesystem (as
+    s3fs, gcsfs and HTTP are) whose chosen requests hang for ``hang`` seconds,
+    like a server that accepted a request and went silent. ``hang_kinds`` are
+    hung once each (the first ``info``, ``ls``, data ``cat_file`` and Zarr
+    document request); ``always=True`` hangs every data request. Counts the
+    hung requests that were cancelled (``RetryPolicy.timeout``) in ``cancelled``."""
+
+    protocol = ("hang",)
+    root_marker = "/"
+    hang: ClassVar[float] = 30.0
+    always: ClassVar[bool] = False
+    hang_kinds: ClassVar[set[str]] = set()
+    hung: ClassVar[list[str]] = []
+    cancelled: ClassVar[int] = 0
+
+    @classmethod
+    def configure(cls, kinds: tuple[str, ...] = (), always: bool = False, hang: float = 30.0) -> None:
+        cls.hang_kinds, cls.always, cls.hang, cls.hung, cls.cancelled = set(kinds), always, hang, [], 0
+
+    @classmethod
+    def _strip_protocol(cls, path: str) -> str:
+        path = path[len("hang://") :] if path.startswith("hang://") else path
+        return "/" + path.lstrip("/") if path else "/"
+
+    async def _maybe_hang(self, kind: str) -> None:
+        cls = type(self)
+        if (cls.always and kind == "data") or kind in cls.hang_kinds:
+            cls.hang_kinds.discard(kind)
+            cls.hung.append(kind)
+            try:
+                await asyncio.sleep(cls.hang)
+            except asyncio.CancelledError:
+                cls.cancelled += 1
+                raise
+
+    def _read(self, path: str, start: int | None, end: int | None) -> bytes:
+        size = os.path.getsize(path)
+        start = 0 if start is None else (start + size if start < 0 else start)
+        end = size if end is None else (end + size if end < 0 else min(end, size))
+        with open(path, "rb") as f:
+            f.seek(start)
+            return f.read(max(0, end - start))
+
+    async def _cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
+        path = self._strip_protocol(path)
+        await self._maybe_hang("zarr-metadata" if path.rsplit("/", 1)[-1] in _METADATA_NAMES else "data")
+        return self._read(path, start, end)
+
+    async def _info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        await self._maybe_hang("metadata")
+        path = self._strip_protocol(path)
+        info = fsspec.filesystem("file").info(path)
+        return {**info, "name": path}
+
+    async def _ls(self, path: str, detail: bool = True, **kwargs: Any) -> Any:
+        await self._maybe_hang("listing")
+        entries = fsspec.filesystem("file").ls(self._strip_protocol(path), detail=True)
+        return entries if detail else [e["name"] for e in entries]
+
+    def _open(self, path: str, mode: str = "rb", block_size: int | None = None, **kwargs: Any) -> Any:
+        return _LocalRangeFile(self, self._strip_protocol(path), mode, block_size or 5 * 2**20)
+
+
+class _LocalRangeFile(AbstractBufferedFile):
+    """Reads through a file object are not bounded by ``RetryPolicy.timeout``: never hung."""
+
+    def _fetch_range(self, start: int, end: int) -> bytes:
+        return self.fs._read(self.path, start, end)
+
+
+fsspec.register_implementation("hang", HangFS, clobber=True)

@@ -8,6 +8,8 @@ exactly once, in the same order.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -15,7 +17,7 @@ import streambatch as sb
 from streambatch import RetryPolicy
 from streambatch.convert import convert
 from tests.conftest import ids_of, make_columns, write_dataset
-from tests.remote_fixtures import ALL_KINDS, FlakyFS, upload
+from tests.remote_fixtures import ALL_KINDS, FlakyFS, HangFS, upload
 
 N = 1200
 FAST = RetryPolicy(max_attempts=5, base_delay=0.001, max_delay=0.01)
@@ -145,3 +147,48 @@ def test_nested_retried_requests_do_not_multiply_attempts(flaky, tmp_path):
     with pytest.raises(sb.RemoteReadError, match="outer"):
         call_with_retry(location.size, RetryPolicy(max_attempts=3, base_delay=0), "outer")
     assert flaky.kind_faults["metadata"] == 3
+
+
+# --------------------------------------------------------------------------- RetryPolicy.timeout
+
+
+@pytest.fixture
+def hang():
+    HangFS.configure()
+    yield HangFS
+    HangFS.configure()
+
+
+def test_timeout_validates():
+    for bad in (0, -1.0, "1", True):
+        with pytest.raises(ValueError, match="timeout"):
+            RetryPolicy(timeout=bad)
+    assert RetryPolicy(timeout=0.5).timeout == 0.5 and RetryPolicy().timeout is None
+
+
+def test_a_hung_request_of_each_kind_is_cancelled_and_sent_again(fmt, hang, tmp_path):
+    """On an asynchronous filesystem, the first listing, info, Zarr document and
+    data request hang (30 s); ``timeout=0.3`` cancels each and sends it again: the
+    loader opens and delivers the local order in a few seconds, and no hung
+    request is left running."""
+    local = write_dataset(fmt, tmp_path / "src", make_columns(N), 100, 3)
+    expected = _order(local)
+    kinds = ("listing", "metadata", "data") + (("zarr-metadata",) if fmt == "zarr" else ())
+    hang.configure(kinds=kinds)
+    started = time.monotonic()
+    got = _order(f"hang://{local}", retry=RetryPolicy(max_attempts=3, base_delay=0.001, timeout=0.3))
+    assert time.monotonic() - started < 15
+    assert sorted(hang.hung) == sorted(kinds) and hang.cancelled == len(kinds)
+    _assert_exactly_once_in_order(got, expected)
+
+
+def test_requests_that_keep_hanging_raise_reader_timeout_error_naming_the_url(fmt, hang, tmp_path):
+    local = write_dataset(fmt, tmp_path / "src", make_columns(300), 100, 1)
+    dataset = sb.open_dataset(f"hang://{local}", retry=RetryPolicy(max_attempts=2, base_delay=0, timeout=0.2))
+    hang.configure(always=True)
+    started = time.monotonic()
+    loader = sb.Loader(dataset, batch_size=50, memory_limit="1MiB", num_threads=2)
+    with loader, pytest.raises(sb.ReaderTimeoutError, match=r"hang://.*failed after 2 attempts"):
+        list(loader)
+    assert time.monotonic() - started < 10
+    assert hang.cancelled == len(hang.hung) >= 2

@@ -81,11 +81,35 @@ class FileSystemPath:
             named = type(e)(e.errno, message) if e.errno else type(e)(message)
             raise named from (e if detail == str(e.strerror or e) else None)
 
+    @property
+    def timeout(self) -> float | None:
+        """The policy's per-request timeout (``RetryPolicy.timeout``), if any."""
+        return None if self.retry is None else self.retry.timeout
+
+    def _bounded(self, method: str) -> dict[str, Any]:
+        """``timeout=`` for ``fs.<method>`` when it is the synchronous wrapper fsspec
+        makes of an async filesystem's coroutine (set on the instance), whose
+        ``timeout`` cancels the request when it expires; else nothing."""
+        timeout = self.timeout
+        if timeout is None or self.is_local or method not in vars(self.fs):
+            return {}
+        return {"timeout": timeout}
+
+    def cat_file(self, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` in one request (bounded by ``timeout``; not retried here)."""
+        return self.fs.cat_file(self.path, start=start, end=end, **self._bounded("cat_file"))
+
+    def cat_ranges(self, starts: list[int], ends: list[int]) -> list[Any]:
+        """Several ranges in one call (concurrent on async filesystems); a failed
+        range comes back as its exception; ``timeout`` bounds the whole call."""
+        paths = [self.path] * len(starts)
+        return self.fs.cat_ranges(paths, starts, ends, on_error="return", **self._bounded("cat_ranges"))
+
     def info(self) -> dict[str, Any]:
         """fsspec's ``info`` of the path (``FileNotFoundError`` when it is absent)."""
         if self.is_local:
             return self.fs.info(self.path)
-        return self.call(lambda: self.fs.info(self.path), "metadata")
+        return self.call(lambda: self.fs.info(self.path, **self._bounded("info")), "metadata")
 
     def exists(self) -> bool:
         if self.is_local:
@@ -107,11 +131,11 @@ class FileSystemPath:
     def size(self) -> int:
         if self.is_local:
             return os.path.getsize(self.path)
-        return int(self.call(lambda: self.fs.size(self.path), "size"))
+        return int(self.call(lambda: self.fs.size(self.path, **self._bounded("size")), "size"))
 
     def ls(self) -> list[dict[str, Any]]:
         """The entries directly under this directory, with details."""
-        return self.call(lambda: self.fs.ls(self.path, detail=True), "listing")
+        return self.call(lambda: self.fs.ls(self.path, detail=True, **self._bounded("ls")), "listing")
 
     def read_bytes(self, limit: int | None = None) -> bytes:
         """The file's bytes (its first ``limit`` bytes), read whole in one retried
@@ -150,7 +174,8 @@ def resolve(
 
 def expand_glob(location: FileSystemPath) -> list[FileSystemPath]:
     """Every path a glob pattern matches, sorted; a clear error when none does."""
-    matches = sorted(location.call(lambda: location.fs.glob(location.path), "glob"))
+    glob = location.fs.glob
+    matches = sorted(location.call(lambda: glob(location.path, **location._bounded("glob")), "glob"))
     if not matches:
         raise SourceNotFoundError(f"glob {location.url!r} matched no files")
     return [location.child(m) for m in matches]

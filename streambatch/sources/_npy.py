@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import CorruptInputError, SchemaError
 from ._base import ColumnSpec, Shard, ShardReader
 from ._fs import FileSystemPath
-from ._retry import RetryPolicy, ShortReadError, call_with_retry, read_exactly
+from ._retry import RetryPolicy, ShortReadError, call_with_retry, is_transient, read_exactly
 
 __all__ = ["NpyShard", "read_npy_header"]
 
@@ -203,7 +203,7 @@ class _NpyReader(ShardReader):
             return f"{location.url} rows {start}:{stop} (bytes {offset}:{offset + nbytes})"
 
         def attempt() -> None:
-            data = location.fs.cat_file(location.path, start=offset, end=offset + nbytes)
+            data = location.cat_file(offset, offset + nbytes)
             view[:] = read_exactly(data, nbytes, describe())
 
         call_with_retry(attempt, self._retry, describe, secrets=location.secrets, first_error=failed)
@@ -237,12 +237,14 @@ class _NpyReader(ShardReader):
                 if len(batch) == 1:
                     results: list[object] = [None]
                 else:
-                    results = location.fs.cat_ranges(
-                        [location.path] * len(batch),
-                        [base + starts_l[j] * row for j in batch],
-                        [base + stops_l[j] * row for j in batch],
-                        on_error="return",
-                    )
+                    try:
+                        results = location.cat_ranges(
+                            [base + starts_l[j] * row for j in batch], [base + stops_l[j] * row for j in batch]
+                        )
+                    except Exception as e:  # the whole call failed (its timeout): each range alone, retried
+                        if not is_transient(e):
+                            raise
+                        results = [e] * len(batch)
                 for j, data in zip(batch, results):
                     part = view[positions[j] * row : positions[j + 1] * row]
                     if isinstance(data, (bytes, bytearray, memoryview)) and len(data) == len(part):

@@ -365,7 +365,7 @@ class _ParquetReader(ShardReader):
             return f"{location.url} row group {group} (bytes {lo}:{hi})"
 
         def fetch() -> bytes:
-            data = location.fs.cat_file(location.path, start=lo, end=hi)
+            data = location.cat_file(lo, hi)
             return read_exactly(data, hi - lo, describe())  # type: ignore[return-value]
 
         data = call_with_retry(fetch, self._retry, describe, secrets=location.secrets) if hi > lo else b""
@@ -381,7 +381,7 @@ class _ParquetReader(ShardReader):
         location = self._shard.location
 
         def fetch() -> bytes:
-            data = location.fs.cat_file(location.path, start=start, end=stop)
+            data = location.cat_file(start, stop)
             return read_exactly(data, stop - start, f"{location.url} bytes {start}:{stop}")  # type: ignore[return-value]
 
         return call_with_retry(fetch, self._retry, f"{location.url} bytes {start}:{stop}", secrets=location.secrets)

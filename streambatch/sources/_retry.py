@@ -67,6 +67,17 @@ class RetryPolicy:
     uniform factor in ``[0.5, 1)`` when ``jitter`` is on (so that many threads
     hit by the same outage do not retry in lockstep).
 
+    ``timeout`` (seconds, ``None``: unbounded) bounds one request on an
+    asynchronous filesystem (s3fs, gcsfs, HTTP), and every request of Zarr's
+    store on a remote filesystem: when it expires the request is cancelled and
+    counts as a failed, transient attempt (``ReaderTimeoutError`` if the last
+    one). A batched ``.npy`` request (up to 64 ranges sent together) is bounded
+    as a whole; when it expires, each range is sent again alone, bounded. Not
+    bounded: synchronous filesystems (local, ``memory://``, sftp), which cannot
+    cancel a call in flight, and reads through fsspec file objects (Parquet
+    footers); bound those with the filesystem's own options (s3fs
+    ``config_kwargs={"read_timeout": ...}``).
+
     >>> RetryPolicy(max_attempts=3).delay(1, random.Random(0)) <= 0.1
     True
     """
@@ -75,10 +86,14 @@ class RetryPolicy:
     base_delay: float = 0.1
     max_delay: float = 5.0
     jitter: bool = True
+    timeout: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise ValueError(f"max_attempts must be a positive integer, got {self.max_attempts!r}")
+        t = self.timeout
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0):
+            raise ValueError(f"timeout must be a positive number of seconds or None, got {t!r}")
         for name in ("base_delay", "max_delay"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
@@ -147,6 +162,9 @@ _TRANSIENT_CLASS_NAMES = frozenset(
         "ContentLengthError",
         # s3fs / gcsfs
         "RetryableError",
+        # asyncio (a builtin TimeoutError only from Python 3.11) and fsspec's sync() timeout
+        "TimeoutError",
+        "FSTimeoutError",
     }
 )
 

@@ -135,10 +135,17 @@ class _StrictChunkStore(WrapperStore):  # type: ignore[type-arg]
     def _with_store(self, store: Store) -> _StrictChunkStore:
         return type(self)(store, self._url, self._allow_missing, self._retry, self._secrets, self._remote)
 
+    def _bounded(self, awaitable: Any) -> Any:
+        """``awaitable``, cancelled after ``RetryPolicy.timeout`` on a remote store."""
+        timeout = self._retry.timeout if self._retry is not None and self._remote else None
+        return awaitable if timeout is None else asyncio.wait_for(awaitable, timeout)
+
     async def _metadata(self, fn: Any, what: str) -> Any:
         if not self._remote:
             return await fn()
-        return await acall_with_retry(fn, self._retry, f"{self._url} ({what})", secrets=self._secrets)
+        return await acall_with_retry(
+            lambda: self._bounded(fn()), self._retry, f"{self._url} ({what})", secrets=self._secrets
+        )
 
     async def exists(self, key: str) -> bool:
         return bool(await self._metadata(lambda: self._store.exists(key), f"Zarr metadata {key}"))
@@ -153,7 +160,7 @@ class _StrictChunkStore(WrapperStore):  # type: ignore[type-arg]
     async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
         if key.rsplit("/", 1)[-1] in _METADATA_NAMES:
             return await self._metadata(lambda: self._store.get(key, prototype, byte_range), f"Zarr metadata {key}")
-        value = await self._store.get(key, prototype, byte_range)
+        value = await self._bounded(self._store.get(key, prototype, byte_range))  # retried by the reader
         if value is None and key.rsplit("/", 1)[-1] not in _METADATA_NAMES:
             self._missing(key)
         return value
