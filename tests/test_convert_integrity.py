@@ -12,6 +12,7 @@ shard's upload). After each kill, ``open_dataset``, ``Loader`` and
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 
@@ -26,6 +27,7 @@ from .conftest import BUCKET, SECRET, make_columns, write_dataset
 from .convert_kill import POINTS, run_cli, run_killed, was_killed
 
 N = 1000
+_PREFIXES = itertools.count()
 OPTS = dict(rows_per_shard=300, chunk_rows=100)
 ARGS = ["--rows-per-shard", "300", "--chunk-rows", "100", "--quiet"]
 
@@ -180,9 +182,7 @@ def s3(s3_endpoint):
 
     _, options = s3_endpoint
     fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
-    counter = getattr(s3, "counter", 0) + 1
-    s3.counter = counter
-    prefix = f"{BUCKET}/convert-{os.getpid()}-{counter}"
+    prefix = f"{BUCKET}/convert-{os.getpid()}-{next(_PREFIXES)}"
     yield options, fs, prefix
     fs.invalidate_cache()
     if fs.exists(prefix):
@@ -233,6 +233,21 @@ def test_convert_to_s3_refuses_non_empty_and_overwrites(tmp_path, s3):
     with pytest.raises(FileExistsError, match="no streambatch manifest"):
         convert([src], f"s3://{BUCKET}/foreign-{os.getpid()}", "npy", storage_options=options, overwrite=True)
     fs.rm(f"{BUCKET}/foreign-{os.getpid()}", recursive=True)
+
+
+def test_overwrite_on_s3_leaves_nothing_of_the_previous_layout(tmp_path, s3):
+    """Zarr shards rewritten with another chunking and fewer columns: no chunk or
+    array object of the old layout stays under the new shard names."""
+    options, fs, prefix = s3
+    src = _source(tmp_path)
+    url = f"s3://{prefix}"
+    convert([src], url, "zarr", storage_options=options, rows_per_shard=500, chunk_rows=50)
+    convert([src], url, "zarr", storage_options=options, rows_per_shard=500, chunk_rows=250, columns=["id"],
+            overwrite=True)
+    clean = str(tmp_path / "clean")
+    convert([src], clean, "zarr", rows_per_shard=500, chunk_rows=250, columns=["id"])
+    assert _digests_remote(fs, prefix) == _digests_local(clean)
+    assert list(sb.open_dataset(url, storage_options=options).columns) == ["id"]
 
 
 def test_a_failed_upload_removes_the_shard_objects(tmp_path, s3, monkeypatch):

@@ -124,6 +124,10 @@ class RemoteDest:
         self.stage = os.path.join(self.work, STAGE)
         self.journal = RemoteJournal(self._child(JOURNAL_NAME))
         self.created = False
+        #: DEST held objects when the run started (--overwrite, --resume): a shard's
+        #: old objects are deleted before it is uploaded, so none of a previous
+        #: layout (another chunking, another column set) stays under its name.
+        self.replace_existing = False
 
     def _child(self, rel: str) -> FileSystemPath:
         return self.location.child(f"{self.path}/{rel}")
@@ -132,7 +136,9 @@ class RemoteDest:
         """Empty the work directory (a killed run's leftovers); the names under DEST."""
         remove_path(self.work)
         os.makedirs(self.work)
-        return self._names()
+        names = self._names()
+        self.replace_existing = bool(names)
+        return names
 
     def _names(self) -> list[str]:
         fs = self.location.fs
@@ -166,6 +172,8 @@ class RemoteDest:
         """Upload the finished shard ``entry`` from the work directory, object by
         object under its final names; on failure its uploaded objects are removed."""
         try:
+            if self.replace_existing:
+                self.remove(entry["path"])
             for f in entry["files"]:
                 local = os.path.join(self.work, f["path"])
                 target = self._child(f["path"])
