@@ -176,14 +176,22 @@ def test_the_cli_prints_how_to_finish(tmp_path):
 
 
 @pytest.fixture
-def s3(s3_endpoint):
-    """``(storage_options, s3fs filesystem, fresh prefix)`` on the moto server."""
+def s3(s3_endpoint, tmp_path, monkeypatch):
+    """``(storage_options, s3fs filesystem, fresh prefix)`` on the moto server. The
+    conversions' local work directories go under ``tmp_path/work``, which must be
+    empty again after each test."""
+    import tempfile
+
     import s3fs
 
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(work))
     _, options = s3_endpoint
     fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
     prefix = f"{BUCKET}/convert-{os.getpid()}-{next(_PREFIXES)}"
     yield options, fs, prefix
+    assert os.listdir(work) == [], "a conversion left its work directory behind"
     fs.invalidate_cache()
     if fs.exists(prefix):
         fs.rm(prefix, recursive=True)
@@ -212,7 +220,6 @@ def test_convert_to_s3_equals_local_and_opens(tmp_path, s3, fmt):
     assert result.rows == N and result.shards == 4
     assert _digests_remote(fs, prefix) == _digests_local(clean)
     np.testing.assert_array_equal(_ids(f"s3://{prefix}", storage_options=options), np.arange(N))
-    assert not [n for n in os.listdir(tmp_path) if n.startswith("streambatch-convert-")]
 
 
 def test_convert_to_s3_refuses_non_empty_and_overwrites(tmp_path, s3):
