@@ -309,3 +309,25 @@ def test_killed_s3_conversion_is_refused_then_resumed(tmp_path, s3, point):
     manifest = json.loads(fs.cat_file(f"{prefix}/manifest.json"))
     assert manifest["rows"] == N
     np.testing.assert_array_equal(_ids(url, storage_options=options), np.arange(N))
+
+
+def test_shuffled_csv_to_s3_with_workers_killed_then_resumed(tmp_path, s3):
+    """CSV staging and shuffle pass 1 live in the local work directory, which the
+    kill loses: --resume stages again (deterministically) and keeps the uploaded
+    shards; the result equals a local conversion with the same options."""
+    options, fs, prefix = s3
+    path = _csv(tmp_path / "in.csv", 3000)
+    opts = ["--rows-per-shard", "700", "--shuffle", "--seed", "3", "--memory-limit", "64KiB", "--quiet"]
+    clean = str(tmp_path / "clean")
+    convert([path], clean, "parquet", rows_per_shard=700, shuffle=True, seed=3, memory_limit="64KiB")
+    url = f"s3://{prefix}"
+    args = ["convert", path, url, "--format", "parquet", "--workers", "2", *opts, *_options_args(options)]
+    env = {"TMPDIR": str(tmp_path / "work")}
+    killed = run_killed(args, str(tmp_path / "hook"), "between_shards", 2, env=env)
+    assert was_killed(killed), (killed.returncode, killed.stderr)
+    _assert_refused(url, options)
+    resumed = run_cli([*args, "--resume"], env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _digests_remote(fs, prefix) == _digests_local(clean)
+    journal = json.loads(fs.cat_file(f"{prefix}/manifest.json"))
+    assert journal["rows"] == 3000
