@@ -16,6 +16,7 @@ from ..errors import CorruptInputError, EmptyDatasetError, SchemaError, SourceNo
 from ..sources import ColumnSpec
 from ..sources._fs import resolve
 from ..sources._manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION
+from ..sources._retry import redact
 from . import _inputs
 from ._dest import open_dest
 from ._execute import progress_bar, run_dask, run_processes
@@ -240,15 +241,23 @@ class _Conversion:
             self.target.close()
 
     def _after_failure(self, error: BaseException) -> None:
-        """Leave DEST as found when nothing can be kept (see ``convert``), else say how to finish."""
-        self.target.remove_temporaries()
-        if self.fresh and (isinstance(error, _INPUT_ERRORS) or not self.finished):
-            for name in self._written:
-                self.target.remove(name)
-            self.journal.remove()
-            self.target.remove_if_created()
-        elif isinstance(error, Exception) and hasattr(error, "add_note"):
-            error.add_note(
+        """Leave DEST as found when nothing can be kept (see ``convert``), else say how
+        to finish. A failure of this clean-up never masks ``error``: it becomes a note."""
+        notes = getattr(error, "add_note", None) if isinstance(error, Exception) else None
+        rollback = self.fresh and (isinstance(error, _INPUT_ERRORS) or not self.finished)
+        try:
+            self.target.remove_temporaries()
+            if rollback:
+                for name in self._written:
+                    self.target.remove(name)
+                self.journal.remove()
+                self.target.remove_if_created()
+        except Exception as cleanup:
+            if notes is not None:
+                secrets = getattr(getattr(self.target, "location", None), "secrets", ())
+                notes(f"cleaning up {self.dest} failed too: {redact(f'{type(cleanup).__name__}: {cleanup}', secrets)}")
+        if not rollback and notes is not None:
+            notes(
                 f"{self.dest} keeps the shards finished so far and the journal: once the cause is fixed, "
                 "run the same command with --resume to finish (or with --overwrite if the inputs changed)"
             )
