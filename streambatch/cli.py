@@ -73,7 +73,7 @@ def _run(argv: Sequence[str] | None) -> int:
     if args.command == "convert":
         return _convert(args.command_parser, args)
     if args.command == "info":
-        return _info(args)
+        return _info(args.command_parser, args)
     return _demo(args.command_parser, args)
 
 
@@ -129,7 +129,8 @@ def _add_convert(commands) -> None:
     c.set_defaults(command_parser=c)
     c.add_argument("sources", nargs="+", metavar="SRC",
                    help="inputs (.npy, .parquet, .zarr, .csv, directories, globs), concatenated in order")
-    c.add_argument("dest", metavar="DEST", help="the output directory (new or empty)")
+    c.add_argument("dest", metavar="DEST",
+                   help="the output: a directory (new or empty) or an fsspec URL such as s3://bucket/prefix")
     c.add_argument("--format", required=True, choices=("parquet", "npy", "zarr"), help="output shard format")
     c.add_argument("--columns", default=None, metavar="A,B", help="comma-separated columns to keep (default: all)")
     c.add_argument("--exclude", default=None,
@@ -160,6 +161,7 @@ def _add_convert(commands) -> None:
     mode.add_argument("--overwrite", action="store_true", help="replace a previous conversion in DEST")
     mode.add_argument("--resume", action="store_true", help="finish an interrupted conversion into DEST")
     c.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
+    _add_storage_options(c)
 
 
 def _add_info(commands) -> None:
@@ -171,10 +173,30 @@ def _add_info(commands) -> None:
         epilog=_INFO_EXAMPLES,
         formatter_class=_Formatter,
     )
+    info.set_defaults(command_parser=info)
     info.add_argument("path", metavar="PATH", help="anything open_dataset reads (a convert output shows its manifest)")
     info.add_argument(
         "--verify", action="store_true", help="also check every sha256 the manifest records (reads all data)"
     )
+    _add_storage_options(info)
+
+
+def _add_storage_options(command) -> None:
+    command.add_argument(
+        "--storage-option", action="append", default=[], metavar="KEY=VALUE",
+        help="an fsspec storage option for every URL (sources and DEST), e.g. endpoint_url=http://127.0.0.1:9000; "
+        "repeatable; true/false become booleans, other values stay strings",
+    )
+
+
+def _storage_options(parser: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, object] | None:
+    options: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            parser.error(f"--storage-option must be KEY=VALUE, got {item.split('=')[0]!r}=...")
+        options[key.strip()] = {"true": True, "false": False}.get(value.lower(), value)
+    return options or None
 
 
 def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -190,13 +212,14 @@ def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
-def _info(args: argparse.Namespace) -> int:
+def _info(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .info import describe, format_info, verify
 
+    options = _storage_options(parser, args.storage_option)
     try:
-        print(format_info(describe(args.path)))
+        print(format_info(describe(args.path, options)))
         if args.verify:
-            print(f"  verified {verify(args.path)} file(s): every sha256 matches the manifest")
+            print(f"  verified {verify(args.path, options)} file(s): every sha256 matches the manifest")
     except BrokenPipeError:
         raise  # handled in main: not an error of the dataset
     except (OSError, ValueError, TypeError) as e:
@@ -214,6 +237,7 @@ def _convert(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             f"choose from {', '.join(COMPRESSIONS[args.format])}"
         )
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+    storage_options = _storage_options(parser, args.storage_option)
     try:
         if args.exclude:
             from .convert._inputs import columns_excluding
@@ -225,7 +249,7 @@ def _convert(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             rows_per_shard=args.rows_per_shard, chunk_rows=args.chunk_rows, compression=args.compression,
             shuffle=args.shuffle, seed=args.seed, memory_limit=args.memory_limit, workers=args.workers,
             scheduler=args.scheduler, overwrite=args.overwrite, resume=args.resume,
-            progress=False if args.quiet else None,
+            progress=False if args.quiet else None, storage_options=storage_options,
         )
     except KeyboardInterrupt:
         print("streambatch convert: interrupted; run again with --resume to finish", file=sys.stderr)
@@ -234,6 +258,8 @@ def _convert(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         raise
     except (OSError, ValueError, TypeError, ImportError) as e:
         print(f"streambatch convert: error: {e}", file=sys.stderr)
+        for note in getattr(e, "__notes__", ()):
+            print(f"streambatch convert: {note}", file=sys.stderr)
         return 1
     if not args.quiet:
         print(result.summary())

@@ -12,6 +12,7 @@ __all__ = [
     "BudgetError",
     "CorruptInputError",
     "EmptyDatasetError",
+    "IncompleteConversionError",
     "ReaderError",
     "ReaderTimeoutError",
     "RemoteReadError",
@@ -34,6 +35,17 @@ class SourceNotFoundError(StreambatchError, FileNotFoundError):
 
 class CorruptInputError(StreambatchError, ValueError):
     """The bytes of a file are unreadable or inconsistent with its header."""
+
+
+class IncompleteConversionError(StreambatchError, ValueError):
+    """A ``streambatch convert`` output without its manifest (killed, failed or
+    still running): it holds convert's journal or temporary files, so the shards
+    in it are not a dataset yet. ``.path`` is the directory; the message names
+    the remedy (``streambatch convert ... --resume``)."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class SchemaError(StreambatchError, TypeError):

@@ -81,7 +81,8 @@ def _stored_bytes(shard: Any) -> int | None:
     try:
         if location is not None:
             if location.isdir():
-                return int(sum(location.fs.du(location.path, total=False).values()))
+                sizes = location.call(lambda: location.fs.du(location.path, total=False), "listing")
+                return int(sum(sizes.values()))
             return int(location.size())
         files = getattr(shard, "_files", None)
         if files:

@@ -14,6 +14,9 @@ import pytest
 from streambatch.writers import NpyWriter, ParquetWriter, ZarrWriter, write_blocks
 
 FORMATS = ("npy", "parquet", "zarr")
+#: The moto S3 server's bucket and (fake) credentials.
+BUCKET = "streambatch-test"
+KEY, SECRET = "testing-key-id", "testing-secret-value"
 
 
 def _ours() -> set[threading.Thread]:
@@ -123,3 +126,30 @@ def pytest_sessionfinish(session, exitstatus):
     if os.environ.get("CI") and _skipped and exitstatus == 0:
         print(f"\n{len(_skipped)} test(s) skipped in CI, where every test must run: {_skipped[:10]}")
         session.exitstatus = 1
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """``(endpoint_url, storage_options)`` of a moto S3 server on 127.0.0.1 for the
+    session, with the bucket ``BUCKET`` created."""
+    s3fs = pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    options = {"endpoint_url": endpoint, "key": KEY, "secret": SECRET}
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
+    fs.mkdir(BUCKET)
+    try:
+        yield endpoint, options
+    finally:
+        server.stop()

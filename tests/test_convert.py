@@ -9,8 +9,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -23,6 +21,7 @@ from streambatch.errors import CorruptInputError, SchemaError, SourceNotFoundErr
 from streambatch.quality import shuffle_score
 
 from .conftest import make_columns, write_dataset
+from .convert_kill import run_killed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IN_FORMATS = ("npy", "parquet", "zarr", "csv")
@@ -233,13 +232,6 @@ def test_manifest_shards_need_no_footer_scan(converted, monkeypatch):
 # --------------------------------------------------------------------------- crash, resume, refusal
 
 
-def run_cli(args, env_extra=None):
-    env = dict(os.environ, PYTHONPATH=ROOT, **(env_extra or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "streambatch.cli", *args], capture_output=True, text=True, env=env, timeout=120, cwd=ROOT
-    )
-
-
 @pytest.mark.parametrize("shuffle", [False, True], ids=["ordered", "shuffled"])
 def test_kill_then_resume_equals_an_uninterrupted_run(tmp_path, shuffle):
     src, _ = make_source("zarr", tmp_path)
@@ -258,7 +250,7 @@ def test_kill_then_resume_equals_an_uninterrupted_run(tmp_path, shuffle):
     opts = dict(rows_per_shard=150, chunk_rows=50, memory_limit="16KiB", shuffle=shuffle, seed=7)
     convert([src], clean, "parquet", **opts)
 
-    killed = run_cli(["convert", src, dest, *args], {"STREAMBATCH_CONVERT_KILL_AFTER_SHARDS": "3"})
+    killed = run_killed(["convert", src, dest, *args], str(tmp_path / "hook"), "between_shards", 3)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not os.path.exists(os.path.join(dest, "manifest.json"))
     finals = sorted(p for p in os.listdir(dest) if not p.startswith("."))
@@ -281,7 +273,7 @@ def test_kill_in_shuffle_pass_1_then_resume_equals_an_uninterrupted_run(tmp_path
     clean, dest = str(tmp_path / "clean"), str(tmp_path / "dest")
     convert([src], clean, "npy", **opts)
     args = ["--format", "npy", "--rows-per-shard", "300", "--memory-limit", "8KiB", "--shuffle", "--seed", "1"]
-    killed = run_cli(["convert", src, dest, *args, "--quiet"], {"STREAMBATCH_CONVERT_KILL_AFTER_BLOCKS": "3"})
+    killed = run_killed(["convert", src, dest, *args, "--quiet"], str(tmp_path / "hook"), "pass1_block", 3)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert sorted(os.listdir(dest)) == [".convert-journal.jsonl", ".tmp-stage"], "only the journal and staging"
     result = convert([src], dest, "npy", resume=True, **opts)
@@ -354,8 +346,11 @@ def test_disk_full_aborts_with_path_and_no_temporaries(tmp_path, monkeypatch, sh
         convert([src], str(dest), "npy", rows_per_shard=200, shuffle=shuffle, memory_limit="16KiB")
     assert info.value.errno == errno.ENOSPC
     assert isinstance(info.value, OSError)
+    if not dest.exists():  # no shard was finished: DEST is left as it was found (absent)
+        return
     left = os.listdir(dest)
     assert "manifest.json" not in left and not [p for p in left if p.startswith(".tmp-")], left
+    assert ".convert-journal.jsonl" in left and "--resume" in " ".join(info.value.__notes__)
 
 
 # --------------------------------------------------------------------------- CSV

@@ -7,42 +7,18 @@ Skipped when s3fs or moto[server] is missing (both are in the ``test`` extra).
 
 from __future__ import annotations
 
-import socket
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
 import streambatch as sb
-from tests.conftest import FORMATS, make_columns, write_dataset
+from tests.conftest import BUCKET, FORMATS, KEY, SECRET, make_columns, write_dataset
 
 s3fs = pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 
-BUCKET = "streambatch-test"
-KEY, SECRET = "testing-key-id", "testing-secret-value"
 N = 1500
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    """``(endpoint_url, storage_options)`` of a moto S3 server for the session."""
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    options = {"endpoint_url": endpoint, "key": KEY, "secret": SECRET}
-    fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
-    fs.mkdir(BUCKET)
-    try:
-        yield endpoint, options
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -167,3 +143,53 @@ def test_other_fsspec_protocols_equal_local(fmt, protocol, tmp_path):
     finally:
         if protocol == "memory":
             fsspec.filesystem("memory").rm(url, recursive=True)
+
+
+class FirstFailS3(s3fs.S3FileSystem):
+    """s3fs whose first ``info``, listing, open and ranged read of each path fails
+    with a connection reset, as a flaky network would, before reaching moto."""
+
+    protocol = ("firstfails3",)
+    seen: ClassVar[set] = set()
+    faults: ClassVar[list] = []
+
+    def _first(self, kind, path):
+        key = (kind, self._strip_protocol(path).rstrip("/"))
+        if key not in FirstFailS3.seen:
+            FirstFailS3.seen.add(key)
+            FirstFailS3.faults.append(key)
+            raise ConnectionResetError(104, f"{kind}: connection reset by peer")
+
+    async def _info(self, path, **kwargs):
+        self._first("info", path)
+        return await super()._info(path, **kwargs)
+
+    async def _ls(self, path, detail=True, **kwargs):
+        self._first("ls", path)
+        return await super()._ls(path, detail=detail, **kwargs)
+
+    async def _cat_file(self, path, start=None, end=None, **kwargs):
+        self._first("cat", path)
+        return await super()._cat_file(path, start=start, end=end, **kwargs)
+
+    def _open(self, path, mode="rb", **kwargs):
+        if "r" in mode:
+            self._first("open", path)
+        return super()._open(path, mode, **kwargs)
+
+
+def test_s3_first_request_of_each_kind_fails_once(fmt, s3_datasets, s3_endpoint):
+    """Against moto: the first request of every kind to every object fails; the
+    loader opens and delivers exactly the local order."""
+    import fsspec
+
+    fsspec.register_implementation("firstfails3", FirstFailS3, clobber=True)
+    FirstFailS3.seen, FirstFailS3.faults = set(), []
+    local, url = s3_datasets[fmt]
+    options = {**s3_endpoint[1], "skip_instance_cache": True}
+    policy = sb.RetryPolicy(max_attempts=3, base_delay=0.001)
+    got = _batches(url.replace("s3://", "firstfails3://"), storage_options=options, retry=policy)
+    _assert_same(got, _batches(local))
+    kinds = {kind for kind, _ in FirstFailS3.faults}
+    assert {"info", "ls", "cat"} <= kinds, kinds
+    assert fmt == "zarr" or "open" in kinds, kinds  # footers and .npy headers

@@ -4,6 +4,8 @@ the caller journals them, so the order of completion does not matter."""
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +20,12 @@ def run_processes(workers: int, tasks: list[ShardTask]) -> Iterator[dict[str, An
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=exit_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
         # at most 2 tasks per worker in flight, so a failure stops the run early
         queue = list(reversed(tasks))
         running: set[Any] = set()
@@ -32,6 +39,20 @@ def run_processes(workers: int, tasks: list[ShardTask]) -> Iterator[dict[str, An
         finally:
             for future in running:
                 future.cancel()
+
+
+def exit_with_parent(parent: int, interval: float = 0.2) -> None:
+    """Pool initializer: the worker exits once ``parent`` (the converting process) is
+    gone. A killed convert (SIGKILL, OOM) cannot shut its pool down, and its
+    orphaned workers would otherwise wait on the task queue for ever, holding its
+    stdout/stderr and its inputs open."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="streambatch-parent-watch", daemon=True).start()
 
 
 def run_dask(address: str, tasks: list[ShardTask]) -> Iterator[dict[str, Any]]:

@@ -237,7 +237,11 @@ def stage_csv(path: str, directory: str, columns: Sequence[str] | None, specs: M
             for name, spec in specs.items():
                 column = batch.column(name)
                 if column.null_count:
-                    raise SchemaError(f"{path}: column {name!r} has {column.null_count} empty value(s) near row {rows}")
+                    first = rows + _first_null(column)
+                    raise SchemaError(
+                        f"{path}: column {name!r} is empty at row {first} (0-based, not counting the header; "
+                        f"{column.null_count} empty value(s) in rows {rows}:{rows + batch.num_rows})"
+                    )
                 values = column.to_numpy(zero_copy_only=False)
                 if values.dtype != spec.dtype:
                     raise SchemaError(f"{path}: column {name!r} changes type to {values.dtype} near row {rows}")
@@ -253,6 +257,13 @@ def stage_csv(path: str, directory: str, columns: Sequence[str] | None, specs: M
     return RawPart(directory, tuple((n, s.dtype.str, s.shape) for n, s in specs.items()), rows)
 
 
+def _first_null(column) -> int:
+    """Index of the first null of an Arrow array."""
+    import pyarrow.compute as pc
+
+    return int(pc.index(column.is_null(), True).as_py())
+
+
 # --------------------------------------------------------------------------- fingerprint
 
 
@@ -262,10 +273,16 @@ def fingerprint_sources(sources: Sequence[str], storage_options: Mapping[str, An
     listing = []
     for source in sources:
         location = resolve(source, dict(storage_options or {}) or None)
-        fs = location.fs
-        paths = sorted(fs.glob(location.path)) if any(ch in location.path for ch in "*?[") else [location.path]
+        globbed = any(ch in location.path for ch in "*?[")
+        paths = [location.path]
+        if globbed:
+            paths = sorted(location.call(lambda loc=location: loc.fs.glob(loc.path), "glob"))
         for p in paths:
-            found = fs.find(p, detail=True) if fs.isdir(p) else {p: fs.info(p)}
+            here = location.child(p)  # requests retried when remote (FileSystemPath.call)
+            if here.isdir():
+                found = here.call(lambda h=here: h.fs.find(h.path, detail=True), "listing")
+            else:
+                found = {p: here.info()}
             for name in sorted(found):
                 info = found[name]
                 mtime = info.get("mtime", info.get("LastModified", info.get("created", "")))

@@ -13,9 +13,9 @@ import json
 import os
 from typing import Any
 
-__all__ = ["JOURNAL_NAME", "Journal"]
+from ..sources._manifest import JOURNAL_NAME  # one name: open_dataset refuses a DEST holding it
 
-JOURNAL_NAME = ".convert-journal.jsonl"
+__all__ = ["JOURNAL_NAME", "Journal"]
 
 
 class Journal:

@@ -6,22 +6,23 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._units import format_bytes, parse_bytes
-from ..errors import EmptyDatasetError, SchemaError, StreambatchError
+from ..errors import CorruptInputError, EmptyDatasetError, SchemaError, SourceNotFoundError, StreambatchError
 from ..sources import ColumnSpec
 from ..sources._fs import resolve
 from ..sources._manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION
+from ..sources._retry import redact
 from . import _inputs
+from ._dest import open_dest
 from ._execute import progress_bar, run_dask, run_processes
 from ._inputs import DatasetPart, Part, RawPart
-from ._journal import JOURNAL_NAME, Journal
-from ._shards import TMP_PREFIX, ConvertWriteError, ShardTask, fsync_dir, remove_path, write_shard
+from ._journal import JOURNAL_NAME
+from ._shards import ConvertWriteError, ShardTask, remove_path, write_shard
 from ._shuffle import bucket_dir, plan_buckets, scatter_to_buckets
 
 __all__ = ["ConvertError", "ConvertOptions", "ConvertResult", "convert", "default_chunk_rows"]
@@ -38,9 +39,9 @@ COMPRESSIONS = {
 #: uncompressed on float data, where zstd read half as fast; smaller on compressible data);
 #: Zarr uncompressed, as before
 DEFAULT_COMPRESSION = {"parquet": "snappy", "zarr": "none", "npy": "none"}
-#: Test-only hook: SIGKILL this process after journaling that many shards.
-KILL_ENV = "STREAMBATCH_CONVERT_KILL_AFTER_SHARDS"
-_STAGE = TMP_PREFIX + "stage"
+#: Errors that say the input is bad: fixing it changes the input fingerprint, so a
+#: first run that fails with one leaves DEST as it found it (nothing to resume).
+_INPUT_ERRORS = (SchemaError, CorruptInputError, SourceNotFoundError)
 _DEFAULT_SHARD_SIZE = "256MiB"
 #: Target bytes of one Parquet row group / Zarr chunk (see default_chunk_rows).
 _CHUNK_TARGET_BYTES = 128 << 10
@@ -163,14 +164,23 @@ def convert(
     progress: bool | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> ConvertResult:
-    """Convert ``sources`` into shards of ``shard_format`` under the local directory ``dest``.
+    """Convert ``sources`` into shards of ``shard_format`` under ``dest``, a local
+    directory or an fsspec URL (``s3://bucket/prefix``: see ``convert._dest``).
 
     Refuses a non-empty ``dest`` (``FileExistsError``) unless ``overwrite`` (only a
     previous convert output is overwritten) or ``resume`` (finish an interrupted
     run with the same inputs and options; a complete one is left as it is).
+    ``storage_options`` go to every fsspec filesystem made for a URL, the
+    sources' and ``dest``'s alike (``endpoint_url``, ``key``, ``secret`` ...).
     ``progress=None`` shows a bar when stderr is a terminal and tqdm is installed.
     ``compression=None`` is the format's default: ``snappy`` for Parquet, none for
     Zarr and npy (``COMPRESSIONS`` lists what each format accepts).
+
+    A failure leaves ``dest`` as it found it when nothing durable can be kept: a
+    first run that fails on bad input (``SchemaError``, ``CorruptInputError``,
+    ``SourceNotFoundError``: fixing the input changes it, so there is nothing to
+    resume) or before any shard is finished. Otherwise the finished shards and
+    the journal stay, and the error carries a note naming ``--resume``.
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [os.fspath(sources)]
@@ -204,20 +214,28 @@ class _Conversion:
         progress: bool | None,
         storage_options: dict[str, Any],
     ) -> None:
-        location = resolve(dest)
-        if not location.is_local:
-            raise ValueError(f"dest must be a local directory (atomic renames), got {dest!r}")
-        self.dest = location.path
+        location = resolve(dest, storage_options or None)
+        if not location.is_local and options.scheduler:
+            raise ValueError(
+                "scheduler with an object-storage dest is not supported: Dask workers would write "
+                "into a work directory on their own hosts; use workers=N instead"
+            )
         for source in sources:
-            src = resolve(source)
-            if src.is_local and (self.dest == src.path or self.dest.startswith(src.path.rstrip(os.sep) + os.sep)):
-                raise ValueError(f"dest {self.dest} is inside the source {source}: its shards would become input")
+            src = resolve(source, storage_options or None)
+            same_fs = src.is_local == location.is_local and (src.is_local or src.fs.protocol == location.fs.protocol)
+            inside = location.path == src.path or location.path.startswith(src.path.rstrip("/" + os.sep) + "/")
+            if same_fs and inside:
+                raise ValueError(f"dest {location.url} is inside the source {source}: its shards would become input")
+        self.target = open_dest(location)
+        self.dest = self.target.url
         self.sources = sources
         self.options = options
         self.progress = progress
         self.storage_options = storage_options
-        self.journal = Journal(os.path.join(self.dest, JOURNAL_NAME))
-        self.stage = os.path.join(self.dest, _STAGE)
+        self.journal = self.target.journal
+        self.stage = self.target.stage
+        self.fresh = False  # DEST held nothing when this run claimed it
+        self.finished = 0  # shards journaled by this run
 
     # ------------------------------------------------------------------ main line
 
@@ -228,14 +246,39 @@ class _Conversion:
             "sources": self.sources,
             "params": self.options.output_params(),
         }
-        done = self._claim_dest(header)
-        if isinstance(done, ConvertResult):
-            return done
         try:
-            return self._convert(header, done, started)
-        except BaseException:
-            self._remove_temporaries()
-            raise
+            done = self._claim_dest(header)
+            if isinstance(done, ConvertResult):
+                return done
+            try:
+                return self._convert(header, done, started)
+            except BaseException as e:
+                self._after_failure(e)
+                raise
+        finally:
+            self.target.close()
+
+    def _after_failure(self, error: BaseException) -> None:
+        """Leave DEST as found when nothing can be kept (see ``convert``), else say how
+        to finish. A failure of this clean-up never masks ``error``: it becomes a note."""
+        notes = getattr(error, "add_note", None) if isinstance(error, Exception) else None
+        rollback = self.fresh and (isinstance(error, _INPUT_ERRORS) or not self.finished)
+        try:
+            self.target.remove_temporaries()
+            if rollback:
+                for name in self._written:
+                    self.target.remove(name)
+                self.journal.remove()
+                self.target.remove_if_created()
+        except Exception as cleanup:
+            if notes is not None:
+                secrets = getattr(getattr(self.target, "location", None), "secrets", ())
+                notes(f"cleaning up {self.dest} failed too: {redact(f'{type(cleanup).__name__}: {cleanup}', secrets)}")
+        if not rollback and notes is not None:
+            notes(
+                f"{self.dest} keeps the shards finished so far and the journal: once the cause is fixed, "
+                "run the same command with --resume to finish (or with --overwrite if the inputs changed)"
+            )
 
     def _convert(self, header: dict[str, Any], done: dict[int, dict[str, Any]], started: float) -> ConvertResult:
         o = self.options
@@ -260,15 +303,15 @@ class _Conversion:
             if bar is not None and resumed:
                 bar.update(resumed)
             entries = dict(done)
-            kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
             pending = [t for t in tasks if t.index not in done]
-            for count, entry in enumerate(self._execute(pending), start=1):
+            for entry in self._execute(pending):
+                self._written.append(entry["path"])
+                self.target.publish(entry)
                 self.journal.append({"event": "shard", "entry": entry})
+                self.finished += 1
                 entries[entry["index"]] = entry
                 if bar is not None:
                     bar.update(entry["rows"])
-                if kill_after and count >= kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)  # test hook: crash after a journaled shard
         finally:
             if bar is not None:
                 bar.close()
@@ -292,9 +335,10 @@ class _Conversion:
         """Check ``DEST`` against overwrite/resume; returns the journaled shards to
         keep (key -1 marks staging as done), or the result of a finished conversion."""
         o = self.options
-        os.makedirs(self.dest, exist_ok=True)
-        entries = os.listdir(self.dest)
-        manifest_path = os.path.join(self.dest, MANIFEST_NAME)
+        self._written: list[str] = []  # shards this run wrote (removed again if it fails on bad input)
+        entries = self.target.prepare()
+        self.fresh = not entries
+        manifest_path = f"{self.dest}/{MANIFEST_NAME}"
         ours = MANIFEST_NAME in entries or JOURNAL_NAME in entries
         if entries and not (o.overwrite or o.resume):
             raise FileExistsError(
@@ -306,9 +350,8 @@ class _Conversion:
                 f"{self.dest} is not empty and holds no streambatch manifest or journal: "
                 "refusing to write into it (choose an empty or new directory)"
             )
-        if o.resume and os.path.exists(manifest_path):
-            with open(manifest_path, encoding="utf-8") as f:
-                manifest = json.load(f)
+        if o.resume and MANIFEST_NAME in entries:
+            manifest = self.target.read_json(MANIFEST_NAME)
             self._check_same(manifest.get("input", {}), header, manifest_path)
             return ConvertResult(
                 self.dest,
@@ -326,20 +369,22 @@ class _Conversion:
             for event in events:
                 if event.get("event") == "staged":
                     done[-1] = {}
-                elif event.get("event") == "shard" and _shard_intact(self.dest, event["entry"]):
+                elif event.get("event") == "shard" and _shard_intact(self.target, event["entry"]):
                     done[event["entry"]["index"]] = event["entry"]
-            self._remove_temporaries(keep_stage=-1 in done)
-            if -1 not in done:  # staging was interrupted: shuffle bucket files are incomplete
+            if not self.target.is_local:  # staging lived in a work directory that is gone: stage again
+                done.pop(-1, None)
+            elif -1 not in done:  # staging was interrupted: shuffle bucket files are incomplete
                 done = {}
+            self._remove_temporaries(keep_stage=-1 in done)
+            if not done:
                 self.journal.start(header)
             return done
         if o.overwrite:
             # shards of the previous (complete or interrupted) conversion that the new one may not rewrite
             self._old_files = {e["entry"]["path"] for e in events if e.get("event") == "shard"}
-            if os.path.exists(manifest_path):
-                with open(manifest_path, encoding="utf-8") as f:
-                    self._old_files |= {e["path"] for e in json.load(f).get("shards", [])}
-                os.remove(manifest_path)  # the directory is no longer a complete dataset from here on
+            if MANIFEST_NAME in entries:
+                self._old_files |= {e["path"] for e in self.target.read_json(MANIFEST_NAME).get("shards", [])}
+                self.target.remove(MANIFEST_NAME)  # DEST is no longer a complete dataset from here on
         self._remove_temporaries()
         self.journal.start(header)
         return done
@@ -354,13 +399,7 @@ class _Conversion:
                 )
 
     def _remove_temporaries(self, keep_stage: bool = False) -> None:
-        try:
-            names = os.listdir(self.dest)
-        except FileNotFoundError:
-            return
-        for name in names:
-            if name.startswith(TMP_PREFIX) and not (keep_stage and name == _STAGE):
-                remove_path(os.path.join(self.dest, name))
+        self.target.remove_temporaries(keep_stage)
 
     # ------------------------------------------------------------------ inputs and tasks
 
@@ -409,7 +448,11 @@ class _Conversion:
         specs = tuple((n, s.dtype.str, s.shape) for n, s in columns.items())
         budget_rows = max(1, o.memory_limit // 4 // max(1, row_nbytes))
         common = dict(
-            dest=self.dest, shard_format=o.shard_format, columns=specs, chunk_rows=chunk_rows, compression=o.compression
+            dest=self.target.work,
+            shard_format=o.shard_format,
+            columns=specs,
+            chunk_rows=chunk_rows,
+            compression=o.compression,
         )
         shard_rows = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
         if not o.shuffle:
@@ -493,27 +536,17 @@ class _Conversion:
         }
 
     def _finish(self, manifest: dict[str, Any]) -> None:
-        path = os.path.join(self.dest, MANIFEST_NAME)
-        tmp = os.path.join(self.dest, TMP_PREFIX + MANIFEST_NAME)
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as e:
-            raise ConvertWriteError(e.errno, f"writing the manifest {path} failed: {e.strerror or e}") from e
-        fsync_dir(self.dest)
+        self.target.write_manifest(json.dumps(manifest, indent=1, sort_keys=True) + "\n")  # the commit point
         keep = {s["path"] for s in manifest["shards"]}
         for old in getattr(self, "_old_files", set()) - keep:  # shards of an overwritten, larger conversion
-            remove_path(os.path.join(self.dest, old))
+            self.target.remove(old)
         self._remove_temporaries()
         self.journal.remove()
 
 
-def _shard_intact(dest: str, entry: dict[str, Any]) -> bool:
+def _shard_intact(target: Any, entry: dict[str, Any]) -> bool:
     """A journaled shard is kept on resume if every file still has its recorded size."""
     try:
-        return all(os.path.getsize(os.path.join(dest, f["path"])) == f["bytes"] for f in entry["files"])
-    except OSError:
+        return all(target.size(f["path"]) == f["bytes"] for f in entry["files"])
+    except FileNotFoundError:
         return False

@@ -14,7 +14,6 @@ Memory: one input block plus its gathered copy.
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -23,11 +22,6 @@ from ..sources import ColumnSpec
 from ._inputs import InputReader, Part
 
 __all__ = ["plan_buckets", "scatter_to_buckets"]
-
-#: Test-only hook: SIGKILL this process after appending that many blocks to the buckets.
-KILL_BLOCKS_ENV = "STREAMBATCH_CONVERT_KILL_AFTER_BLOCKS"
-_KILL_AFTER_BLOCKS = int(os.environ.get(KILL_BLOCKS_ENV, "0") or 0)
-
 
 def plan_buckets(shard_rows: Sequence[int], bucket_rows: int) -> list[list[int]]:
     """Per shard, the sizes of its buckets: near-equal, each <= ``bucket_rows``."""
@@ -75,8 +69,6 @@ def scatter_to_buckets(
                     with open(path, "ab") as f:
                         f.write(np.ascontiguousarray(values[rows]).data)
             on_rows(m)
-            if _KILL_AFTER_BLOCKS and k + 1 >= _KILL_AFTER_BLOCKS:
-                os.kill(os.getpid(), signal.SIGKILL)  # test hook: crash in the middle of pass 1
     if remaining.any():
         raise RuntimeError(f"shuffle pass 1 left {int(remaining.sum())} bucket slots empty")
     for b in range(len(capacities)):

@@ -153,7 +153,7 @@ def open_dataset(
         if columns is None and exclude is None:
             columns = list(source.columns)
         return Dataset(shards, columns, exclude=exclude, fill_nulls=fill_nulls)
-    shards = [_with_retry(s, retry) for s in _shards_of(source, storage_options)]
+    shards = [_with_retry(s, retry) for s in _shards_of(source, storage_options, retry)]
     return Dataset(shards, columns, exclude=exclude, fill_nulls=fill_nulls)
 
 
@@ -183,11 +183,11 @@ def _with_retry(shard: Shard, retry: RetryPolicy | None) -> Shard:
     return shard
 
 
-def _shards_of(source: Any, storage_options: dict[str, Any] | None) -> list[Shard]:
+def _shards_of(source: Any, storage_options: dict[str, Any] | None, retry: RetryPolicy | None = None) -> list[Shard]:
     if isinstance(source, Mapping):
-        return [_npy_columns_shard(source, storage_options)]
+        return [_npy_columns_shard(source, storage_options, retry)]
     if isinstance(source, (str, os.PathLike)):
-        return _shards_at(resolve(source, storage_options), top_level=True)
+        return _shards_at(resolve(source, storage_options, retry), top_level=True)
     if isinstance(source, Sequence):
         if not source:
             raise SourceNotFoundError("an empty list of sources was given")
@@ -195,7 +195,7 @@ def _shards_of(source: Any, storage_options: dict[str, Any] | None) -> list[Shar
         for item in source:
             if not isinstance(item, (str, os.PathLike)):
                 raise TypeError(f"a list of sources must hold paths or URLs, got {type(item).__name__}")
-            shards.extend(_shards_at(resolve(item, storage_options), top_level=True))
+            shards.extend(_shards_at(resolve(item, storage_options, retry), top_level=True))
         return shards
     raise TypeError(
         "source must be a path or URL, a list of them, a dict {column: path_to_npy} "
@@ -203,14 +203,16 @@ def _shards_of(source: Any, storage_options: dict[str, Any] | None) -> list[Shar
     )
 
 
-def _npy_columns_shard(mapping: Mapping[str, Any], storage_options: dict[str, Any] | None) -> Shard:
+def _npy_columns_shard(
+    mapping: Mapping[str, Any], storage_options: dict[str, Any] | None, retry: RetryPolicy | None = None
+) -> Shard:
     from ._npy import NpyShard
 
     if not mapping:
         raise SourceNotFoundError("an empty dict of columns was given")
     files: dict[str, FileSystemPath] = {}
     for name, path in mapping.items():
-        location = resolve(path, storage_options)
+        location = resolve(path, storage_options, retry)
         if not location.exists():
             raise SourceNotFoundError(f"column {name!r}: no such file: {location.url}")
         if not location.path.endswith(_NPY):
@@ -230,10 +232,11 @@ def _shards_at(location: FileSystemPath, top_level: bool) -> list[Shard]:
         return shards
     if not location.exists():
         raise SourceNotFoundError(f"no such file or directory: {location.url}")
-    from ._manifest import has_manifest, shards_from_manifest
+    from ._manifest import has_manifest, refuse_incomplete_conversion, shards_from_manifest
 
     if has_manifest(location):  # written by `streambatch convert`: trust-but-check, no footer scan
         return shards_from_manifest(location)
+    refuse_incomplete_conversion(location)  # a convert DEST without its manifest is not a dataset
     isdir = location.isdir()
     store = directory_format(location, isdir)
     if store is not None and store.open_store is not None:

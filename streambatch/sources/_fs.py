@@ -1,18 +1,37 @@
 """Path handling shared by every format: local paths take the fast OS route,
-anything with a protocol (``s3://``, ``memory://`` ...) goes through fsspec."""
+anything with a protocol (``s3://``, ``memory://`` ...) goes through fsspec.
+
+Every metadata request on a remote path (``info``, ``exists``, ``isdir``,
+``size``, listings, globs, small whole reads such as headers and manifests) is
+sent through :func:`~._retry.call_with_retry` with the path's ``RetryPolicy``,
+like data reads: a transient failure is sent again, a permanent one (not found,
+permission) is raised at once naming the URL.
+
+``exists``/``isdir`` ask ``info`` and classify what it raises, rather than
+calling fsspec's ``exists``/``isdir``, which turn *any* exception (a connection
+reset included) into ``False``, so a file that exists could be reported
+missing after one failed request.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec.core import url_to_fs
 
 from ..errors import SourceNotFoundError
-from ._retry import redact, secrets_of
+from ._retry import RetryPolicy, call_with_retry, redact, secrets_of
 
 __all__ = ["FileSystemPath", "list_directory", "resolve"]
+
+T = TypeVar("T")
+
+#: Permanent errors re-raised with the URL in the message (same type, so
+#: ``except FileNotFoundError`` keeps working).
+_NAMED_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 class FileSystemPath:
@@ -20,13 +39,19 @@ class FileSystemPath:
 
     ``url`` is for messages: ``user:password@`` and every credential of the
     filesystem's ``storage_options`` are redacted from it; ``secrets`` lists those
-    credentials so that error texts from the storage can be redacted too."""
+    credentials so that error texts from the storage can be redacted too.
 
-    __slots__ = ("fs", "path", "secrets", "url")
+    ``retry`` is the policy of every remote request made through this path
+    (``None``: ``RetryPolicy()``); ``child`` paths share it."""
 
-    def __init__(self, fs: fsspec.AbstractFileSystem, path: str, url: str) -> None:
+    __slots__ = ("fs", "path", "retry", "secrets", "url")
+
+    def __init__(
+        self, fs: fsspec.AbstractFileSystem, path: str, url: str, retry: RetryPolicy | None = None
+    ) -> None:
         self.fs = fs
         self.path = path
+        self.retry = retry
         self.secrets: tuple[str, ...] = () if _is_local_fs(fs) else secrets_of(getattr(fs, "storage_options", None))
         self.url = redact(url, self.secrets)
 
@@ -37,16 +62,90 @@ class FileSystemPath:
     def child(self, path: str) -> FileSystemPath:
         """The same filesystem at another (absolute, protocol-less) path."""
         url = path if self.is_local else self.fs.unstrip_protocol(path)
-        return FileSystemPath(self.fs, path, url)
+        return FileSystemPath(self.fs, path, url, self.retry)
+
+    def call(self, fn: Callable[[], T], what: str) -> T:
+        """``fn()``, a request about this path: retried on transient errors when
+        the path is remote (local calls run once). ``what`` names the request
+        in messages (``"footer"``, ``"listing"``); a not-found or permission
+        error is raised at once, with the same type, naming the URL."""
+        if self.is_local:
+            return fn()
+        try:
+            return call_with_retry(fn, self.retry, f"{self.url} ({what})", secrets=self.secrets)
+        except _NAMED_PERMANENT as e:
+            if self.url in str(e):
+                raise
+            detail = redact(str(e.strerror or e), self.secrets)
+            message = f"{self.url} ({what}): {detail}"
+            named = type(e)(e.errno, message) if e.errno else type(e)(message)
+            raise named from (e if detail == str(e.strerror or e) else None)
+
+    @property
+    def timeout(self) -> float | None:
+        """The policy's per-request timeout (``RetryPolicy.timeout``), if any."""
+        return None if self.retry is None else self.retry.timeout
+
+    def _bounded(self, method: str) -> dict[str, Any]:
+        """``timeout=`` for ``fs.<method>`` when it is the synchronous wrapper fsspec
+        makes of an async filesystem's coroutine (set on the instance), whose
+        ``timeout`` cancels the request when it expires; else nothing."""
+        timeout = self.timeout
+        if timeout is None or self.is_local or method not in vars(self.fs):
+            return {}
+        return {"timeout": timeout}
+
+    def cat_file(self, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` in one request (bounded by ``timeout``; not retried here)."""
+        return self.fs.cat_file(self.path, start=start, end=end, **self._bounded("cat_file"))
+
+    def cat_ranges(self, starts: list[int], ends: list[int]) -> list[Any]:
+        """Several ranges in one call (concurrent on async filesystems); a failed
+        range comes back as its exception; ``timeout`` bounds the whole call."""
+        paths = [self.path] * len(starts)
+        return self.fs.cat_ranges(paths, starts, ends, on_error="return", **self._bounded("cat_ranges"))
+
+    def info(self) -> dict[str, Any]:
+        """fsspec's ``info`` of the path (``FileNotFoundError`` when it is absent)."""
+        if self.is_local:
+            return self.fs.info(self.path)
+        return self.call(lambda: self.fs.info(self.path, **self._bounded("info")), "metadata")
 
     def exists(self) -> bool:
-        return os.path.exists(self.path) if self.is_local else self.fs.exists(self.path)
+        if self.is_local:
+            return os.path.exists(self.path)
+        try:
+            self.info()
+        except FileNotFoundError:
+            return False
+        return True
 
     def isdir(self) -> bool:
-        return os.path.isdir(self.path) if self.is_local else self.fs.isdir(self.path)
+        if self.is_local:
+            return os.path.isdir(self.path)
+        try:
+            return self.info().get("type") == "directory"
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     def size(self) -> int:
-        return os.path.getsize(self.path) if self.is_local else int(self.fs.size(self.path))
+        if self.is_local:
+            return os.path.getsize(self.path)
+        return int(self.call(lambda: self.fs.size(self.path, **self._bounded("size")), "size"))
+
+    def ls(self) -> list[dict[str, Any]]:
+        """The entries directly under this directory, with details."""
+        return self.call(lambda: self.fs.ls(self.path, detail=True, **self._bounded("ls")), "listing")
+
+    def read_bytes(self, limit: int | None = None) -> bytes:
+        """The file's bytes (its first ``limit`` bytes), read whole in one retried
+        request: for headers and small documents, not for data."""
+
+        def read() -> bytes:
+            with self.fs.open(self.path, "rb") as f:
+                return f.read() if limit is None else f.read(limit)
+
+        return self.call(read, "read") if not self.is_local else read()
 
     def name(self) -> str:
         return self.path.rstrip("/").rsplit("/", 1)[-1]
@@ -60,19 +159,23 @@ def _is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
     return protocol in ("file", "local")
 
 
-def resolve(source: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> FileSystemPath:
-    """Split a path or URL into (filesystem, path); local paths become absolute."""
+def resolve(
+    source: str | os.PathLike[str], storage_options: dict[str, Any] | None = None, retry: RetryPolicy | None = None
+) -> FileSystemPath:
+    """Split a path or URL into (filesystem, path); local paths become absolute.
+    ``retry`` is the policy of the remote requests made through the result."""
     text = os.fspath(source)
     fs, path = url_to_fs(text, **(storage_options or {}))
     if _is_local_fs(fs):
         path = os.path.abspath(os.path.expanduser(path))
-        return FileSystemPath(fs, path, path)
-    return FileSystemPath(fs, path, text)
+        return FileSystemPath(fs, path, path, retry)
+    return FileSystemPath(fs, path, text, retry)
 
 
 def expand_glob(location: FileSystemPath) -> list[FileSystemPath]:
     """Every path a glob pattern matches, sorted; a clear error when none does."""
-    matches = sorted(location.fs.glob(location.path))
+    glob = location.fs.glob
+    matches = sorted(location.call(lambda: glob(location.path, **location._bounded("glob")), "glob"))
     if not matches:
         raise SourceNotFoundError(f"glob {location.url!r} matched no files")
     return [location.child(m) for m in matches]
@@ -84,7 +187,7 @@ def list_directory(location: FileSystemPath) -> list[tuple[FileSystemPath, str]]
     are followed (fsspec's local listing reports a link as ``"other"``: datasets
     linked in from shared storage would otherwise look empty); a dangling link is
     ``"other"``."""
-    entries = sorted(location.fs.ls(location.path, detail=True), key=lambda e: e["name"])
+    entries = sorted(location.ls(), key=lambda e: e["name"])  # retried, like every request
     listed = []
     for e in entries:
         child = location.child(e["name"])

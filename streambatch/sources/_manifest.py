@@ -6,6 +6,13 @@ sha256), rows and unit sizes, plus the schema and the convert parameters.
 ``open_dataset(DEST)`` builds the shards from it instead of scanning footers,
 after checking that every listed file exists with the recorded size and that no
 path points outside ``DEST``.
+
+The manifest is the commit point of a conversion: a directory that holds
+convert's journal (``.convert-journal.jsonl``) or its temporary names
+(``.tmp-part-*``, ``.tmp-stage``, ``.tmp-manifest.json``) but no manifest is a
+killed, failed or still running conversion, and ``open_dataset`` refuses it
+(:func:`refuse_incomplete_conversion`) instead of reading the shards that
+happen to be there.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import json
 import posixpath
 from typing import Any
 
-from ..errors import CorruptInputError, SchemaError, SourceNotFoundError
+from ..errors import CorruptInputError, IncompleteConversionError, SchemaError, SourceNotFoundError
 from ._base import ColumnSpec, Shard
 from ._fs import FileSystemPath
 
@@ -24,6 +31,7 @@ __all__ = [
     "MANIFEST_VERSION",
     "has_manifest",
     "read_manifest",
+    "refuse_incomplete_conversion",
     "shards_from_manifest",
     "verify_manifest",
 ]
@@ -32,6 +40,10 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "streambatch"
 MANIFEST_VERSION = 1
 SHARD_FORMATS = ("parquet", "npy", "zarr")
+#: The progress journal ``streambatch convert`` keeps in DEST until the manifest is written.
+JOURNAL_NAME = ".convert-journal.jsonl"
+#: Names convert gives to what it is still writing in DEST (``convert._shards.TMP_PREFIX`` + ...).
+_CONVERT_TEMPORARY = (".tmp-part-", ".tmp-stage", ".tmp-manifest.json", ".tmp-old-part-", JOURNAL_NAME)
 
 
 def _manifest_location(location: FileSystemPath) -> FileSystemPath:
@@ -40,6 +52,8 @@ def _manifest_location(location: FileSystemPath) -> FileSystemPath:
 
 def has_manifest(location: FileSystemPath) -> bool:
     """Whether ``location`` is a directory holding a streambatch ``manifest.json``."""
+    if not location.is_local:  # a listing cached by fsspec may predate the manifest (or its removal)
+        location.fs.invalidate_cache(location.path)
     if not location.isdir():
         return False
     manifest = _manifest_location(location)
@@ -51,12 +65,29 @@ def has_manifest(location: FileSystemPath) -> bool:
         return True  # claims to be ours: let shards_from_manifest report it
 
 
+def refuse_incomplete_conversion(location: FileSystemPath) -> None:
+    """``IncompleteConversionError`` if the directory ``location`` (which has no
+    manifest) holds convert's journal or temporary names; a plain directory of
+    data files, or a file, passes."""
+    if not location.isdir():
+        return
+    names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in location.ls()]
+    marks = sorted(n for n in names if n.startswith(_CONVERT_TEMPORARY))
+    if marks:
+        raise IncompleteConversionError(
+            f"{location.url} is an incomplete `streambatch convert` output: it holds "
+            f"{', '.join(marks[:3])}{' ...' if len(marks) > 3 else ''} but no {MANIFEST_NAME} (the conversion was "
+            "killed, failed or is still running); finish it with `streambatch convert SRC ... "
+            f"{location.url} --resume` (same inputs and options), or start again with --overwrite",
+            location.url,
+        )
+
+
 def read_manifest(location: FileSystemPath) -> dict[str, Any]:
     """The parsed manifest of the directory ``location``; ``CorruptInputError`` if unreadable."""
     manifest = _manifest_location(location)
     try:
-        with manifest.fs.open(manifest.path, "rb") as f:
-            data = json.loads(f.read().decode("utf-8"))
+        data = json.loads(manifest.read_bytes().decode("utf-8"))
     except FileNotFoundError as e:
         raise SourceNotFoundError(f"no manifest: {manifest.url}") from e
     except (ValueError, UnicodeDecodeError) as e:
@@ -133,8 +164,6 @@ def shards_from_manifest(location: FileSystemPath) -> list[Shard]:
 def verify_manifest(location: FileSystemPath) -> int:
     """Recompute the sha256 of every file the manifest lists (reads all the data);
     ``CorruptInputError`` naming the first file that differs. Returns the file count."""
-    import hashlib
-
     manifest = read_manifest(location)
     where = _manifest_location(location).url
     root = location.path.rstrip("/")
@@ -143,14 +172,21 @@ def verify_manifest(location: FileSystemPath) -> int:
         for entry in shard.get("files", []):
             _check_file(location, root, entry, where)
             target = location.child(f"{root}/{safe_relative(entry['path'], where)}")
-            digest = hashlib.sha256()
-            with target.fs.open(target.path, "rb") as f:
-                while block := f.read(8 << 20):
-                    digest.update(block)
-            if digest.hexdigest() != entry.get("sha256"):
+            if target.call(lambda t=target: _sha256(t), "checksum") != entry.get("sha256"):
                 raise CorruptInputError(f"shard file {target.url}: sha256 differs from the one recorded in {where}")
             count += 1
     return count
+
+
+def _sha256(target: FileSystemPath) -> str:
+    """The file's sha256, read from the start (a retry starts over)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with target.fs.open(target.path, "rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _check_file(location: FileSystemPath, root: str, entry: Any, where: str) -> None:

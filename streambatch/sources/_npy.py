@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import CorruptInputError, RowCountError, SchemaError
 from ._base import ColumnSpec, Shard, ShardReader
 from ._fs import FileSystemPath
-from ._retry import RetryPolicy, ShortReadError, call_with_retry, read_exactly
+from ._retry import RetryPolicy, ShortReadError, call_with_retry, is_transient, read_exactly
 
 __all__ = ["NpyShard", "read_npy_header"]
 
@@ -29,10 +29,12 @@ _REMOTE_BATCH_BYTES = 16 << 20
 def read_npy_header(location: FileSystemPath) -> tuple[ColumnSpec, int, int]:
     """``(spec of one row, number of rows, byte offset of the data)`` of an ``.npy``
     file, validated: not pickled, at least 1-d, C order, and long enough."""
-    try:
+    def read_head() -> tuple[bytes, int]:
         with location.fs.open(location.path, "rb") as f:
-            head = f.read(min(_MAX_HEADER_BYTES, 65536 + 10))
-            file_size = location.size()
+            return f.read(min(_MAX_HEADER_BYTES, 65536 + 10)), location.size()
+
+    try:
+        head, file_size = location.call(read_head, "header")  # retried as one request when remote
     except FileNotFoundError as e:
         raise FileNotFoundError(f"no such file: {location.url}") from e
     import io
@@ -201,7 +203,7 @@ class _NpyReader(ShardReader):
             return f"{location.url} rows {start}:{stop} (bytes {offset}:{offset + nbytes})"
 
         def attempt() -> None:
-            data = location.fs.cat_file(location.path, start=offset, end=offset + nbytes)
+            data = location.cat_file(offset, offset + nbytes)
             view[:] = read_exactly(data, nbytes, describe())
 
         call_with_retry(attempt, self._retry, describe, secrets=location.secrets, first_error=failed)
@@ -235,12 +237,14 @@ class _NpyReader(ShardReader):
                 if len(batch) == 1:
                     results: list[object] = [None]
                 else:
-                    results = location.fs.cat_ranges(
-                        [location.path] * len(batch),
-                        [base + starts_l[j] * row for j in batch],
-                        [base + stops_l[j] * row for j in batch],
-                        on_error="return",
-                    )
+                    try:
+                        results = location.cat_ranges(
+                            [base + starts_l[j] * row for j in batch], [base + stops_l[j] * row for j in batch]
+                        )
+                    except Exception as e:  # the whole call failed (its timeout): each range alone, retried
+                        if not is_transient(e):
+                            raise
+                        results = [e] * len(batch)
                 for j, data in zip(batch, results):
                     part = view[positions[j] * row : positions[j + 1] * row]
                     if isinstance(data, (bytes, bytearray, memoryview)) and len(data) == len(part):

@@ -527,7 +527,7 @@ class _ParquetReader(ShardReader):
             return f"{location.url} row group {group} (bytes {lo}:{hi})"
 
         def fetch() -> bytes:
-            data = location.fs.cat_file(location.path, start=lo, end=hi)
+            data = location.cat_file(lo, hi)
             return read_exactly(data, hi - lo, describe())  # type: ignore[return-value]
 
         data = call_with_retry(fetch, self._retry, describe, secrets=location.secrets) if hi > lo else b""
@@ -543,7 +543,7 @@ class _ParquetReader(ShardReader):
         location = self._shard.location
 
         def fetch() -> bytes:
-            data = location.fs.cat_file(location.path, start=start, end=stop)
+            data = location.cat_file(start, stop)
             return read_exactly(data, stop - start, f"{location.url} bytes {start}:{stop}")  # type: ignore[return-value]
 
         return call_with_retry(fetch, self._retry, f"{location.url} bytes {start}:{stop}", secrets=location.secrets)
@@ -696,10 +696,10 @@ def _read_footer(location: FileSystemPath, verify: bool) -> tuple[pq.FileMetaDat
             f"shorter than the smallest possible Parquet file ({_MIN_FILE_BYTES} bytes)"
         )
     try:
-        pf, raw = _open(location, verify)
+        pf, raw = location.call(lambda: _open(location, verify), "footer")  # retried when remote
     except FileNotFoundError as e:
         raise SourceNotFoundError(f"no such file: {url}") from e
-    except _TRANSIENT_OS_ERRORS:
+    except (*_TRANSIENT_OS_ERRORS, RemoteReadError):
         raise
     except MemoryError:
         raise

@@ -33,8 +33,9 @@ import errno
 import logging
 import random
 import re
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -44,6 +45,7 @@ __all__ = [
     "DEFAULT_POLICY",
     "RetryPolicy",
     "ShortReadError",
+    "acall_with_retry",
     "call_with_retry",
     "is_transient",
     "read_exactly",
@@ -65,6 +67,17 @@ class RetryPolicy:
     uniform factor in ``[0.5, 1)`` when ``jitter`` is on (so that many threads
     hit by the same outage do not retry in lockstep).
 
+    ``timeout`` (seconds, ``None``: unbounded) bounds one request on an
+    asynchronous filesystem (s3fs, gcsfs, HTTP), and every request of Zarr's
+    store on a remote filesystem: when it expires the request is cancelled and
+    counts as a failed, transient attempt (``ReaderTimeoutError`` if the last
+    one). A batched ``.npy`` request (up to 64 ranges sent together) is bounded
+    as a whole; when it expires, each range is sent again alone, bounded. Not
+    bounded: synchronous filesystems (local, ``memory://``, sftp), which cannot
+    cancel a call in flight, and reads through fsspec file objects (Parquet
+    footers); bound those with the filesystem's own options (s3fs
+    ``config_kwargs={"read_timeout": ...}``).
+
     >>> RetryPolicy(max_attempts=3).delay(1, random.Random(0)) <= 0.1
     True
     """
@@ -73,10 +86,14 @@ class RetryPolicy:
     base_delay: float = 0.1
     max_delay: float = 5.0
     jitter: bool = True
+    timeout: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise ValueError(f"max_attempts must be a positive integer, got {self.max_attempts!r}")
+        t = self.timeout
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0):
+            raise ValueError(f"timeout must be a positive number of seconds or None, got {t!r}")
         for name in ("base_delay", "max_delay"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
@@ -145,6 +162,9 @@ _TRANSIENT_CLASS_NAMES = frozenset(
         "ContentLengthError",
         # s3fs / gcsfs
         "RetryableError",
+        # asyncio (a builtin TimeoutError only from Python 3.11) and fsspec's sync() timeout
+        "TimeoutError",
+        "FSTimeoutError",
     }
 )
 
@@ -312,6 +332,13 @@ def _safe_cause(error: BaseException, secrets: tuple[str, ...]) -> BaseException
 # ----------------------------------------------------------------- the wrapper
 
 
+#: Set while this thread runs an attempt of ``call_with_retry``: a retried call
+#: made inside another (``FileSystemPath.size`` inside a retried footer fetch)
+#: is attempted once, and the outer call retries the whole, so attempts never
+#: multiply (5 x 5) and the outer description names what failed.
+_inside = threading.local()
+
+
 def call_with_retry(
     fn: Callable[[], T],
     policy: RetryPolicy | None,
@@ -331,7 +358,13 @@ def call_with_retry(
     last error. ``fn`` must be idempotent: each attempt rewrites the same output.
     ``first_error``: the first attempt was already made elsewhere (a batched
     request) and failed with it; it counts as attempt 1.
+    Inside another ``call_with_retry`` of the same thread, ``fn`` is attempted
+    once: the outer call decides whether to send the whole again.
     """
+    if getattr(_inside, "active", False):
+        if first_error is not None:
+            raise first_error
+        return fn()
     policy = policy or DEFAULT_POLICY
     attempt = 0
     pending = first_error
@@ -340,38 +373,78 @@ def call_with_retry(
         if pending is not None:
             error, pending = pending, None
         else:
+            _inside.active = True
             try:
                 return fn()
             except Exception as caught:
                 error = caught
-        if not is_transient(error):
-            if secrets and isinstance(error, StreambatchError):
-                clean = redact(str(error), secrets)
-                if clean != str(error):
-                    raise type(error)(clean) from _safe_cause(error, secrets)
-            raise error
-        what = describe() if callable(describe) else describe
-        if attempt >= policy.max_attempts:
-            if isinstance(error, CorruptInputError):  # a decode failure that persisted: corrupt after all
-                raise error
-            kind = ReaderTimeoutError if _is_timeout(error) else RemoteReadError
-            message = redact(
-                f"{what}: failed after {attempt} attempt{'s' if attempt > 1 else ''}: "
-                f"{type(error).__name__}: {error}",
-                secrets,
-            )
-            raise kind(message) from _safe_cause(error, secrets)
-        delay = policy.delay(attempt, rng)
-        logger.info(
-            "%s",
-            redact(
-                f"{what}: attempt {attempt}/{policy.max_attempts} failed "
-                f"({type(error).__name__}: {error}); retrying in {delay:.2f} s",
-                secrets,
-            ),
-        )
+            finally:
+                _inside.active = False
+        delay = _after_failure(error, attempt, policy, describe, secrets, rng)
         del error  # no traceback (and the frames' buffers) kept across the sleep
         sleep(delay)
+
+
+def _after_failure(
+    error: Exception,
+    attempt: int,
+    policy: RetryPolicy,
+    describe: str | Callable[[], str],
+    secrets: tuple[str, ...],
+    rng: random.Random | None,
+) -> float:
+    """The delay before sending again after failed attempt ``attempt``, logged;
+    raises ``error`` when it is permanent, ``RemoteReadError`` when the attempts
+    are used up."""
+    if not is_transient(error):
+        if secrets and isinstance(error, StreambatchError):
+            clean = redact(str(error), secrets)
+            if clean != str(error):
+                raise type(error)(clean) from _safe_cause(error, secrets)
+        raise error
+    what = describe() if callable(describe) else describe
+    if attempt >= policy.max_attempts:
+        if isinstance(error, CorruptInputError):  # a decode failure that persisted: corrupt after all
+            raise error
+        kind = ReaderTimeoutError if _is_timeout(error) else RemoteReadError
+        message = redact(
+            f"{what}: failed after {attempt} attempt{'s' if attempt > 1 else ''}: "
+            f"{type(error).__name__}: {error}",
+            secrets,
+        )
+        raise kind(message) from _safe_cause(error, secrets)
+    delay = policy.delay(attempt, rng)
+    logger.info(
+        "%s",
+        redact(
+            f"{what}: attempt {attempt}/{policy.max_attempts} failed "
+            f"({type(error).__name__}: {error}); retrying in {delay:.2f} s",
+            secrets,
+        ),
+    )
+    return delay
+
+
+async def acall_with_retry(
+    fn: Callable[[], Awaitable[T]],
+    policy: RetryPolicy | None,
+    describe: str | Callable[[], str],
+    *,
+    secrets: tuple[str, ...] = (),
+) -> T:
+    """``await fn()`` with :func:`call_with_retry`'s rules, sleeping with
+    ``asyncio.sleep`` (for requests made on an event loop, e.g. zarr's store)."""
+    import asyncio
+
+    policy = policy or DEFAULT_POLICY
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await fn()
+        except Exception as error:
+            delay = _after_failure(error, attempt, policy, describe, secrets, None)
+        await asyncio.sleep(delay)
 
 
 def read_exactly(data: bytes | bytearray | memoryview, expected: int, describe: str) -> bytes | bytearray | memoryview:

@@ -82,10 +82,10 @@ from zarr.core.sync import collect_aiterator, sync
 from zarr.errors import NodeNotFoundError
 from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
-from ..errors import CorruptInputError, RowCountError, SchemaError, SourceNotFoundError
+from ..errors import CorruptInputError, RemoteReadError, RowCountError, SchemaError, SourceNotFoundError
 from ._base import ColumnSpec, NotAColumn, Shard, ShardReader
 from ._fs import FileSystemPath
-from ._retry import RetryPolicy, call_with_retry, is_transient
+from ._retry import RetryPolicy, acall_with_retry, call_with_retry, is_transient
 
 __all__ = ["ZarrShard"]
 
@@ -121,20 +121,58 @@ class _StrictChunkStore(WrapperStore):  # type: ignore[type-arg]
     key that returns nothing (zarr's cue to substitute ``fill_value``) raises
     ``CorruptInputError`` or, when missing chunks are allowed (zarr's own meaning:
     the chunk is ``fill_value``), logs the first such key of the store at debug
-    level -- once, not once per key: sparse stores have millions of them."""
+    level -- once, not once per key: sparse stores have millions of them.
 
-    def __init__(self, store: Store, url: str = "", allow_missing: bool = False) -> None:
+    ``remote=True``: every metadata request (a metadata document's ``get``,
+    ``exists``, ``list_dir``) is sent again on transient errors as ``retry``
+    says; chunk reads are retried a level up, by the reader, which names the
+    rows and chunks."""
+
+    def __init__(
+        self,
+        store: Store,
+        url: str = "",
+        allow_missing: bool = False,
+        retry: RetryPolicy | None = None,
+        secrets: tuple[str, ...] = (),
+        remote: bool = False,
+    ) -> None:
         super().__init__(store)
         self._url = url
         self._allow_missing = allow_missing
         self._reported = False
         self._reported_lock = threading.Lock()
+        self._retry, self._secrets, self._remote = retry, secrets, remote
 
     def _with_store(self, store: Store) -> _StrictChunkStore:
-        return type(self)(store, self._url, self._allow_missing)
+        return type(self)(store, self._url, self._allow_missing, self._retry, self._secrets, self._remote)
+
+    def _bounded(self, awaitable: Any) -> Any:
+        """``awaitable``, cancelled after ``RetryPolicy.timeout`` on a remote store."""
+        timeout = self._retry.timeout if self._retry is not None and self._remote else None
+        return awaitable if timeout is None else asyncio.wait_for(awaitable, timeout)
+
+    async def _metadata(self, fn: Any, what: str) -> Any:
+        if not self._remote:
+            return await fn()
+        return await acall_with_retry(
+            lambda: self._bounded(fn()), self._retry, f"{self._url} ({what})", secrets=self._secrets
+        )
+
+    async def exists(self, key: str) -> bool:
+        return bool(await self._metadata(lambda: self._store.exists(key), f"Zarr metadata {key}"))
+
+    async def list_dir(self, prefix: str) -> Any:
+        async def listing() -> list[str]:
+            return [name async for name in self._store.list_dir(prefix)]
+
+        for name in await self._metadata(listing, f"Zarr listing {prefix or '/'}"):
+            yield name
 
     async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
-        value = await self._store.get(key, prototype, byte_range)
+        if key.rsplit("/", 1)[-1] in _METADATA_NAMES:
+            return await self._metadata(lambda: self._store.get(key, prototype, byte_range), f"Zarr metadata {key}")
+        value = await self._bounded(self._store.get(key, prototype, byte_range))  # retried by the reader
         if value is None and key.rsplit("/", 1)[-1] not in _METADATA_NAMES:
             self._missing(key)
         return value
@@ -385,7 +423,9 @@ def _open_store(location: FileSystemPath, allow_missing: bool) -> Any:
         store = LocalStore(location.path, read_only=True)
     else:
         store = FsspecStore(fs=_async_fs(location.fs), path=location.path.rstrip("/"), read_only=True)
-    return _StrictChunkStore(store, location.url, allow_missing)
+    return _StrictChunkStore(
+        store, location.url, allow_missing, location.retry, location.secrets, remote=not location.is_local
+    )
 
 
 def _async_fs(fs: Any) -> Any:
@@ -414,7 +454,7 @@ def _open_arrays(store: Any, location: FileSystemPath) -> dict[str, Any]:
         raise SourceNotFoundError(
             f"{url}: not a Zarr store: no zarr.json (format 3) or .zarray/.zgroup (format 2) at its root"
         ) from e
-    except _TRANSIENT_OS_ERRORS:
+    except (*_TRANSIENT_OS_ERRORS, RemoteReadError):
         raise
     except Exception as e:  # JSONDecodeError, KeyError, MetadataValidationError ...
         raise CorruptInputError(f"{_document(store, '', url)}: unreadable Zarr metadata ({_describe(e)})") from e
@@ -430,7 +470,7 @@ def _open_arrays(store: Any, location: FileSystemPath) -> dict[str, Any]:
         for key in _group_member_names(node):
             try:
                 member = node[key]
-            except _TRANSIENT_OS_ERRORS:
+            except (*_TRANSIENT_OS_ERRORS, RemoteReadError):
                 raise
             except KeyError as e:
                 if not _has_node_document(store, key):
