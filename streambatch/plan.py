@@ -47,7 +47,11 @@ RAMP = 8
 #: The ``k``-th piece read on its own ends at most ``_FIRST_SPAN * (k + 1) ** 2`` ticks after it loads.
 _FIRST_SPAN = RAMP
 #: Data that fits: the first batch waits for two read units' rows, and at least this many.
-_MIN_HEAD_ROWS = 1024
+_MIN_HEAD_ROWS = 8192
+#: Data that fits: rows emitted (from the head alone) before anything else needs to be loaded.
+_FIRST_ROWS = 256
+#: Data that fits: rows per tick, on average.
+_ROWS_PER_TICK = 64
 #: Data that fits: the rows loaded double with every this many rows emitted.
 _DOUBLING_ROWS = 256
 
@@ -108,6 +112,8 @@ class EpochPlan:
     end: np.ndarray
     key_seed: int
     shuffle: bool
+    #: every piece may be live at once (the data fits): ticks share one end
+    fits: bool = False
 
     @property
     def num_pieces(self) -> int:
@@ -162,7 +168,8 @@ def make_plan(
     head_rows = max(_MIN_HEAD_ROWS, 2 * _largest_unit(sizes, stream))
     load, end = ticks(sizes, stream >= 0, params.window_pieces, params.shuffle, head_rows)
     key_seed = int(np.random.SeedSequence([params.seed, epoch, rank, world_size]).generate_state(1, np.uint64)[0])
-    return EpochPlan(shard, start, stop, stream, offsets, load, end, key_seed, params.shuffle)
+    fits = params.shuffle and shard.size <= params.window_pieces
+    return EpochPlan(shard, start, stop, stream, offsets, load, end, key_seed, params.shuffle, fits)
 
 
 def ticks(
@@ -213,17 +220,22 @@ def ticks(
 
 
 def _fitting_ticks(sizes: np.ndarray, head_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Load ticks of data that fits: piece ``i`` loads when (in expectation) the
-    rows emitted reach ``_DOUBLING_ROWS * log2(rows before i / head_rows)``;
-    every piece ends at ``T = len(sizes)``. With all ends at ``T``, the rows
+    """Load ticks of data that fits: the head (pieces starting in the first
+    ``head_rows`` rows) loads at tick 0; piece ``i`` after it loads when (in
+    expectation) the rows emitted reach ``_FIRST_ROWS + _DOUBLING_ROWS *
+    log2(rows before i / head_rows)``; every piece ends at ``T``. With all ends at ``T``, the rows
     expected to be emitted by tick ``t`` are ``sum_j sizes[j] (t - load[j]) /
     (T - load[j])`` over the pieces loaded before ``t``: linear in ``t`` between
     loads, so each load tick is solved from two running sums."""
     n = len(sizes)
-    total_ticks = float(n)
+    # ~_ROWS_PER_TICK rows a tick on average: fine enough that the first segments of
+    # emission (a few ticks) need only the head
+    total_ticks = float(max(n, np.sum(sizes) / _ROWS_PER_TICK))
     before = np.concatenate([[0.0], np.cumsum(sizes)[:-1]])
     head = max(1.0, float(head_rows))
-    target = _DOUBLING_ROWS * np.log2(np.maximum(before, head) / head)  # 0 for the head: loads at tick 0
+    target = np.where(
+        before < head, 0.0, _FIRST_ROWS + _DOUBLING_ROWS * np.log2(np.maximum(before, head) / head)
+    )  # 0 for the head: it loads at tick 0; the rest once the first rows are out
     load = np.zeros(n)
     rate = offset = 0.0  # sum of sizes/(T - load), sum of sizes*load/(T - load) so far
     latest = 0.0

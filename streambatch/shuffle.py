@@ -65,7 +65,8 @@ class WindowShuffle:
     def __init__(self, plan: EpochPlan, max_segment_ticks: int) -> None:
         self.plan = plan
         self.sizes = plan.sizes
-        self.max_segment_ticks = max(1, int(max_segment_ticks))
+        # data that fits has many fine ticks (see plan.ticks): 16 segments or so in all
+        self.max_segment_ticks = max(1, int(max_segment_ticks), plan.last_tick // 16 if plan.fits else 0)
 
     def keys(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
         """``(keys, positions)`` of every row of pieces ``[first, last)``."""

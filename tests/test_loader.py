@@ -77,8 +77,8 @@ def test_epochs_and_seeds_give_different_orders(dataset_factory, fmt):
     [
         # the data fits the budget: a full permutation
         (5000, "512KiB", 17, [
-            ([893, 1189, 704, 1299, 608, 558, 354, 3328, 692, 1321], "19f1df51ae6e6d8d"),
-            ([1082, 2549, 2467, 628, 3365, 1280, 1275, 3149, 518, 388], "f7abe939ed960bf6"),
+            ([4431, 4921, 893, 4983, 1189, 4381, 110, 2897, 704, 1848], "77dacc20bfe9c362"),
+            ([670, 859, 1082, 4583, 1631, 2020, 3529, 215, 1385, 4246], "bbf6b384cc068cd8"),
         ]),
         # ten times the budget: the sliding window
         (50000, "512KiB", 10, [
@@ -126,9 +126,14 @@ def test_dict_and_single_file_sources(tmp_path):
 
 def test_first_batch_needs_few_pieces_whatever_the_window(tmp_path):
     """First-batch latency must not grow with the window: the ramp emits the
-    first rows from the first pieces only."""
+    first rows from the first pieces only. 8 MiB: a sliding window over a fifth
+    of the data; 64 MiB: the data fits, and the first batch waits for the head
+    of the epoch, a fixed number of rows (``plan._MIN_HEAD_ROWS``, 8192), so that
+    it is drawn from many pieces."""
+    from streambatch import plan as plan_module
+
     path = write_dataset("npy", tmp_path, make_columns(200_000))
-    for limit in ("8MiB", "64MiB"):
+    for limit, head in (("8MiB", 0), ("64MiB", plan_module._MIN_HEAD_ROWS)):
         loader = sb.Loader(path, 256, memory_limit=limit)
         plan = loader.plan()
         from streambatch.shuffle import WindowShuffle
@@ -140,8 +145,9 @@ def test_first_batch_needs_few_pieces_whatever_the_window(tmp_path):
             if rows >= 256:
                 break
         assert loader.budget.window_pieces > 100
-        # at most twice the 8 batches' worth the previous schedule needed
-        assert needed * loader.budget.piece_rows <= 16 * 256, (limit, needed)
+        assert loader.budget.fits == bool(head)
+        # at most twice the 8 batches' worth the previous schedule needed, beyond the head
+        assert needed * loader.budget.piece_rows <= 16 * 256 + 1.5 * head, (limit, needed)
 
 
 def test_state_dict_round_trips_through_json_and_resumes_exactly(dataset_factory, fmt):
