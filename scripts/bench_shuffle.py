@@ -170,16 +170,23 @@ def run_quality(args, log) -> dict:
     log(f"  layouts ready in {time.perf_counter() - t0:.0f} s")
     data_bytes = rows * (WIDTH * 4 + 8)
     layouts = args.layouts or LAYOUTS
+    fractions = args.fractions or FRACTIONS
     cells = {}
     for layout in layouts:
         path = layout_path(args.data_dir, layout, rows)
-        for fraction in FRACTIONS:
+        for fraction in fractions:
             limit = int(data_bytes * fraction)
             spec = {"module": "bench_shuffle", "kind": "epoch", "path": path, "memory_limit": limit}
-            cell = {"fraction": fraction, "memory_limit": limit}
-            cell["new"] = run_config(dict(spec), args.timeout)
-            if args.baseline:
-                cell["baseline"] = run_config(dict(spec), args.timeout, code=args.baseline)
+            cell = {"fraction": fraction, "memory_limit": limit, "rounds": []}
+            for _ in range(args.rounds):  # new and baseline alternate: both see the same load
+                pair = {"new": run_config(dict(spec), args.timeout)}
+                if args.baseline:
+                    pair["baseline"] = run_config(dict(spec), args.timeout, code=args.baseline)
+                cell["rounds"].append(pair)
+            for key in ("new", "baseline"):
+                runs = [r[key] for r in cell["rounds"] if key in r]
+                if runs:
+                    cell[key] = _median_run(runs)
             bound = run_config(
                 {"module": "bench_shuffle", "kind": "bound", "rows": rows, "layout": layout, "memory_limit": limit},
                 args.timeout,
@@ -189,7 +196,62 @@ def run_quality(args, log) -> dict:
             log(f"  {layout} {fraction:>5.0%}: {_brief(cell['new'])}"
                 + (f" | baseline {_brief(cell['baseline'])}" if args.baseline else "")
                 + (f" | bound {cell['bound']:.2f}" if "bound" in cell else ""))
-    return {"rows": rows, "data_bytes": data_bytes, "cells": cells, "layouts": list(layouts)}
+    return {"rows": rows, "data_bytes": data_bytes, "cells": cells, "layouts": list(layouts),
+            "fractions": list(fractions), "rounds": args.rounds}
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median rows/s (scores are the same in every round)."""
+    ok = [r for r in runs if "rows" in r]
+    if not ok:
+        return runs[0]
+    ok.sort(key=lambda r: r["rows"] / r["seconds"])
+    return ok[len(ok) // 2]
+
+
+def round_ratios(cell: dict) -> list[float]:
+    """new / baseline rows/s of each round, where both ran."""
+    return [
+        (r["new"]["rows"] / r["new"]["seconds"]) / (r["baseline"]["rows"] / r["baseline"]["seconds"])
+        for r in cell.get("rounds", [])
+        if "rows" in r.get("new", {}) and "rows" in r.get("baseline", {})
+    ]
+
+
+def plot_quality(res: dict, path: str) -> None:
+    """Score vs memory_limit per layout (solid), its bound (dashed), the previous loader (dotted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for k, layout in enumerate(res["layouts"]):
+        color = f"C{k}"
+        xs, ys, bs, old_x, old_y = [], [], [], [], []
+        for f in res["fractions"]:
+            c = res["cells"][f"{layout}@{f}"]
+            if "score" in c["new"]:
+                xs.append(f * 100)
+                ys.append(c["new"]["score"])
+                bs.append(c.get("bound"))
+            if "score" in c.get("baseline", {}):
+                old_x.append(f * 100)
+                old_y.append(c["baseline"]["score"])
+        ax.plot(xs, ys, "o-", color=color, label=layout)
+        ax.plot(xs, bs, "--", color=color, alpha=0.6)
+        if old_x:
+            ax.plot(old_x, old_y, ":", color=color, alpha=0.5)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("memory_limit, % of the data (1.04 GB)")
+    ax.set_ylabel("shuffle score (1.0 = full permutation)")
+    ax.set_title("Shuffle quality vs memory: measured (solid), physics bound (dashed), previous loader (dotted)",
+                 fontsize=9)
+    ax.axhline(1.0, color="grey", lw=0.5)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def _brief(r: dict) -> str:
@@ -214,7 +276,7 @@ def _cell(r: dict | None) -> str:
 def render_quality(res: dict, env_text: str) -> str:
     """The markdown section for docs/shuffling.md: score (bound) per layout x budget,
     then rows/s, first batch and peak RSS beside the baseline."""
-    fractions = FRACTIONS
+    fractions = res.get("fractions", FRACTIONS)
     head = "| layout | " + " | ".join(f"{f:.0%} of data" for f in fractions) + " |"
     sep = "|---" * (len(fractions) + 1) + "|"
     lines = [
@@ -260,6 +322,15 @@ def render_quality(res: dict, env_text: str) -> str:
                                  f"{r['peak_rss_bytes'] / 2**20:.0f} MiB")
             row.append(" / ".join(parts))
         lines.append(f"| {layout} | " + " | ".join(row) + " |")
+    if res.get("rounds", 1) > 1:
+        lines += ["", f"Rows/s new ÷ previous loader, per round ({res['rounds']} rounds, alternating):", "",
+                  head, sep]
+        for layout in res["layouts"]:
+            row = []
+            for f in fractions:
+                ratios = round_ratios(res["cells"][f"{layout}@{f}"])
+                row.append(" ".join(f"{x:.2f}" for x in ratios) or "—")
+            lines.append(f"| {layout} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n\n" + env_text + "\n"
 
 
@@ -272,13 +343,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", default=None, help="a checkout of the code to compare with (e.g. a git worktree)")
     p.add_argument("--layouts", default=None, help=f"comma-separated subset of {','.join(LAYOUTS)}")
     p.add_argument("--timeout", type=float, default=900)
+    p.add_argument("--fractions", default=None, help="comma-separated memory_limit fractions of the data "
+                   f"(default {','.join(str(f) for f in FRACTIONS)})")
+    p.add_argument("--rounds", type=int, default=1, help="runs per cell, new and baseline alternating (default 1)")
+    p.add_argument("--plot", default=None, help="write the score plot here (PNG; needs matplotlib)")
     p.add_argument("--json", default=None, help="write the raw results here")
     args = p.parse_args(argv)
     args.layouts = [s for s in args.layouts.split(",") if s] if args.layouts else None
+    args.fractions = [float(f) for f in args.fractions.split(",") if f] if args.fractions else None
     res = run_quality(args, lambda m: print(m, flush=True))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
+    if args.plot:
+        plot_quality(res, args.plot)
     env = run_config({"module": "benchlib", "kind": "env"}, 120)
     from benchlib import env_block
 
