@@ -35,6 +35,11 @@ from .sources._handles import ReaderCache
 
 __all__ = ["PieceReads"]
 
+#: Read jobs queued ahead at most: enough to keep every thread busy, few enough that
+#: admitting a whole dataset that fits does not queue thousands of jobs before the
+#: first batch (admission continues as jobs complete).
+_MAX_JOBS_AHEAD = 64
+
 
 class PieceReads:
     """Admits pieces into the ring in order (as space allows) and reads them in the pool."""
@@ -85,7 +90,7 @@ class PieceReads:
         """Submit reads for the next pieces while the ring has room for them."""
         offsets, n = self.offsets, self.stop_piece
         capacity = self.ring.capacity
-        while self.admitted < n:
+        while self.admitted < n and len(self.jobs) < _MAX_JOBS_AHEAD:
             first = self.admitted
             end = min(self.job_end[first], n)
             if offsets[end] - offsets[self.released] > capacity:
@@ -108,6 +113,7 @@ class PieceReads:
                         f"(ring of {self.ring.capacity} rows full); please report this"
                     )
             _, end, futures = self.jobs.popleft()
+            self.admit()  # keep the pool fed while we wait
             for future in futures:
                 _result(future, self.stop)
             self.loaded = end
