@@ -55,7 +55,7 @@ _TARGET_DATA_PIECES = 4096
 #: Streams: at most this share of ``M``, and at most this many open at once.
 _STREAM_SHARE = 0.4
 _MAX_LANES = 256
-_SLICES_PER_LANE = 16
+_SLICES_PER_LANE = 4
 _MIN_PIECE_BYTES = 16 << 10
 _JOB_BYTES = 1 << 20
 _SCRATCH_SHARE = 0.25
@@ -199,7 +199,7 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
     ring_bytes -= plan_bytes
     ring_rows = max(0, ring_bytes // (row_nbytes + _INDEX_BYTES_PER_ROW))
     slice_rows = piece_rows
-    if stream_bytes:  # ~16 slices of each lane in the window (or of the data, when it fits)
+    if stream_bytes:  # ~4 slices of each lane in the window (or of the data, when it fits)
         slice_rows = max(piece_rows, min(int(ring_rows * 0.8), num_rows) // (_SLICES_PER_LANE * lanes))
         slice_rows = int(min(slice_rows, max(piece_rows, ring_rows // 8)))
     max_piece = max(unit_rows, piece_rows, slice_rows, 1)
