@@ -259,7 +259,8 @@ def _brief(r: dict) -> str:
         return "BudgetError"
     if "error" in r:
         return f"error: {r['error'][:80]}"
-    return (f"score {r['score']:.2f}{' (fits)' if r.get('fits') else ''}, {r['rows'] / r['seconds'] / 1e6:.2f} M rows/s, "
+    fits = " (fits)" if r.get("fits") else ""
+    return (f"score {r['score']:.2f}{fits}, {r['rows'] / r['seconds'] / 1e6:.2f} M rows/s, "
             f"first {r['first_batch_s'] * 1000:.0f} ms, peak {r['peak_rss_bytes'] / 2**20:.0f} MiB")
 
 

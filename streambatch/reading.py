@@ -211,10 +211,8 @@ class _Streams:
             raise
         with self._lock:
             self._next_row[stream_id] = stop
-            if stop >= self._last_row[stream_id]:
-                finished = self._open.pop(stream_id, None)
-            else:
-                finished = None
+            # after its last slice the stream is done: close it outside the lock
+            finished = self._open.pop(stream_id, None) if stop >= self._last_row[stream_id] else None
             self._lock.notify_all()
         if finished is not None:
             finished.close()

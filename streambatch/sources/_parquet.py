@@ -300,7 +300,7 @@ class ParquetShard(Shard):
         two pages (compressed and decoded); a column chunk smaller than a page
         holds less. Measured here: 2.45 MiB for a float32[128] list column and an
         int64 column (64k-row groups, 1 MiB pages); this estimate says 3.1 MiB."""
-        from ._parquet_stream import STREAM_BUFFER_BYTES, PAGE_BYTES_ESTIMATE
+        from ._parquet_stream import PAGE_BYTES_ESTIMATE, STREAM_BUFFER_BYTES
 
         total = 0
         for name in columns:
@@ -561,7 +561,9 @@ class _ParquetReader(ShardReader):
 
         return ParquetRowStream(self._shard, self, start, stop, rows_per_read)
 
-    def _copy(self, table: pa.Table | pa.RecordBatch, offset: int, length: int, out: Mapping[str, np.ndarray], position: int) -> None:
+    def _copy(
+        self, table: pa.Table | pa.RecordBatch, offset: int, length: int, out: Mapping[str, np.ndarray], position: int
+    ) -> None:
         """Rows ``[offset, offset + length)`` of a decoded row group into ``out`` at
         ``position``: one copy per chunk, from a view of Arrow's buffers."""
         for name, target in out.items():
