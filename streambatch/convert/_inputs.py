@@ -27,6 +27,7 @@ __all__ = [
     "columns_excluding",
     "fingerprint_sources",
     "is_csv_source",
+    "open_parts",
     "stage_csv",
 ]
 
@@ -144,6 +145,44 @@ def columns_excluding(
         return [n for n in (columns or names) if n not in exclude]
     ds = open_dataset(first, columns, exclude=list(exclude), storage_options=dict(storage_options or {}) or None)
     return list(ds.columns)
+
+
+def open_parts(
+    sources: Sequence[str],
+    columns: tuple[str, ...] | None,
+    stage: str,
+    staged: bool,
+    storage_options: Mapping[str, Any],
+) -> tuple[list[Part], dict[str, ColumnSpec]]:
+    """The part each source becomes (a CSV file is staged under ``stage`` unless
+    ``staged`` already), and the columns they share (``SchemaError`` if not)."""
+    parts: list[Part] = []
+    common: dict[str, ColumnSpec] | None = None
+    so = tuple(sorted(storage_options.items()))
+    for i, source in enumerate(sources):
+        if is_csv_source(source):
+            specs = csv_columns(source, columns)
+            directory = os.path.join(stage, f"csv-{i:04d}")
+            if staged:
+                rows = (
+                    os.path.getsize(os.path.join(directory, f"{next(iter(specs))}.bin"))
+                    // next(iter(specs.values())).row_nbytes
+                )
+                part: Part = RawPart(directory, tuple((n, s.dtype.str, s.shape) for n, s in specs.items()), rows)
+            else:
+                part = stage_csv(source, directory, columns, specs)
+        else:
+            ds = open_dataset(source, columns, storage_options=dict(storage_options) or None)
+            specs = dict(ds.columns)
+            part = DatasetPart(source, columns, ds.num_rows, so)
+        if common is None:
+            common = specs
+        elif specs != common:
+            raise SchemaError(f"{source}: columns {specs} differ from those of {sources[0]}: {common}")
+        parts.append(part)
+    if common is None:
+        raise ValueError("sources is empty: give at least one input path")
+    return parts, common
 
 
 def largest_unit_rows(parts: Sequence[Part]) -> int:
