@@ -62,6 +62,15 @@ def _empty(shard: Shard, rows: int, columns: list[str] | None = None) -> dict[st
     return {c: np.empty((rows, *shard.columns[c].shape), shard.columns[c].dtype) for c in columns}
 
 
+def _in_threads(target, args: list[tuple]) -> None:
+    """``target(*a)`` for every ``a`` in ``args``, each in its own thread, all joined."""
+    threads = [threading.Thread(target=target, args=a, name=f"conformance-{k}") for k, a in enumerate(args)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+
+
 class ReaderConformance:
     """Contract tests of ``Shard``/``ShardReader``/``RowStream``; subclass per format.
 
@@ -274,11 +283,7 @@ class ReaderConformance:
             except BaseException as e:  # surfaced below, in the test's thread
                 errors.append(e)
 
-        threads = [threading.Thread(target=work, args=(units[k::4],), name=f"conformance-{k}") for k in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        _in_threads(work, [(units[k::4],) for k in range(4)])
         reader.close()
         assert not errors, errors
         self.assert_rows(out, expected, slice(None))
@@ -294,11 +299,7 @@ class ReaderConformance:
             lo, hi = units[k]
             reader.read_into(lo, hi, _empty(shard, hi - lo))
 
-        threads = [threading.Thread(target=read_unit, args=(k,)) for k in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        _in_threads(read_unit, [(k,) for k in range(3)])
         read_unit(0)
         if self.holds_handles_between_reads:
             assert open_files_under(tmp_path), "handles stay open between reads"

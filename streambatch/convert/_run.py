@@ -20,29 +20,12 @@ from ._dest import open_dest
 from ._execute import progress_bar, run_dask, run_processes
 from ._inputs import Part
 from ._manifest import build_manifest
-from ._options import (
-    COMPRESSIONS,
-    DEFAULT_COMPRESSION,
-    FORMATS,
-    ConvertError,
-    ConvertOptions,
-    ConvertResult,
-    default_chunk_rows,
-)
+from ._options import ConvertOptions, ConvertResult
 from ._resume import Claim, after_failure, claim_dest
 from ._shards import ConvertWriteError, ShardTask, remove_path, write_shard
 from ._shuffle import scatter_to_buckets
 
-__all__ = [
-    "COMPRESSIONS",
-    "DEFAULT_COMPRESSION",
-    "FORMATS",
-    "ConvertError",
-    "ConvertOptions",
-    "ConvertResult",
-    "convert",
-    "default_chunk_rows",
-]
+__all__ = ["convert"]
 
 
 def convert(
