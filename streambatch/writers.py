@@ -117,7 +117,7 @@ class ZarrWriter:
                 compressors=compressors,
                 fill_value=0,
                 # write every chunk, even all-fill ones, so a missing chunk file always means damage
-                config={"write_empty_chunks": True},
+                config={"write_empty_chunks": True},  # type: ignore[arg-type] # zarr's TypedDict: 'order' is optional
             )
             for name, (dtype, shape) in columns.items()
         }

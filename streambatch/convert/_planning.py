@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from .._units import parse_bytes
 from ..sources import ColumnSpec
@@ -65,7 +66,7 @@ def plan_tasks(
     """One task per shard: read its range of ``parts`` in order, or (``shuffle``)
     its buckets under ``stage``."""
     specs = tuple((n, s.dtype.str, s.shape) for n, s in columns.items())
-    common = dict(
+    common: dict[str, Any] = dict(
         dest=work,
         shard_format=o.shard_format,
         columns=specs,
