@@ -29,6 +29,7 @@ import os
 import pickle
 import threading
 from collections.abc import Mapping
+from contextlib import closing
 
 import numpy as np
 import pytest
@@ -105,11 +106,8 @@ class ReaderConformance:
     @staticmethod
     def read(shard: Shard, start: int, stop: int, columns: list[str] | None = None) -> dict[str, np.ndarray]:
         out = _empty(shard, stop - start, columns)
-        reader = shard.open_reader(list(out))
-        try:
+        with closing(shard.open_reader(list(out))) as reader:
             reader.read_into(start, stop, out)
-        finally:
-            reader.close()
         return out
 
     @staticmethod
@@ -163,8 +161,7 @@ class ReaderConformance:
 
     def test_every_sub_range_of_two_units_equals_the_source(self, source):
         shard, expected = source
-        reader = shard.open_reader(list(shard.columns))
-        try:
+        with closing(shard.open_reader(list(shard.columns))) as reader:
             for lo, hi in self.units(shard)[:2]:
                 hi = min(hi, lo + 12)  # every (start, stop) of up to 12 rows: 78 reads a unit
                 for start in range(lo, hi):
@@ -172,8 +169,6 @@ class ReaderConformance:
                         out = _empty(shard, stop - start)
                         reader.read_into(start, stop, out)
                         self.assert_rows(out, expected, slice(start, stop), f"{start}:{stop}")
-        finally:
-            reader.close()
 
     def test_ranges_across_units_and_the_whole_shard_equal_the_source(self, source):
         shard, expected = source
@@ -188,12 +183,9 @@ class ReaderConformance:
     def test_reading_unit_by_unit_gives_every_row(self, source):
         shard, expected = source
         out = _empty(shard, shard.num_rows)
-        reader = shard.open_reader(list(shard.columns))
-        try:
+        with closing(shard.open_reader(list(shard.columns))) as reader:
             for lo, hi in self.units(shard):
                 reader.read_into(lo, hi, {c: a[lo:hi] for c, a in out.items()})
-        finally:
-            reader.close()
         self.assert_rows(out, expected, slice(None))
 
     def test_only_the_opened_columns_are_read(self, source):
@@ -204,11 +196,8 @@ class ReaderConformance:
         assert list(got) == columns
         self.assert_rows(got, expected, slice(10, 16))
         reader = shard.open_reader([first])
-        try:
-            with pytest.raises(self.unopened_column_error, match=repr(rest[0])):
-                reader.read_into(0, 4, _empty(shard, 4, rest[:1]))
-        finally:
-            reader.close()
+        with closing(reader), pytest.raises(self.unopened_column_error, match=repr(rest[0])):
+            reader.read_into(0, 4, _empty(shard, 4, rest[:1]))
 
     def test_an_unknown_column_is_refused_naming_the_file_and_the_columns(self, source):
         shard, _ = source
@@ -222,29 +211,23 @@ class ReaderConformance:
     def test_zero_row_ranges_read_nothing(self, source):
         shard, _ = source
         n = shard.num_rows
-        reader = shard.open_reader(list(shard.columns))
-        try:
+        with closing(shard.open_reader(list(shard.columns))) as reader:
             for k in (0, self.units(shard)[1][0] + 1, n):
                 out = _empty(shard, 0)
                 reader.read_into(k, k, out)
                 assert all(len(a) == 0 for a in out.values())
             reader.read_many(np.array([0, 5, n], np.int64), np.array([0, 5, n], np.int64), _empty(shard, 0))
-        finally:
-            reader.close()
 
     def test_rows_outside_the_shard_are_refused_naming_the_file(self, source):
         shard, _ = source
         n = shard.num_rows
-        reader = shard.open_reader(list(shard.columns))
-        try:
+        with closing(shard.open_reader(list(shard.columns))) as reader:
             for start, stop in self.out_of_range(n):
                 with pytest.raises(ValueError) as info:
                     reader.read_into(start, stop, _empty(shard, stop - start))
                 assert shard.path in str(info.value), (start, stop)
                 if self.out_of_range_message is not None:
                     assert self.out_of_range_message.format(start=start, stop=stop, n=n) in str(info.value)
-        finally:
-            reader.close()
 
     # ------------------------------------------------------------------ read_many
 
@@ -256,11 +239,8 @@ class ReaderConformance:
         stops = np.array([units[2][0] + 3, 2, units[2][0] + 2, 7, n, units[1][0] + 1], np.int64)
         # out of order, one spanning units 1-2, one empty, one at the end
         out = _empty(shard, int((stops - starts).sum()))
-        reader = shard.open_reader(list(shard.columns))
-        try:
+        with closing(shard.open_reader(list(shard.columns))) as reader:
             reader.read_many(starts, stops, out)
-        finally:
-            reader.close()
         rows = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)])
         self.assert_rows(out, expected, rows)
 
@@ -319,8 +299,7 @@ class ReaderConformance:
 
     def test_a_stream_reads_a_unit_slice_by_slice_in_order(self, source):
         shard, expected = source
-        reader = shard.open_reader(list(shard.columns))
-        try:
+        with closing(shard.open_reader(list(shard.columns))) as reader:
             if not shard.streams_units:
                 with pytest.raises(NotImplementedError, match="cannot stream"):
                     reader.open_stream(0, 1, 1)
@@ -336,16 +315,13 @@ class ReaderConformance:
             finally:
                 stream.close()
                 stream.close()  # idempotent
-        finally:
-            reader.close()
 
     def test_a_stream_skips_ahead_and_refuses_to_read_behind(self, source, tmp_path):
         shard, expected = source
         if not shard.streams_units:
             return  # see test_a_stream_reads_a_unit_slice_by_slice_in_order
         lo, hi = self._stream_unit(shard)
-        reader = shard.open_reader(list(shard.columns))
-        try:
+        with closing(shard.open_reader(list(shard.columns))) as reader:
             stream = reader.open_stream(lo + 1, hi, 2)
             try:
                 for start, stop in ((lo + 1, lo + 3), (lo + 6, lo + 8), (lo + 8, lo + 8), (hi - 1, hi)):
@@ -362,6 +338,4 @@ class ReaderConformance:
                 assert shard.path in str(info.value)
             finally:
                 stream.close()
-        finally:
-            reader.close()
         assert open_files_under(tmp_path) == []
