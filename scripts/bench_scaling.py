@@ -146,7 +146,7 @@ WORKERS = {"permutation_shards": work_permutation_shards, "dd": work_dd}
 
 def _streambatch_spec(paths: list[str], fmt: str, limit: str, shuffle: bool = True) -> dict:
     return {
-        "module": "bench",
+        "module": "bench_measure",
         "kind": "streambatch",
         "path": paths,
         "fmt": fmt,

@@ -183,11 +183,13 @@ def _arrow_tensor(chunked, field):
     """A FixedSizeBinary tensor column (streambatch's Parquet layout) or a primitive one, as NumPy."""
     import numpy as np
 
+    from streambatch.sources._tensor import DTYPE_KEY, SHAPE_KEY
+
     meta = field.metadata or {}
-    if b"dtype" not in meta:
+    if DTYPE_KEY not in meta:
         return chunked.to_numpy()
-    dtype = np.dtype(meta[b"dtype"].decode())
-    shape = tuple(json.loads(meta[b"shape"]))
+    dtype = np.dtype(meta[DTYPE_KEY].decode())
+    shape = tuple(json.loads(meta[SHAPE_KEY]))
     width = field.type.byte_width
     parts = []
     for arr in chunked.chunks:

@@ -56,7 +56,10 @@ def generate(fmt: str, path: str, rows: int, chunk_rows: int = 8192) -> str:
     """Write the example dataset in ``fmt`` under ``path``; returns the dataset path."""
     from .writers import NpyWriter, ParquetWriter, ZarrWriter, write_blocks
 
-    columns = {"x": (np.dtype(np.float32), (FEATURES,)), "label": (np.dtype(np.int64), ())}
+    columns: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
+        "x": (np.dtype(np.float32), (FEATURES,)),
+        "label": (np.dtype(np.int64), ()),
+    }
     if fmt == "npy":
         target = os.path.join(path, "npy")
         write_blocks(NpyWriter(target, columns, rows), example_blocks(rows))
@@ -135,7 +138,7 @@ def run_demo(
     budget = parse_bytes(memory_limit)
     row_bytes = FEATURES * 4 + 8
     owned = directory is None
-    root = tempfile.mkdtemp(prefix="streambatch-demo-") if owned else os.path.abspath(directory)
+    root = tempfile.mkdtemp(prefix="streambatch-demo-") if directory is None else os.path.abspath(directory)
     os.makedirs(root, exist_ok=True)
     reports = []
     try:

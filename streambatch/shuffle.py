@@ -17,6 +17,7 @@ Consequences, each relied on elsewhere:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -87,48 +88,49 @@ class WindowShuffle:
 
     def locate(self, rows_done: int) -> tuple[int, int]:
         """``(tick, skip)``: emission resumes at ``tick`` after dropping ``skip`` rows."""
-        last_tick = self.plan.last_tick
         if rows_done <= 0:
             return 0, 0
-        step = max(self.max_segment_ticks, 64)
-        tick, emitted = 0, 0
-        pending = np.zeros(0)
-        next_piece = 0
-        while tick < last_tick:
-            hi = min(tick + step, last_tick)
-            needed = self.plan.pieces_needed(hi)
-            keys, _ = self.keys(next_piece, needed)
-            next_piece = needed
-            pending = np.concatenate([pending, keys])
-            inside = pending < hi
-            count = int(inside.sum())
-            if emitted + count > rows_done:
+        emitted = 0
+        for tick, hi, keys, _, _ in self._sweep(0, 0, itertools.repeat(max(self.max_segment_ticks, 64))):
+            if emitted + len(keys) > rows_done:
                 # the position lies in [tick, hi): find the exact tick by counting floors
-                floors = np.floor(pending[inside]).astype(np.int64)
+                floors = np.floor(keys).astype(np.int64)
                 per_tick = np.bincount(floors - tick, minlength=hi - tick)
                 cumulative = emitted + np.cumsum(per_tick)
                 offset = int(np.searchsorted(cumulative, rows_done, side="right"))
                 before = int(cumulative[offset - 1]) if offset else emitted
                 return tick + offset, rows_done - before
-            emitted += count
-            pending = pending[~inside]
-            tick = hi
-        return last_tick, rows_done - emitted
+            emitted += len(keys)
+        return self.plan.last_tick, rows_done - emitted
 
     def segments(self, start_tick: int = 0) -> Iterator[Segment]:
         """Segments from ``start_tick`` to the end of the epoch. They start one tick
         long and double up to ``max_segment_ticks``, so the first batch waits for
         only the first pieces."""
+        resuming = start_tick > 0
+        lengths = _doubling(self.max_segment_ticks)
+        for tick, hi, keys, positions, needed in self._sweep(start_tick, self.first_live_piece(start_tick), lengths):
+            if resuming:  # rows of earlier ticks were emitted already
+                kept = keys >= tick
+                keys, positions = keys[kept], positions[kept]
+                resuming = False
+            order = np.argsort(keys)  # keys are distinct 53-bit hashes: no ties to break
+            yield Segment(tick, hi, positions[order], keys[order], needed, self.first_live_piece(hi))
+
+    def _sweep(
+        self, tick: int, next_piece: int, lengths: Iterator[int]
+    ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, int]]:
+        """Walk the ticks from ``tick`` to the end, ``next(lengths)`` ticks at a time:
+        for each ``[tick, hi)``, ``(tick, hi, keys, positions, needed)`` of the rows whose
+        keys are below ``hi`` and were not given before. Pieces ``[next_piece, needed)``
+        are keyed as ``hi`` needs them; rows with later keys are carried to the next
+        step, ahead of the new pieces' rows."""
         plan = self.plan
         last_tick = plan.last_tick
-        tick = start_tick
-        resuming = start_tick > 0
-        next_piece = self.first_live_piece(tick)
         pending_keys = np.zeros(0)
         pending_pos = np.zeros(0, dtype=np.int64)
-        length = 1
         while tick < last_tick:
-            hi = min(tick + length, last_tick)
+            hi = min(tick + next(lengths), last_tick)
             needed = max(next_piece, plan.pieces_needed(hi))
             keys, positions = self.keys(next_piece, needed)
             next_piece = needed
@@ -136,13 +138,15 @@ class WindowShuffle:
                 keys = np.concatenate([pending_keys, keys])
                 positions = np.concatenate([pending_pos, positions])
             inside = keys < hi
+            yield tick, hi, keys[inside], positions[inside], needed
             later = ~inside
-            if resuming:
-                inside &= keys >= tick  # resuming: rows of earlier ticks were emitted already
-                resuming = False
-            chosen = keys[inside]
-            order = np.argsort(chosen)  # keys are distinct 53-bit hashes: no ties to break
-            yield Segment(tick, hi, positions[inside][order], chosen[order], needed, self.first_live_piece(hi))
             pending_keys, pending_pos = keys[later], positions[later]
             tick = hi
-            length = min(length * 2, self.max_segment_ticks)
+
+
+def _doubling(limit: int) -> Iterator[int]:
+    """1, 2, 4, ... up to ``limit``, then ``limit`` for ever."""
+    length = 1
+    while True:
+        yield length
+        length = min(length * 2, limit)

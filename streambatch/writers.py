@@ -5,7 +5,6 @@ FixedSizeList), Zarr v3 chunked along rows, and one ``.npy`` per column."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 
@@ -14,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import SchemaError
+from .sources._tensor import tensor_metadata
 
 __all__ = ["NpyWriter", "ParquetWriter", "ZarrWriter", "arrow_column", "arrow_field"]
 
@@ -38,8 +38,7 @@ def arrow_field(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> pa.Field:
     if not shape and dtype.kind in _PRIMITIVE_KINDS and dtype.isnative and dtype.fields is None:
         return pa.field(name, pa.from_numpy_dtype(dtype), nullable=False)
     width = int(dtype.itemsize * np.prod(shape))
-    metadata = {b"dtype": dtype.str.encode(), b"shape": json.dumps(list(shape)).encode()}
-    return pa.field(name, pa.binary(width), nullable=False, metadata=metadata)
+    return pa.field(name, pa.binary(width), nullable=False, metadata=tensor_metadata(dtype, shape))
 
 
 def arrow_column(values: np.ndarray, field: pa.Field) -> pa.Array:
@@ -118,7 +117,7 @@ class ZarrWriter:
                 compressors=compressors,
                 fill_value=0,
                 # write every chunk, even all-fill ones, so a missing chunk file always means damage
-                config={"write_empty_chunks": True},
+                config={"write_empty_chunks": True},  # type: ignore[arg-type] # zarr's TypedDict: 'order' is optional
             )
             for name, (dtype, shape) in columns.items()
         }

@@ -3,6 +3,7 @@ leaves a streambatch thread or an open file behind."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -99,6 +100,17 @@ def collect(loader) -> list[dict[str, np.ndarray]]:
 
 def ids_of(batches) -> np.ndarray:
     return np.concatenate([b["id"] for b in batches]) if batches else np.zeros(0, np.int64)
+
+
+def digest_tree(path) -> dict[str, str]:
+    """``relative path -> sha256`` of every file under ``path``."""
+    found = {}
+    for root, _, names in os.walk(path):
+        for name in names:
+            full = os.path.join(root, name)
+            with open(full, "rb") as f:
+                found[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
+    return found
 
 
 def read_shard(shard, start: int, stop: int, columns: list[str] | None = None) -> dict[str, np.ndarray]:

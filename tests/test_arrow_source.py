@@ -23,6 +23,7 @@ import pytest
 import streambatch as sb
 from streambatch.sources._arrow import ArrowShard
 from streambatch.sources._fs import resolve
+from tests.conformance import ReaderConformance
 
 N = 1000
 
@@ -135,6 +136,41 @@ WRITERS: list[Callable[..., str]] = [
 ]
 
 
+# --------------------------------------------------------------------------- the reader contract
+
+
+class TestArrowIpcFile(ReaderConformance):
+    """An uncompressed IPC file (Feather v2): random access through a memory map."""
+
+    holds_handles_between_reads = False  # the memory map outlives its descriptor
+    write = staticmethod(feather_uncompressed)
+
+    def make(self, tmp_path):
+        (shard,) = sb.open_dataset(self.write(tmp_path)).shards
+        return shard, expected()
+
+
+class TestArrowIpcStream(TestArrowIpcFile):
+    write = staticmethod(ipc_stream)
+
+
+class TestArrowCompressedFile(TestArrowIpcFile):
+    """lz4 record batches (pyarrow's Feather default): read a record batch at a time."""
+
+    write = staticmethod(feather_lz4)
+
+
+class TestHuggingFaceSaveToDisk(TestArrowIpcFile):
+    """``Dataset.save_to_disk``: its first stream file (rows 0:600)."""
+
+    def make(self, tmp_path):
+        first = sb.open_dataset(huggingface_directory(tmp_path)).shards[0]
+        return first, {name: values[:600] for name, values in expected().items() if name in first.columns}
+
+
+# --------------------------------------------------------------------------- through the loader
+
+
 @pytest.mark.parametrize("write", WRITERS, ids=[w.__name__ for w in WRITERS])
 def test_every_row_exactly_once_and_value_equal_through_the_loader(tmp_path, write):
     path = write(tmp_path)
@@ -165,27 +201,6 @@ def test_uncompressed_files_are_random_access_and_compressed_ones_read_by_record
             assert shard.unit_bounds is None
         else:
             assert np.diff(shard.unit_bounds).tolist() == [128] * 7 + [N - 7 * 128]
-
-
-def test_row_ranges_across_record_batches_and_read_many(tmp_path):
-    shard = ArrowShard(resolve(ipc_stream(tmp_path)))
-    want = expected()
-    reader = shard.open_reader(["id", "emb"])
-    try:
-        out = {"id": np.empty(250, np.int64), "emb": np.empty((250, 4), np.float32)}
-        reader.read_into(50, 300, out)  # spans record batches 0-2
-        np.testing.assert_array_equal(out["id"], want["id"][50:300])
-        np.testing.assert_array_equal(out["emb"], want["emb"][50:300])
-        starts, stops = np.array([990, 3, 499]), np.array([1000, 4, 502])
-        out = {"id": np.empty(14, np.int64), "emb": np.empty((14, 4), np.float32)}
-        reader.read_many(starts, stops, out)
-        rows = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)])
-        np.testing.assert_array_equal(out["id"], rows)
-        np.testing.assert_array_equal(out["emb"], want["emb"][rows])
-        with pytest.raises(ValueError, match="outside 0:1000"):
-            reader.read_into(990, 1001, {"id": np.empty(11, np.int64)})
-    finally:
-        reader.close()
 
 
 def _mapped(path: str) -> int:

@@ -5,7 +5,6 @@ the global shuffle, shard sizes, the manifest and its checks, crash-consistency
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import signal
@@ -20,7 +19,7 @@ from streambatch.convert import ConvertError, ConvertWriteError, convert, defaul
 from streambatch.errors import CorruptInputError, SchemaError, SourceNotFoundError
 from streambatch.quality import shuffle_score
 
-from .conftest import make_columns, write_dataset
+from .conftest import digest_tree, make_columns, write_dataset
 from .convert_kill import run_killed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,16 +40,6 @@ def read_all(path) -> dict[str, np.ndarray]:
         finally:
             reader.close()
     return out
-
-
-def digest_tree(path) -> dict[str, str]:
-    found = {}
-    for root, _, names in os.walk(path):
-        for name in names:
-            full = os.path.join(root, name)
-            with open(full, "rb") as f:
-                found[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
-    return found
 
 
 def csv_columns(n: int) -> dict[str, np.ndarray]:

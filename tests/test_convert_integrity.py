@@ -23,7 +23,7 @@ import streambatch as sb
 from streambatch.convert import convert
 from streambatch.errors import SchemaError
 
-from .conftest import BUCKET, SECRET, make_columns, write_dataset
+from .conftest import BUCKET, SECRET, digest_tree, make_columns, write_dataset
 from .convert_kill import POINTS, run_cli, run_killed, was_killed
 
 N = 1000
@@ -34,16 +34,6 @@ ARGS = ["--rows-per-shard", "300", "--chunk-rows", "100", "--quiet"]
 
 def _source(tmp_path) -> str:
     return write_dataset("npy", tmp_path / "src", make_columns(N), 100, 2)
-
-
-def _digests_local(root: str) -> dict[str, str]:
-    found = {}
-    for base, _, names in os.walk(root):
-        for name in names:
-            full = os.path.join(base, name)
-            with open(full, "rb") as f:
-                found[os.path.relpath(full, root)] = hashlib.sha256(f.read()).hexdigest()
-    return found
 
 
 def _ids(source, **kw) -> np.ndarray:
@@ -87,7 +77,7 @@ def test_killed_local_conversion_is_refused_then_resumed(tmp_path, point, fmt):
 
     result = convert([src], dest, fmt, resume=True, **OPTS)
     assert result.rows == N
-    assert _digests_local(dest) == _digests_local(clean)
+    assert digest_tree(dest) == digest_tree(clean)
     np.testing.assert_array_equal(_ids(dest), np.arange(N))
 
 
@@ -218,7 +208,7 @@ def test_convert_to_s3_equals_local_and_opens(tmp_path, s3, fmt):
     convert([src], clean, fmt, **OPTS)
     result = convert([src], f"s3://{prefix}", fmt, storage_options=options, **OPTS)
     assert result.rows == N and result.shards == 4
-    assert _digests_remote(fs, prefix) == _digests_local(clean)
+    assert _digests_remote(fs, prefix) == digest_tree(clean)
     np.testing.assert_array_equal(_ids(f"s3://{prefix}", storage_options=options), np.arange(N))
 
 
@@ -253,7 +243,7 @@ def test_overwrite_on_s3_leaves_nothing_of_the_previous_layout(tmp_path, s3):
             overwrite=True)
     clean = str(tmp_path / "clean")
     convert([src], clean, "zarr", rows_per_shard=500, chunk_rows=250, columns=["id"])
-    assert _digests_remote(fs, prefix) == _digests_local(clean)
+    assert _digests_remote(fs, prefix) == digest_tree(clean)
     assert list(sb.open_dataset(url, storage_options=options).columns) == ["id"]
 
 
@@ -304,7 +294,7 @@ def test_killed_s3_conversion_is_refused_then_resumed(tmp_path, s3, point):
 
     resumed = run_cli([*args, "--resume"], {"TMPDIR": str(work)})
     assert resumed.returncode == 0, resumed.stderr
-    assert _digests_remote(fs, prefix) == _digests_local(clean)
+    assert _digests_remote(fs, prefix) == digest_tree(clean)
     assert os.listdir(work) == [], "the killed run's work directory was not removed"
     manifest = json.loads(fs.cat_file(f"{prefix}/manifest.json"))
     assert manifest["rows"] == N
@@ -328,6 +318,6 @@ def test_shuffled_csv_to_s3_with_workers_killed_then_resumed(tmp_path, s3):
     _assert_refused(url, options)
     resumed = run_cli([*args, "--resume"], env)
     assert resumed.returncode == 0, resumed.stderr
-    assert _digests_remote(fs, prefix) == _digests_local(clean)
+    assert _digests_remote(fs, prefix) == digest_tree(clean)
     journal = json.loads(fs.cat_file(f"{prefix}/manifest.json"))
     assert journal["rows"] == 3000

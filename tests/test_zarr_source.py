@@ -15,8 +15,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import pickle
-import threading
 import uuid
 
 import fsspec
@@ -29,6 +27,7 @@ from streambatch.errors import CorruptInputError, RowCountError, SchemaError, So
 from streambatch.sources._base import ColumnSpec
 from streambatch.sources._fs import resolve
 from streambatch.sources._zarr import ZarrShard
+from tests.conformance import ReaderConformance
 from tests.conftest import read_shard
 
 N = 50  # rows in the standard store
@@ -103,6 +102,34 @@ def memory_url():
         fs.rm(f"/{root}", recursive=True)
 
 
+# --------------------------------------------------------------------------- the reader contract
+
+
+class TestZarrV3(ReaderConformance):
+    holds_handles_between_reads = False  # a local store opens each chunk file per read
+    zarr_format = 3
+
+    def make(self, tmp_path):
+        columns = source_columns(200)
+        path = write_group(tmp_path / "c.zarr", columns, zarr_format=self.zarr_format, chunk_rows=16, **self.codecs())
+        return shard_of(path), columns
+
+    def codecs(self) -> dict:
+        return {"compressors": [ZstdCodec()]}
+
+
+class TestZarrV2(TestZarrV3):
+    zarr_format = 2
+
+    def codecs(self) -> dict:
+        return {}
+
+    def test_the_store_is_format_2(self, tmp_path):
+        shard, _ = self.make(tmp_path)
+        assert os.path.exists(os.path.join(shard.path, "labels", ".zarray"))
+        assert shard.unit_bounds.tolist() == [*range(0, 200, 16), 200]
+
+
 # --------------------------------------------------------------------------- layout
 
 
@@ -121,45 +148,10 @@ def test_units_are_the_chunks_along_axis_0_the_last_one_short(store):
     assert bounds.tolist() == [0, 8, 16, 24, 32, 40, 48, 50]
 
 
-@pytest.mark.parametrize("start, stop", [(0, 8), (8, 16), (48, 50), (3, 7), (17, 24), (40, 41), (5, 5)])
-def test_any_row_range_within_a_unit_reads_back_the_source(store, start, stop):
-    source = source_columns()
-    got = read(shard_of(store), start, stop)
-    for name, values in source.items():
-        np.testing.assert_array_equal(got[name], values[start:stop])
-
-
-def test_reading_unit_by_unit_gives_every_row(store):
-    got = read_by_unit(shard_of(store))
-    for name, values in source_columns().items():
-        np.testing.assert_array_equal(got[name], values)
-
-
-def test_a_reader_reads_only_the_columns_it_was_opened_with(store):
-    shard = shard_of(store)
-    got = read(shard, 10, 16, ["labels"])
-    assert list(got) == ["labels"]
-    reader = shard.open_reader(["labels"])
-    with pytest.raises(SchemaError, match="'images'"):
-        reader.read_into(0, 8, {"images": np.empty((8, 4, 3), np.uint8)})
-    reader.close()
-    with pytest.raises(SchemaError, match="no column 'nope'"):
-        shard.open_reader(["nope"])
-
-
 def test_sub_groups_are_skipped(tmp_path):
     path = write_group(tmp_path / "data.zarr")
     zarr.open_group(path, mode="a").create_group("extra").create_array("other", shape=(3,), dtype="f4")
     assert list(shard_of(path).columns) == ["images", "labels"]
-
-
-def test_zarr_format_2_stores_work(tmp_path):
-    path = write_group(tmp_path / "v2.zarr", zarr_format=2)
-    assert os.path.exists(os.path.join(path, "labels", ".zarray"))
-    shard = shard_of(path)
-    assert shard.columns == {"images": (np.dtype(np.uint8), (4, 3)), "labels": (np.dtype(np.int64), ())}
-    assert shard.unit_bounds.tolist() == [0, 8, 16, 24, 32, 40, 48, 50]
-    np.testing.assert_array_equal(read(shard, 16, 24)["images"], source_columns()["images"][16:24])
 
 
 def test_a_single_array_store_is_one_column_named_after_the_store(tmp_path):
@@ -350,37 +342,7 @@ def test_a_corrupt_chunk_is_corrupt_input_naming_the_chunk_key(tmp_path, damage)
 # --------------------------------------------------------------------------- reader contract
 
 
-def test_reads_from_four_threads_at_once_are_correct(tmp_path):
-    n = 400
-    store = write_group(tmp_path / "data.zarr", columns=source_columns(n), compressors=[ZstdCodec()])
-    shard = shard_of(store)
-    source = source_columns(n)
-    reader = shard.open_reader(list(shard.columns))
-    bounds = shard.unit_bounds.tolist()
-    units = list(itertools.pairwise(bounds))
-    out = {c: np.zeros((n, *s.shape), s.dtype) for c, s in shard.columns.items()}
-    errors: list[BaseException] = []
-
-    def work(mine):
-        try:
-            for _ in range(3):
-                for start, stop in mine:
-                    reader.read_into(start, stop, {c: a[start:stop] for c, a in out.items()})
-        except BaseException as e:  # surfaced below, in the test's thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(units[i::4],)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    reader.close()
-    assert not errors
-    for name, values in source.items():
-        np.testing.assert_array_equal(out[name], values)
-
-
-def test_reads_check_rows_and_out_arrays(store):
+def test_reads_check_out_arrays(store):
     shard = shard_of(store)
     reader = shard.open_reader(["labels"])
     with pytest.raises(ValueError, match=r"rows 48:51 are outside 0:50"):
@@ -388,22 +350,6 @@ def test_reads_check_rows_and_out_arrays(store):
     with pytest.raises(ValueError, match=r"out\['labels'\] is int32"):
         reader.read_into(0, 8, {"labels": np.empty(8, np.int32)})
     reader.close()
-
-
-def test_close_is_idempotent_and_a_closed_reader_refuses_reads(store):
-    reader = shard_of(store).open_reader(["labels"])
-    reader.close()
-    reader.close()
-    with pytest.raises(ValueError, match="closed"):
-        reader.read_into(0, 8, {"labels": np.empty(8, np.int64)})
-
-
-def test_a_shard_pickles_by_reopening_its_store(store):
-    shard = shard_of(store)
-    copy = pickle.loads(pickle.dumps(shard))
-    assert copy.columns == shard.columns
-    assert copy.unit_bounds.tolist() == shard.unit_bounds.tolist()
-    np.testing.assert_array_equal(read(copy, 8, 16)["labels"], source_columns()["labels"][8:16])
 
 
 # --------------------------------------------------------------------------- fsspec URLs

@@ -17,15 +17,15 @@ Determinism: the bytes of every shard depend only on the inputs and on
 memory limit), never on ``workers`` or ``scheduler``.
 """
 
-from ._run import (
+from ._options import (
     COMPRESSIONS,
     DEFAULT_COMPRESSION,
     ConvertError,
     ConvertOptions,
     ConvertResult,
-    convert,
     default_chunk_rows,
 )
+from ._run import convert
 from ._shards import ConvertWriteError
 
 __all__ = [

@@ -22,6 +22,7 @@ Every remote request goes through the path's retry policy (``FileSystemPath.call
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -177,7 +178,7 @@ class RemoteDest:
             for f in entry["files"]:
                 local = os.path.join(self.work, f["path"])
                 target = self._child(f["path"])
-                target.call(lambda t=target, p=local: t.fs.put_file(p, t.path), "upload")
+                target.call(functools.partial(target.fs.put_file, local, target.path), "upload")
         except BaseException:
             with contextlib.suppress(Exception):  # the upload error is the one to report
                 self.remove(entry["path"])

@@ -7,18 +7,23 @@ process that reads (a worker reopens metadata, never receives open handles)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import CorruptInputError, SchemaError, UnknownColumnError
 from ..sources import ColumnSpec, open_dataset
 from ..sources._fs import resolve
+
+if TYPE_CHECKING:  # imported where used: importing streambatch.convert stays light
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
 
 __all__ = [
     "DatasetPart",
@@ -27,6 +32,7 @@ __all__ = [
     "columns_excluding",
     "fingerprint_sources",
     "is_csv_source",
+    "open_parts",
     "stage_csv",
 ]
 
@@ -146,6 +152,44 @@ def columns_excluding(
     return list(ds.columns)
 
 
+def open_parts(
+    sources: Sequence[str],
+    columns: tuple[str, ...] | None,
+    stage: str,
+    staged: bool,
+    storage_options: Mapping[str, Any],
+) -> tuple[list[Part], dict[str, ColumnSpec]]:
+    """The part each source becomes (a CSV file is staged under ``stage`` unless
+    ``staged`` already), and the columns they share (``SchemaError`` if not)."""
+    parts: list[Part] = []
+    common: dict[str, ColumnSpec] | None = None
+    so = tuple(sorted(storage_options.items()))
+    for i, source in enumerate(sources):
+        if is_csv_source(source):
+            specs = csv_columns(source, columns)
+            directory = os.path.join(stage, f"csv-{i:04d}")
+            if staged:
+                rows = (
+                    os.path.getsize(os.path.join(directory, f"{next(iter(specs))}.bin"))
+                    // next(iter(specs.values())).row_nbytes
+                )
+                part: Part = RawPart(directory, tuple((n, s.dtype.str, s.shape) for n, s in specs.items()), rows)
+            else:
+                part = stage_csv(source, directory, columns, specs)
+        else:
+            ds = open_dataset(source, columns, storage_options=dict(storage_options) or None)
+            specs = dict(ds.columns)
+            part = DatasetPart(source, columns, ds.num_rows, so)
+        if common is None:
+            common = specs
+        elif specs != common:
+            raise SchemaError(f"{source}: columns {specs} differ from those of {sources[0]}: {common}")
+        parts.append(part)
+    if common is None:
+        raise ValueError("sources is empty: give at least one input path")
+    return parts, common
+
+
 def largest_unit_rows(parts: Sequence[Part]) -> int:
     """The largest read unit (row group, chunk) of any dataset part, 0 if none."""
     largest = 0
@@ -177,7 +221,7 @@ def csv_columns(path: str, columns: Sequence[str] | None) -> dict[str, ColumnSpe
     return _csv_specs(path, schema)
 
 
-def _open_csv(path: str, columns: Sequence[str] | None):
+def _open_csv(path: str, columns: Sequence[str] | None) -> pacsv.CSVStreamingReader:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -198,7 +242,7 @@ def _open_csv(path: str, columns: Sequence[str] | None):
         raise SchemaError(f"{path}: cannot read as CSV ({e})") from e
 
 
-def _csv_specs(path: str, schema) -> dict[str, ColumnSpec]:
+def _csv_specs(path: str, schema: pa.Schema) -> dict[str, ColumnSpec]:
     import pyarrow as pa
 
     specs: dict[str, ColumnSpec] = {}
@@ -257,7 +301,7 @@ def stage_csv(path: str, directory: str, columns: Sequence[str] | None, specs: M
     return RawPart(directory, tuple((n, s.dtype.str, s.shape) for n, s in specs.items()), rows)
 
 
-def _first_null(column) -> int:
+def _first_null(column: pa.Array) -> int:
     """Index of the first null of an Arrow array."""
     import pyarrow.compute as pc
 
@@ -276,11 +320,11 @@ def fingerprint_sources(sources: Sequence[str], storage_options: Mapping[str, An
         globbed = any(ch in location.path for ch in "*?[")
         paths = [location.path]
         if globbed:
-            paths = sorted(location.call(lambda loc=location: loc.fs.glob(loc.path), "glob"))
+            paths = sorted(location.call(functools.partial(location.fs.glob, location.path), "glob"))
         for p in paths:
             here = location.child(p)  # requests retried when remote (FileSystemPath.call)
             if here.isdir():
-                found = here.call(lambda h=here: h.fs.find(h.path, detail=True), "listing")
+                found = here.call(functools.partial(here.fs.find, here.path, detail=True), "listing")
             else:
                 found = {p: here.info()}
             for name in sorted(found):

@@ -62,10 +62,10 @@ def scatter_to_buckets(
             rng.shuffle(labels)
             order = np.argsort(labels, kind="stable")
             ends = np.cumsum(counts)
-            for b in np.flatnonzero(counts):
-                rows = order[ends[b] - counts[b] : ends[b]]
+            for bucket in np.flatnonzero(counts):
+                rows = order[ends[bucket] - counts[bucket] : ends[bucket]]
                 for name, values in block.items():
-                    path = os.path.join(bucket_dir(stage, int(b)), f"{name}.bin")
+                    path = os.path.join(bucket_dir(stage, int(bucket)), f"{name}.bin")
                     with open(path, "ab") as f:
                         f.write(np.ascontiguousarray(values[rows]).data)
             on_rows(m)

@@ -17,6 +17,7 @@ happen to be there.
 
 from __future__ import annotations
 
+import functools
 import json
 import posixpath
 from typing import Any
@@ -172,7 +173,7 @@ def verify_manifest(location: FileSystemPath) -> int:
         for entry in shard.get("files", []):
             _check_file(location, root, entry, where)
             target = location.child(f"{root}/{safe_relative(entry['path'], where)}")
-            if target.call(lambda t=target: _sha256(t), "checksum") != entry.get("sha256"):
+            if target.call(functools.partial(_sha256, target), "checksum") != entry.get("sha256"):
                 raise CorruptInputError(f"shard file {target.url}: sha256 differs from the one recorded in {where}")
             count += 1
     return count

@@ -73,12 +73,9 @@ from ..errors import CorruptInputError, RemoteReadError, SchemaError, SourceNotF
 from ._base import ColumnSpec, RowStream, Shard, ShardReader
 from ._fs import FileSystemPath
 from ._retry import RetryPolicy, call_with_retry, read_exactly
+from ._tensor import DTYPE_KEY, SHAPE_KEY
 
 __all__ = ["ParquetShard"]
-
-#: Field metadata keys that give a ``fixed_size_binary`` column its numpy meaning.
-DTYPE_KEY = b"dtype"
-SHAPE_KEY = b"shape"
 
 #: What a ``ParquetFile`` reads from: Arrow's own file for local paths, fsspec's otherwise.
 _RawFile = pa.NativeFile | IO[bytes]
