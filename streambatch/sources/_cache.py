@@ -56,6 +56,8 @@ evicts to a byte limit.
 ``cache_limit`` bounds the entries (data plus trailer). Downloads in flight add
 at most one file per downloading thread until they are published and the
 oldest entries evicted; a full disk turns a download into a remote read.
+At most ``_DOWNLOADS`` files are downloaded at once per cache object, each
+holding one ``_BLOCK`` in memory: 32 MiB outside the loader's memory budget.
 """
 
 from __future__ import annotations
@@ -92,6 +94,9 @@ _MAGIC = b"SBCACHE1"
 _TRAILER = len(_MAGIC) + 32
 #: Bytes per download request (and the most a download holds in memory).
 _BLOCK = 8 << 20
+#: Downloads at once per cache object: what they hold in memory, outside the
+#: loader's budget, is at most ``_DOWNLOADS * _BLOCK`` (32 MiB).
+_DOWNLOADS = 4
 #: How long a process waits for another's download of the same file before it
 #: downloads the file itself.
 _LOCK_WAIT = 120.0
@@ -134,6 +139,7 @@ class FileCache:
         self._verified: dict[str, float] = {}  # key -> when its mtime was last refreshed
         self._key_locks: dict[str, threading.Lock] = {}
         self._too_large: set[str] = set()
+        self._downloads = threading.BoundedSemaphore(_DOWNLOADS)
         self.stats = {"hits": 0, "downloads": 0, "rejected": 0, "bypassed": 0}
 
     def __getstate__(self) -> dict[str, Any]:  # workers rebuild the in-memory state
@@ -324,6 +330,10 @@ class FileCache:
     def _download(self, location: FileSystemPath, ident: _Identity, path: str) -> bool:
         """The remote file into a temporary file, checked, then renamed to ``path``.
         False when it cannot be stored (disk full): the caller reads remotely."""
+        with self._downloads:
+            return self._download_now(location, ident, path)
+
+    def _download_now(self, location: FileSystemPath, ident: _Identity, path: str) -> bool:
         tmp = os.path.join(self._tmp, f"{ident.key}.{os.getpid()}.{secrets.token_hex(4)}.part")
         digest = hashlib.sha256()
         try:
