@@ -183,7 +183,8 @@ def test_an_entry_damaged_while_a_loader_uses_it_is_fetched_again(tmp_path, s3_e
 
 def test_a_remote_file_that_differs_from_the_manifest_is_refused(tmp_path, s3_endpoint):
     """A converted dataset's shard replaced remotely by bytes of the same size:
-    the manifest's size check passes, the download's sha256 does not."""
+    the manifest's size check passes, the download's sha256 does not (twice: the
+    second download rules out damage in transit), and nothing is published."""
     _, url = _put(tmp_path, s3_endpoint, "npy", "tampered", converted=True)
     fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3_endpoint[1])
     target = sorted(p for p in fs.find(url) if p.endswith("/x.npy"))[0]

@@ -140,6 +140,7 @@ class FileCache:
         self._key_locks: dict[str, threading.Lock] = {}
         self._too_large: set[str] = set()
         self._downloads = threading.BoundedSemaphore(_DOWNLOADS)
+        self._corrupt: dict[str, str] = {}  # key -> why: remote files that failed the manifest's sha256
         self.stats = {"hits": 0, "downloads": 0, "rejected": 0, "bypassed": 0}
 
     def __getstate__(self) -> dict[str, Any]:  # workers rebuild the in-memory state
@@ -218,6 +219,8 @@ class FileCache:
                 if not self._check(path, ident):
                     with self._host_lock(ident.key):
                         if not self._check(path, ident):  # another process may have fetched it meanwhile
+                            if ident.key in self._corrupt:  # not downloaded twice more by every reader
+                                raise CorruptInputError(self._corrupt[ident.key])
                             if not self._download(location, ident, path):
                                 return None
                             self._evict(keep=ident.key)
@@ -331,7 +334,15 @@ class FileCache:
         """The remote file into a temporary file, checked, then renamed to ``path``.
         False when it cannot be stored (disk full): the caller reads remotely."""
         with self._downloads:
-            return self._download_now(location, ident, path)
+            try:
+                return self._download_now(location, ident, path)
+            except _ChecksumMismatch:  # damaged in transit? once more, then it is the file
+                try:
+                    return self._download_now(location, ident, path)
+                except _ChecksumMismatch as e:
+                    with self._lock:
+                        self._corrupt[ident.key] = str(e)
+                    raise CorruptInputError(str(e)) from None
 
     def _download_now(self, location: FileSystemPath, ident: _Identity, path: str) -> bool:
         tmp = os.path.join(self._tmp, f"{ident.key}.{os.getpid()}.{secrets.token_hex(4)}.part")
@@ -349,12 +360,10 @@ class FileCache:
                         del block
                 sha = digest.hexdigest()
                 if ident.sha256 is not None and sha != ident.sha256:
-                    error = CorruptInputError(
-                        f"{location.url}: downloaded {ident.size} bytes whose sha256 differs from the manifest's "
-                        "(changed since the dataset was written, or damaged in transit)"
+                    raise _ChecksumMismatch(
+                        f"{location.url}: downloaded twice, {ident.size} bytes whose sha256 differs from the "
+                        "manifest's both times: the file changed since the dataset was written, or is damaged"
                     )
-                    error.transient = True  # type: ignore[attr-defined]  # fetched again; raised if it persists
-                    raise error
                 f.write(_MAGIC + digest.digest())
                 f.flush()
                 os.fsync(f.fileno())
@@ -445,6 +454,10 @@ class FileCache:
             yield held
         finally:
             os.close(fd)  # releases the lock
+
+
+class _ChecksumMismatch(Exception):
+    """A download whose sha256 is not the manifest's (raised as ``CorruptInputError``)."""
 
 
 class _TruncatedEntry(OSError):
