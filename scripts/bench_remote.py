@@ -14,6 +14,14 @@ shuffled epoch (batch 256) in the same process, page cache warm.
     python scripts/bench_remote.py --rows 50000 --formats npy   # quick look
 
 The table printed at the end is the one in ``docs/remote.md`` ("Measured").
+
+``--cache`` measures the local cache instead (``cache_dir=``): the data are put
+on a moto S3 server on 127.0.0.1 (``pip install 'moto[server]' s3fs``), every
+S3 request is delayed by ``--latency-ms`` on the client, and each format reads
+epoch 1 and epoch 2 without a cache, then epoch 1 (downloading into an empty
+cache) and epoch 2 (from the cache):
+
+    python scripts/bench_remote.py --cache --threads 16   # the "Local cache" table
 """
 
 from __future__ import annotations
@@ -134,6 +142,79 @@ def epoch_rate(source: str, threads: int, memory_limit: str) -> tuple[float, int
     return rows / elapsed, rows
 
 
+def cache_rates(paths: dict[str, str], args: argparse.Namespace) -> list[str]:
+    """Rows/s of epochs 1 and 2 from moto (``--latency-ms`` per request), without
+    and with ``cache_dir``; requests per epoch."""
+    import shutil
+
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    from streambatch.sources import _cache
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        options = {"endpoint_url": f"http://{host}:{port}", "key": "bench", "secret": "bench-secret"}
+        fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
+        fs.mkdir("bench-remote")
+        delay = args.latency_ms / 1000
+        counts = {"n": 0}
+        original = s3fs.S3FileSystem._call_s3
+
+        async def slow_call(self, method, *a, **kw):
+            counts["n"] += 1
+            await asyncio.sleep(delay)
+            return await original(self, method, *a, **kw)
+
+        lines = [
+            "| format | threads | no cache: epoch 1 | no cache: epoch 2 | cache: epoch 1 (fills) "
+            "| cache: epoch 2 | epoch 2 cache vs no cache | requests epoch 1 / 2 (cache) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for fmt in args.formats:
+            url = f"s3://bench-remote/{fmt}"
+            fs.put(paths[fmt], url, recursive=True)
+            s3fs.S3FileSystem._call_s3 = slow_call
+            try:
+                for threads in args.threads:
+                    plain = sb.Loader(url, batch_size=BATCH, memory_limit=args.memory_limit, seed=0,
+                                      num_threads=threads, storage_options=options)
+                    r1 = _epoch_of(plain, 0)
+                    r2 = _epoch_of(plain, 1)
+                    cache_dir = tempfile.mkdtemp(prefix="sb-bench-cache-")
+                    try:
+                        cached = sb.Loader(url, batch_size=BATCH, memory_limit=args.memory_limit, seed=0,
+                                           num_threads=threads, storage_options=options, cache_dir=cache_dir)
+                        counts["n"] = 0
+                        c1 = _epoch_of(cached, 0)
+                        n1, counts["n"] = counts["n"], 0
+                        c2 = _epoch_of(cached, 1)
+                        n2 = counts["n"]
+                    finally:
+                        shutil.rmtree(cache_dir, ignore_errors=True)
+                    line = (
+                        f"| {fmt} | {threads} | {r1:,.0f} | {r2:,.0f} | {c1:,.0f} | {c2:,.0f} "
+                        f"| {c2 / r2:.1f}x | {n1} / {n2} |"
+                    )
+                    print(line, flush=True)
+                    lines.append(line)
+            finally:
+                s3fs.S3FileSystem._call_s3 = original
+        print(f"(cache download block {_cache._BLOCK >> 20} MiB)")
+        return lines
+    finally:
+        server.stop()
+
+
+def _epoch_of(loader: sb.Loader, epoch: int) -> float:
+    loader.set_epoch(epoch)
+    start = time.perf_counter()
+    rows = sum(len(batch["label"]) for batch in loader)
+    return rows / (time.perf_counter() - start)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=300_000)
@@ -143,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 8, 16])
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
     parser.add_argument("--data-dir", default=None, help="default: a temporary directory")
+    parser.add_argument("--cache", action="store_true", help="measure cache_dir against moto S3 instead")
     args = parser.parse_args(argv)
 
     root = args.data_dir or tempfile.mkdtemp(prefix="sb-bench-remote-")
@@ -152,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         f"python {platform.python_version()}, {os.cpu_count()} cpus, memory_limit {args.memory_limit}, "
         f"chunk/row group {args.chunk_rows} rows, latency {args.latency_ms:g} ms per request"
     )
+    if args.cache:
+        print("\n" + "\n".join(cache_rates(paths, args)))
+        return 0
     ms = f"{args.latency_ms:g} ms"
     lines = [
         "| format | threads | local rows/s | slow:// 0 ms rows/s "

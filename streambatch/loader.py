@@ -111,6 +111,8 @@ class Loader:
         remainder: Remainder = "pad",
         storage_options: dict[str, Any] | None = None,
         retry: RetryPolicy | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_limit: int | str | None = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -133,9 +135,11 @@ class Loader:
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.remainder: Remainder = remainder
-        # exclude / fill_nulls: see open_dataset (columns that cannot be read, nulls)
+        # exclude / fill_nulls: see open_dataset (columns that cannot be read, nulls);
+        # cache_dir / cache_limit: a local copy of remote files (see open_dataset)
         self.dataset: Dataset = open_dataset(
-            source, columns, exclude=exclude, fill_nulls=fill_nulls, storage_options=storage_options, retry=retry
+            source, columns, exclude=exclude, fill_nulls=fill_nulls, storage_options=storage_options, retry=retry,
+            cache_dir=cache_dir, cache_limit=cache_limit,
         )
         self.num_threads = int(num_threads) if num_threads is not None else _default_threads(self.dataset)
         if self.dataset.num_rows == 0:

@@ -9,7 +9,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from ._base import ColumnSpec, Shard
 from ._formats import FORMATS, directory_format, file_format, known_suffixes
 from ._fs import FileSystemPath, expand_glob, list_directory, resolve
 from ._retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from ._cache import FileCache
 
 __all__ = ["Dataset", "SourceLike", "inspect_dataset", "open_dataset"]
 
@@ -114,6 +117,8 @@ def open_dataset(
     fill_nulls: Mapping[str, Any] | None = None,
     storage_options: dict[str, Any] | None = None,
     retry: RetryPolicy | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_limit: int | str | None = None,
 ) -> Dataset:
     """Open ``source`` reading metadata only (headers, footers, Zarr metadata).
 
@@ -141,20 +146,44 @@ def open_dataset(
     errors (``None``: ``RetryPolicy()``, 5 attempts; see ``streambatch.sources._retry``).
     Each shard keeps its policy as ``shard.retry``.
 
+    ``cache_dir``: keep the remote files that are read in this local directory
+    (whole files, checked by size and sha256 -- the manifest's when the dataset
+    has one), so that later epochs, loaders and processes of the host read them
+    locally; ``cache_limit`` (bytes or a string such as ``"20GiB"``; ``None``: no
+    limit) evicts the least recently used beyond it. Local paths are never
+    cached. See ``streambatch.sources._cache``.
+
     >>> ds = open_dataset({"x": "x.npy", "y": "y.npy"})  # doctest: +SKIP
     >>> ds.num_rows, ds.columns["x"]                      # doctest: +SKIP
     """
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise TypeError(f"retry must be a streambatch.RetryPolicy or None, got {type(retry).__name__}")
+    cache = _make_cache(cache_dir, cache_limit)
     if isinstance(source, Dataset):
+        if cache is not None:
+            raise ValueError("cache_dir applies to paths and URLs, not to an opened Dataset: open the source with it")
         shards: Sequence[Shard] = source.shards
         if retry is not None:  # shards are shared with the given dataset: copy, never mutate them
             shards = [_with_retry(copy.copy(s), retry) for s in shards]
         if columns is None and exclude is None:
             columns = list(source.columns)
         return Dataset(shards, columns, exclude=exclude, fill_nulls=fill_nulls)
-    shards = [_with_retry(s, retry) for s in _shards_of(source, storage_options, retry)]
+    shards = [_with_retry(s, retry) for s in _shards_of(source, storage_options, retry, cache)]
     return Dataset(shards, columns, exclude=exclude, fill_nulls=fill_nulls)
+
+
+def _make_cache(cache_dir: str | os.PathLike[str] | None, cache_limit: int | str | None) -> FileCache | None:
+    if cache_dir is None:
+        if cache_limit is not None:
+            raise ValueError("cache_limit needs cache_dir (the directory the cache lives in)")
+        return None
+    from .._units import parse_bytes
+    from ._cache import FileCache
+
+    if not isinstance(cache_dir, (str, os.PathLike)):
+        raise TypeError(f"cache_dir must be a path, got {type(cache_dir).__name__}")
+    limit = None if cache_limit is None else parse_bytes(cache_limit, "cache_limit")
+    return FileCache(cache_dir, limit)
 
 
 def inspect_dataset(
@@ -183,11 +212,16 @@ def _with_retry(shard: Shard, retry: RetryPolicy | None) -> Shard:
     return shard
 
 
-def _shards_of(source: Any, storage_options: dict[str, Any] | None, retry: RetryPolicy | None = None) -> list[Shard]:
+def _shards_of(
+    source: Any,
+    storage_options: dict[str, Any] | None,
+    retry: RetryPolicy | None = None,
+    cache: FileCache | None = None,
+) -> list[Shard]:
     if isinstance(source, Mapping):
-        return [_npy_columns_shard(source, storage_options, retry)]
+        return [_npy_columns_shard(source, storage_options, retry, cache)]
     if isinstance(source, (str, os.PathLike)):
-        return _shards_at(resolve(source, storage_options, retry), top_level=True)
+        return _shards_at(resolve(source, storage_options, retry, cache), top_level=True)
     if isinstance(source, Sequence):
         if not source:
             raise SourceNotFoundError("an empty list of sources was given")
@@ -195,7 +229,7 @@ def _shards_of(source: Any, storage_options: dict[str, Any] | None, retry: Retry
         for item in source:
             if not isinstance(item, (str, os.PathLike)):
                 raise TypeError(f"a list of sources must hold paths or URLs, got {type(item).__name__}")
-            shards.extend(_shards_at(resolve(item, storage_options, retry), top_level=True))
+            shards.extend(_shards_at(resolve(item, storage_options, retry, cache), top_level=True))
         return shards
     raise TypeError(
         "source must be a path or URL, a list of them, a dict {column: path_to_npy} "
@@ -204,7 +238,10 @@ def _shards_of(source: Any, storage_options: dict[str, Any] | None, retry: Retry
 
 
 def _npy_columns_shard(
-    mapping: Mapping[str, Any], storage_options: dict[str, Any] | None, retry: RetryPolicy | None = None
+    mapping: Mapping[str, Any],
+    storage_options: dict[str, Any] | None,
+    retry: RetryPolicy | None = None,
+    cache: FileCache | None = None,
 ) -> Shard:
     from ._npy import NpyShard
 
@@ -212,7 +249,7 @@ def _npy_columns_shard(
         raise SourceNotFoundError("an empty dict of columns was given")
     files: dict[str, FileSystemPath] = {}
     for name, path in mapping.items():
-        location = resolve(path, storage_options, retry)
+        location = resolve(path, storage_options, retry, cache)
         if not location.exists():
             raise SourceNotFoundError(f"column {name!r}: no such file: {location.url}")
         if not location.path.endswith(_NPY):
@@ -235,7 +272,10 @@ def _shards_at(location: FileSystemPath, top_level: bool) -> list[Shard]:
     from ._manifest import has_manifest, refuse_incomplete_conversion, shards_from_manifest
 
     if has_manifest(location):  # written by `streambatch convert`: trust-but-check, no footer scan
-        return shards_from_manifest(location)
+        shards = shards_from_manifest(location)
+        if location.cache is not None:
+            _expect_manifest_files(location, location.cache)
+        return shards
     refuse_incomplete_conversion(location)  # a convert DEST without its manifest is not a dataset
     isdir = location.isdir()
     store = directory_format(location, isdir)
@@ -244,6 +284,21 @@ def _shards_at(location: FileSystemPath, top_level: bool) -> list[Shard]:
     if isdir:
         return _shards_in_directory(location)
     return [_file_shard(location)]
+
+
+def _expect_manifest_files(location: FileSystemPath, cache: FileCache) -> None:
+    """Tell the cache each shard file's size and sha256 from the manifest, so that
+    entries are checked against them (one more small request at open)."""
+    from ._manifest import read_manifest, safe_relative
+
+    manifest = read_manifest(location)
+    root = location.path.rstrip("/")
+    where = location.url
+    for shard in manifest.get("shards", []):
+        for entry in shard.get("files", []):
+            if isinstance(entry, Mapping) and isinstance(entry.get("sha256"), str):
+                target = location.child(f"{root}/{safe_relative(entry['path'], where)}")
+                cache.expect(target, int(entry["bytes"]), entry["sha256"])
 
 
 def _file_shard(location: FileSystemPath) -> Shard:

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import fsspec
 from fsspec.core import url_to_fs
 
 from ..errors import SourceNotFoundError
 from ._retry import RetryPolicy, call_with_retry, redact, secrets_of
+
+if TYPE_CHECKING:
+    from ._cache import FileCache
 
 __all__ = ["FileSystemPath", "list_directory", "resolve"]
 
@@ -42,16 +45,26 @@ class FileSystemPath:
     credentials so that error texts from the storage can be redacted too.
 
     ``retry`` is the policy of every remote request made through this path
-    (``None``: ``RetryPolicy()``); ``child`` paths share it."""
+    (``None``: ``RetryPolicy()``); ``child`` paths share it.
 
-    __slots__ = ("fs", "path", "retry", "secrets", "url")
+    ``cache`` (remote paths only; see :mod:`._cache`): data reads (``cat_file``,
+    ``cat_ranges``) are served from a local copy of the whole file, downloaded
+    on first use; ``child`` paths share it."""
+
+    __slots__ = ("cache", "fs", "path", "retry", "secrets", "url")
 
     def __init__(
-        self, fs: fsspec.AbstractFileSystem, path: str, url: str, retry: RetryPolicy | None = None
+        self,
+        fs: fsspec.AbstractFileSystem,
+        path: str,
+        url: str,
+        retry: RetryPolicy | None = None,
+        cache: FileCache | None = None,
     ) -> None:
         self.fs = fs
         self.path = path
         self.retry = retry
+        self.cache = None if _is_local_fs(fs) else cache
         self.secrets: tuple[str, ...] = () if _is_local_fs(fs) else secrets_of(getattr(fs, "storage_options", None))
         self.url = redact(url, self.secrets)
 
@@ -62,7 +75,7 @@ class FileSystemPath:
     def child(self, path: str) -> FileSystemPath:
         """The same filesystem at another (absolute, protocol-less) path."""
         url = path if self.is_local else self.fs.unstrip_protocol(path)
-        return FileSystemPath(self.fs, path, url, self.retry)
+        return FileSystemPath(self.fs, path, url, self.retry, self.cache)
 
     def call(self, fn: Callable[[], T], what: str) -> T:
         """``fn()``, a request about this path: retried on transient errors when
@@ -96,12 +109,27 @@ class FileSystemPath:
         return {"timeout": timeout}
 
     def cat_file(self, start: int, end: int) -> bytes:
-        """Bytes ``[start, end)`` in one request (bounded by ``timeout``; not retried here)."""
+        """Bytes ``[start, end)`` in one request (bounded by ``timeout``; not retried here).
+        With a ``cache``: from the local copy (the first read downloads the whole
+        file, each of its requests retried)."""
+        if self.cache is not None:
+            data = self.cache.cat(self, start, end)
+            if data is not None:
+                return data
+        return self.remote_cat_file(start, end)
+
+    def remote_cat_file(self, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` from the storage itself, never the cache."""
         return self.fs.cat_file(self.path, start=start, end=end, **self._bounded("cat_file"))
 
     def cat_ranges(self, starts: list[int], ends: list[int]) -> list[Any]:
         """Several ranges in one call (concurrent on async filesystems); a failed
-        range comes back as its exception; ``timeout`` bounds the whole call."""
+        range comes back as its exception; ``timeout`` bounds the whole call.
+        With a ``cache``: from the local copy, as ``cat_file``."""
+        if self.cache is not None:
+            cached = self.cache.cat_ranges(self, list(starts), list(ends))
+            if cached is not None:
+                return cached
         paths = [self.path] * len(starts)
         return self.fs.cat_ranges(paths, starts, ends, on_error="return", **self._bounded("cat_ranges"))
 
@@ -131,6 +159,9 @@ class FileSystemPath:
     def size(self) -> int:
         if self.is_local:
             return os.path.getsize(self.path)
+        known = None if self.cache is None else self.cache.known_size(self)
+        if known is not None:  # identified by the cache (or a manifest): no request
+            return known
         return int(self.call(lambda: self.fs.size(self.path, **self._bounded("size")), "size"))
 
     def ls(self) -> list[dict[str, Any]]:
@@ -160,16 +191,20 @@ def _is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
 
 
 def resolve(
-    source: str | os.PathLike[str], storage_options: dict[str, Any] | None = None, retry: RetryPolicy | None = None
+    source: str | os.PathLike[str],
+    storage_options: dict[str, Any] | None = None,
+    retry: RetryPolicy | None = None,
+    cache: FileCache | None = None,
 ) -> FileSystemPath:
     """Split a path or URL into (filesystem, path); local paths become absolute.
-    ``retry`` is the policy of the remote requests made through the result."""
+    ``retry`` is the policy of the remote requests made through the result;
+    ``cache`` keeps the data it reads (remote paths only)."""
     text = os.fspath(source)
     fs, path = url_to_fs(text, **(storage_options or {}))
     if _is_local_fs(fs):
         path = os.path.abspath(os.path.expanduser(path))
         return FileSystemPath(fs, path, path, retry)
-    return FileSystemPath(fs, path, text, retry)
+    return FileSystemPath(fs, path, text, retry, cache)
 
 
 def expand_glob(location: FileSystemPath) -> list[FileSystemPath]:

@@ -29,6 +29,7 @@ through it, and an original error whose text holds a secret is replaced, in
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import random
@@ -47,6 +48,7 @@ __all__ = [
     "ShortReadError",
     "acall_with_retry",
     "call_with_retry",
+    "independent_retries",
     "is_transient",
     "read_exactly",
     "redact",
@@ -337,6 +339,20 @@ def _safe_cause(error: BaseException, secrets: tuple[str, ...]) -> BaseException
 #: is attempted once, and the outer call retries the whole, so attempts never
 #: multiply (5 x 5) and the outer description names what failed.
 _inside = threading.local()
+
+
+@contextlib.contextmanager
+def independent_retries() -> Iterator[None]:
+    """Within this block, ``call_with_retry`` retries on its own even when the
+    thread is inside another retried call: for a long operation made of many
+    requests (a cache download), where sending the whole again after one failed
+    request would rarely get through."""
+    active = getattr(_inside, "active", False)
+    _inside.active = False
+    try:
+        yield
+    finally:
+        _inside.active = active
 
 
 def call_with_retry(

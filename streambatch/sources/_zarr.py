@@ -75,7 +75,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.abc.store import ByteRequest, Store
+from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype, cpu
 from zarr.core.indexing import BasicIndexer
 from zarr.core.sync import collect_aiterator, sync
@@ -410,6 +410,48 @@ def _full_key(array: Any, key: str) -> str:
     return f"{array.path}/{key}" if array.path else key
 
 
+class _CachedChunkStore(WrapperStore):  # type: ignore[type-arg]
+    """A remote store whose chunk (and shard) objects are read through the local
+    cache of ``location`` (``cache_dir=``; see :mod:`._cache`): the first read of
+    an object downloads it whole, in a thread off zarr's event loop; a byte range
+    (a sharded array's inner chunk) is then read from the copy. Metadata
+    documents, listings and ``exists`` go to the store itself. An object the
+    storage does not hold is ``None``, as from the store."""
+
+    def __init__(self, store: Store, location: FileSystemPath) -> None:
+        super().__init__(store)
+        self._location = location
+
+    def _with_store(self, store: Store) -> _CachedChunkStore:
+        return type(self)(store, self._location)
+
+    async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
+        cache = self._location.cache
+        if cache is None or key.rsplit("/", 1)[-1] in _METADATA_NAMES:
+            return await self._store.get(key, prototype, byte_range)
+        start: int | None = None
+        end: int | None = None
+        if isinstance(byte_range, RangeByteRequest):
+            start, end = byte_range.start, byte_range.end
+        elif isinstance(byte_range, OffsetByteRequest):
+            start = byte_range.offset
+        elif isinstance(byte_range, SuffixByteRequest):
+            start = -byte_range.suffix
+        target = self._location.child(f"{self._location.path.rstrip('/')}/{key}")
+        try:
+            data = await asyncio.to_thread(cache.cat, target, start, end)
+        except FileNotFoundError:
+            return None
+        if data is None:  # not cacheable (too large, disk full): the store reads it
+            return await self._store.get(key, prototype, byte_range)
+        return prototype.buffer.from_bytes(data)
+
+    async def get_partial_values(
+        self, prototype: BufferPrototype, key_ranges: Any
+    ) -> list[Buffer | None]:
+        return [await self.get(key, prototype, byte_range) for key, byte_range in key_ranges]
+
+
 def _open_store(location: FileSystemPath, allow_missing: bool) -> Any:
     """A read-only zarr store for ``location``, wrapped by the strict-chunk check."""
     if not location.exists():
@@ -423,6 +465,8 @@ def _open_store(location: FileSystemPath, allow_missing: bool) -> Any:
         store = LocalStore(location.path, read_only=True)
     else:
         store = FsspecStore(fs=_async_fs(location.fs), path=location.path.rstrip("/"), read_only=True)
+        if location.cache is not None:
+            store = _CachedChunkStore(store, location)
     return _StrictChunkStore(
         store, location.url, allow_missing, location.retry, location.secrets, remote=not location.is_local
     )
