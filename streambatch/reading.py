@@ -80,16 +80,26 @@ class PieceReads:
                     _result(future, self.stop)
         finally:
             self.streams.close()
+            self.ring.clear()  # the rows of this plan are emitted or abandoned
 
-    def admit(self) -> None:
-        """Submit reads for the next pieces while the ring has room for them."""
+    def admit(self, need: int = 0) -> None:
+        """Submit reads for the next pieces while the ring has room for them: rows
+        (always) and, with variable-length columns, bytes: the values held plus
+        the estimate for the rows admitted but not loaded must stay within the
+        ring's ``arena_bytes``, except for pieces ``< need`` (the segment being
+        emitted needs them; without them it could never proceed)."""
         offsets, n = self.offsets, self.stop_piece
-        capacity = self.ring.capacity
+        ring = self.ring
+        capacity = ring.capacity
         while self.admitted < n:
             first = self.admitted
             end = min(self.job_end[first], n)
             if offsets[end] - offsets[self.released] > capacity:
                 return
+            if ring.variable and first >= need:
+                pending = (offsets[end] - offsets[self.loaded]) * ring.variable_row_nbytes
+                if ring.variable_nbytes + pending > ring.arena_bytes:
+                    return
             futures = [
                 self.pool.submit(functools.partial(self._read_piece, pieces))
                 for pieces in _split_by_stream(self.plan.stream, first, end)
@@ -101,7 +111,7 @@ class PieceReads:
         """Block until pieces ``< upto`` are in the ring; re-raise a reader's error here."""
         while self.loaded < upto:
             if not self.jobs:
-                self.admit()
+                self.admit(upto)
                 if not self.jobs:
                     raise RuntimeError(
                         f"internal error: piece {self.loaded} cannot be admitted "
@@ -113,7 +123,10 @@ class PieceReads:
             self.loaded = end
 
     def release(self, first_live: int) -> None:
-        self.released = max(self.released, first_live)
+        """Pieces before ``first_live`` are emitted: their slots may be reused."""
+        if first_live > self.released:
+            self.ring.release(self.offsets[self.released], self.offsets[first_live])
+            self.released = first_live
 
 
 def _result(future: Future[None], stop: threading.Event) -> None:
@@ -205,10 +218,7 @@ class _Streams:
             raise
         with self._lock:
             self._next_row[stream_id] = stop
-            if stop >= self._last_row[stream_id]:
-                finished = self._open.pop(stream_id, None)
-            else:
-                finished = None
+            finished = self._open.pop(stream_id, None) if stop >= self._last_row[stream_id] else None
             self._lock.notify_all()
         if finished is not None:
             finished.close()
@@ -324,12 +334,11 @@ def _read_streamed(streams: _Streams, ring: RowRing, plan: EpochPlan, piece: int
         slot, _, length = runs[0]
         streams.read(piece, ring.views(slot, length))
         return
-    scratch = {name: np.empty((plan.stop[piece] - plan.start[piece], *a.shape[1:]), a.dtype)
-               for name, a in ring.arrays.items()}
-    streams.read(piece, scratch)
+    rows = int(plan.stop[piece] - plan.start[piece])
+    scratch = ring.scratch(rows)
+    streams.read(piece, {name: storage.view(0, rows) for name, storage in scratch.items()})
     for slot, offset, length in runs:
-        for name, view in ring.views(slot, length).items():
-            view[...] = scratch[name][offset : offset + length]
+        ring.put(slot, scratch, offset, length)
 
 
 def _read_unit(reader: Any, ring: RowRing, plan: EpochPlan, piece: int) -> None:
@@ -340,8 +349,7 @@ def _read_unit(reader: Any, ring: RowRing, plan: EpochPlan, piece: int) -> None:
         reader.read_into(start, stop, ring.views(slot, length))
         return
     # a unit that wraps around the ring: decode once into scratch, copy both parts
-    scratch = {name: np.empty((stop - start, *a.shape[1:]), a.dtype) for name, a in ring.arrays.items()}
-    reader.read_into(start, stop, scratch)
+    scratch = ring.scratch(stop - start)
+    reader.read_into(start, stop, {name: storage.view(0, stop - start) for name, storage in scratch.items()})
     for slot, offset, length in runs:
-        for name, view in ring.views(slot, length).items():
-            view[...] = scratch[name][offset : offset + length]
+        ring.put(slot, scratch, offset, length)

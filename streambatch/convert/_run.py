@@ -17,6 +17,7 @@ from ..sources import ColumnSpec
 from ..sources._fs import resolve
 from ..sources._manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION
 from ..sources._retry import redact
+from ..writers import refuse_variable
 from . import _inputs
 from ._dest import open_dest
 from ._execute import progress_bar, run_dask, run_processes
@@ -425,6 +426,7 @@ class _Conversion:
 
                 ds = open_dataset(source, o.columns, storage_options=self.storage_options or None)
                 specs = dict(ds.columns)
+                refuse_variable(specs, o.shard_format)  # strings/ragged lists: loadable, not yet convertible
                 part = DatasetPart(source, o.columns, ds.num_rows, so)
             if columns is None:
                 columns = specs
