@@ -179,6 +179,7 @@ class _Streams:
         self._open: dict[int, RowStream] = {}
         self._next_row: dict[int, int] = {}  # stream -> start row of the slice to read next
         self._last_row: dict[int, int] = {}  # stream -> stop row of its last slice to read
+        self._failed: set[int] = set()  # streams whose read raised: their later slices are never read
         self._closed = False
 
     def start_at(self, first: int, end: int) -> None:
@@ -203,7 +204,8 @@ class _Streams:
         start, stop = int(self._plan.start[piece]), int(self._plan.stop[piece])
         with self._lock:
             while self._next_row.get(stream_id) != start:
-                if self._closed or self._stop.is_set():
+                # a slice before this one failed (its error reaches the consumer), or the consumer has gone
+                if self._closed or self._stop.is_set() or stream_id in self._failed:
                     raise Stopped
                 if self._next_row.get(stream_id, start) > start:
                     raise RuntimeError(f"internal error: slice {piece} of stream {stream_id} read twice")
@@ -240,6 +242,8 @@ class _Streams:
     def _discard(self, stream_id: int) -> None:
         with self._lock:
             stream = self._open.pop(stream_id, None)
+            self._failed.add(stream_id)
+            self._lock.notify_all()
         if stream is not None:
             stream.close()
 

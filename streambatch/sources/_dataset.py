@@ -396,6 +396,12 @@ def _check_fill_nulls(shards: Sequence[Shard], fill_nulls: Mapping[str, Any]) ->
         if spec is None:
             first.check_columns([name])  # unknown or unreadable: named
             raise UnknownColumnError(f"fill_nulls: no column {name!r} in {first.path}")
+        if spec.kind in ("str", "bytes"):  # a string column fills with a str, a binary one with bytes
+            wanted = str if spec.kind == "str" else bytes
+            if not isinstance(value, wanted):
+                raise SchemaError(f"fill_nulls[{name!r}] = {value!r} is not a {wanted.__name__} (the column's values)")
+            checked[name] = value
+            continue
         try:
             given = np.asarray(value)
             converted = given.astype(spec.dtype)
