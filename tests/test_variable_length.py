@@ -417,3 +417,29 @@ def test_peak_rss_stays_within_the_budget_for_long_rows(tmp_path):
     assert found["rows"] == n
     assert 0 < found["arena"] < limit
     assert found["hwm"] <= limit + (300 << 20), f"peak RSS {found['hwm'] / 2**20:.0f} MiB"
+
+
+# --------------------------------------------------------------------------- torch
+
+
+def test_torch_takes_padded_lists_and_strings_and_names_the_remedy_for_ragged(tmp_path):
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DataLoader
+
+    import streambatch.torch as sbt
+
+    case = pyarrow_strings(tmp_path)
+    adapter = sbt.StreambatchIterable(case.path, batch_size=100, seed=0, pad={"tokens": (8, 0)})
+    seen = []
+    for batch in DataLoader(adapter, batch_size=None, num_workers=2):
+        assert batch["tokens"].dtype == torch.int32 and batch["tokens"].shape[1] == 8
+        assert batch["tokens_length"].dtype == torch.int64
+        assert isinstance(batch["text"], list) and isinstance(batch["blob"], list)
+        for k, i in enumerate(batch["id"].tolist()):
+            assert batch["text"][k] == case.rows["text"][i] and batch["blob"][k] == case.rows["blob"][i]
+            kept = min(8, len(case.rows["tokens"][i]))
+            assert batch["tokens"][k, :kept].tolist() == case.rows["tokens"][i][:kept].tolist()
+        seen.extend(batch["id"].tolist())
+    assert sorted(seen) == list(range(N))
+    with pytest.raises(TypeError, match=r"column 'tokens' holds lists of varying length .* pad=\{'tokens'"):
+        next(iter(sbt.StreambatchIterable(case.path, batch_size=10)))
