@@ -268,9 +268,9 @@ class _VariableStorage(ColumnStorage):
 
     def _drop(self, ids: np.ndarray) -> None:
         """Drop one reference per entry of ``ids`` (-1: none); caller holds the lock."""
-        ids = ids[ids >= 0]
-        if not ids.size:
+        if not ids.size or ids.max() < 0:  # the common case: slots released before they are rewritten
             return
+        ids = ids[ids >= 0]
         unique, counts = np.unique(ids, return_counts=True)
         for chunk, count in zip(unique.tolist(), counts.tolist()):
             left = self._refs[chunk] - count
