@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", help="a checkout whose streambatch is the fixed-width 'before'")
     parser.add_argument("--npy-rows", type=int, default=2_000_000, help="rows of the standard float32[128] .npy set")
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--fixed-only", action="store_true", help="only the fixed-width .npy before/after rows")
     args = parser.parse_args(argv)
 
     def log(msg: str) -> None:
@@ -136,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         ("ragged `list<int32>` Arrow IPC (memory map) → `Ragged`", paths["arrow"], None, None),
         ("fixed `int32[1000]` `.npy` (the same rows, padded)", paths["npy"], None, None),
     ]
+    if args.fixed_only:
+        configs = []
     if args.baseline:
         npy = ensure_data(args.data, "npy", args.npy_rows, 65536, log)
         configs += [

@@ -37,7 +37,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from .ragged import Ragged
 from .sources import ColumnSpec
@@ -177,6 +176,8 @@ class VariableKind(ColumnKind):
         """The batch value of rows given as concatenated values and offsets."""
         if self.spec.kind == "list":
             return Ragged(values, offsets)
+        import pyarrow as pa  # here, not at import: `.npy`-only use never loads pyarrow
+
         n = offsets.size - 1
         buffers = [None, pa.py_buffer(offsets), pa.py_buffer(values)]
         if self.spec.kind == "str":
