@@ -443,3 +443,13 @@ def test_torch_takes_padded_lists_and_strings_and_names_the_remedy_for_ragged(tm
     assert sorted(seen) == list(range(N))
     with pytest.raises(TypeError, match=r"column 'tokens' holds lists of varying length .* pad=\{'tokens'"):
         next(iter(sbt.StreambatchIterable(case.path, batch_size=10)))
+
+
+def test_an_npy_loader_never_imports_pyarrow(tmp_path):
+    # the column kinds import pyarrow only to build string batches: .npy-only use stays light
+    np.save(tmp_path / "x.npy", np.arange(10))
+    code = (f"import sys, streambatch as sb; batches = list(sb.Loader({str(tmp_path)!r}, batch_size=4)); "
+            "assert 'pyarrow' not in sys.modules, 'pyarrow was imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert done.returncode == 0, done.stderr
