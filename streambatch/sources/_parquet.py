@@ -21,10 +21,20 @@ Arrow type                                             ``ColumnSpec``
 rows all hold the same number of values                comes from the footer (see below)
 ``dictionary<indices=intN, values=...>``               ``(intN, ())``: the codes; the values
 (pandas categoricals)                                  are ``column_metadata["categories"]``
-anything else (strings, binary, variable-length        listed in ``unreadable`` with the
-lists, structs, decimals, time of day, tz-aware        reason: refused by name at open
-timestamps)
+``string`` / ``large_string`` (``string_view``)        ``(StringDType, (), kind="str")``
+``binary`` / ``large_binary`` (``binary_view``)        ``(object, (), kind="bytes")``
+``list<T>`` / ``large_list<T>`` of a scalar ``T``      ``(T's dtype, (), kind="list")``: a
+whose rows differ in length (token ids)                ``Ragged`` per batch
+anything else (structs, decimals, time of day,         listed in ``unreadable`` with the
+tz-aware timestamps, lists of strings, nested          reason: refused by name at open
+variable-length lists)
 =====================================================  ===================================
+
+Variable-length plans (``"text"``, ``"ragged"``) copy into a ``VariableTarget``
+(:mod:`streambatch.columns`): the offsets and values of each chunk, copied out of
+Arrow's buffers. ``variable_row_nbytes`` estimates their bytes per row from the
+footer for the budget. The footer's leaf null count of a list column counts empty
+lists too, so a ragged column's nulls are found when its row group is decoded.
 
 A ``list<T>`` column is what pandas (a list or ndarray per row), polars ``List``,
 DuckDB ``FLOAT[n]`` and Hugging Face write for embeddings. Its length is found
