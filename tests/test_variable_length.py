@@ -453,3 +453,14 @@ def test_an_npy_loader_never_imports_pyarrow(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert done.returncode == 0, done.stderr
+
+
+def test_the_estimate_of_dictionary_encoded_strings_reads_what_they_decode_to(tmp_path):
+    # 20 distinct 1,000-character strings: the dictionary page holds them once, the rows ~2 bytes each
+    path = str(tmp_path / "dict.parquet")
+    words = [chr(65 + i) * 1000 for i in range(20)]
+    pq.write_table(pa.table({"s": [words[i % 20] for i in range(20_000)]}), path, row_group_size=5_000)
+    shard = sb.open_dataset(path).shards[0]
+    group = pq.ParquetFile(path).metadata.row_group(0).column(0)
+    assert group.has_dictionary_page and group.total_uncompressed_size / 5_000 < 100  # what the footer says
+    assert shard.variable_row_nbytes("s") >= 1000

@@ -332,15 +332,17 @@ class ParquetShard(Shard):
     def variable_row_nbytes(self, name: str) -> int:
         """Bytes of values per row of a variable-length column, the largest mean of
         any row group: for a list, the leaf values the footer counts times their
-        size; for strings/binary, the column chunk's uncompressed size (a
-        dictionary-encoded chunk can decode to more: the reader then admits by
-        what was really read). Cached."""
+        size; for strings/binary, the column chunk's uncompressed size, or, when
+        dictionary-encoded (which can decode to far more), at least the mean of the
+        first rows of the first such row group, decoded here (one page). The reader
+        admits by what was really read on top of this. Cached."""
         cache = self.__dict__.setdefault("_variable_nbytes", {})
         if name in cache:
             return cache[name]
         plan = self._plans[name]
         leaves = self._leaf_index.get(name) if self._leaf_index is not None else None
         estimate = 0
+        dictionary_group = None  # a row group whose strings are dictionary-encoded
         if leaves is not None and self._metadata is not None:
             for g in range(self._metadata.num_row_groups):
                 group = self._metadata.row_group(g)
@@ -351,9 +353,35 @@ class ParquetShard(Shard):
                     total = chunk.num_values * plan.spec.dtype.itemsize
                 else:
                     total = chunk.total_uncompressed_size
+                    if chunk.has_dictionary_page and dictionary_group is None:
+                        dictionary_group = g
                 estimate = max(estimate, -(-int(total) // group.num_rows))
+        if dictionary_group is not None:
+            # a dictionary-encoded chunk stores each distinct string once: its uncompressed
+            # size can be far below what the rows decode to, so decode a sample (one page)
+            estimate = max(estimate, self._sampled_row_nbytes(name, dictionary_group))
         cache[name] = estimate
         return estimate
+
+    def _sampled_row_nbytes(self, name: str, group: int, rows: int = 1024) -> int:
+        """Mean bytes per row of the first ``rows`` strings of ``group`` (one page read)."""
+        raw = self.location.fs.open(self.location.path, "rb") if not self.location.is_local else \
+            pa.OSFile(self.location.path, "r")
+        try:
+            pf = pq.ParquetFile(raw, metadata=self._metadata, pre_buffer=False, buffer_size=1 << 20)
+            try:
+                batch = next(pf.iter_batches(batch_size=rows, row_groups=[group], columns=[name], use_threads=False))
+            finally:
+                pf.close()
+        except (pa.ArrowException, OSError, StopIteration) as e:
+            raise CorruptInputError(f"{self.path} row group {group}: cannot read column {name!r} ({e})") from e
+        finally:
+            raw.close()
+        column = batch.column(0)
+        if not len(column):
+            return 0
+        offsets, _ = _variable_buffers(column, self._plans[name])
+        return -(-int(offsets[-1] - offsets[0]) // len(column))
 
     @property
     def num_row_groups(self) -> int:
