@@ -464,3 +464,19 @@ def test_the_estimate_of_dictionary_encoded_strings_reads_what_they_decode_to(tm
     group = pq.ParquetFile(path).metadata.row_group(0).column(0)
     assert group.has_dictionary_page and group.total_uncompressed_size / 5_000 < 100  # what the footer says
     assert shard.variable_row_nbytes("s") >= 1000
+
+
+@pytest.mark.parametrize("writer", ["parquet", "arrow"])
+def test_rows_whose_counts_fit_one_length_but_differ_are_ragged(tmp_path, writer):
+    # 6 values in 2 rows, as if each held 3: the first rows are checked at open, not only the footer
+    rows = [[1, 2, 3, 4, 5], [6]]
+    path = str(tmp_path / f"fits.{writer}")
+    table = pa.table({"t": pa.array(rows, pa.list_(pa.int32()))})
+    if writer == "parquet":
+        pq.write_table(table, path)
+    else:
+        feather.write_feather(table, path, compression="uncompressed")
+    assert sb.open_dataset(path).columns["t"] == sb.ColumnSpec(np.int32, (), "list")
+    with sb.Loader(path, batch_size=2, shuffle=False) as loader:
+        (batch,) = list(loader)
+    assert batch["t"].tolist() == rows

@@ -40,7 +40,9 @@ A ``list<T>`` column is what pandas (a list or ndarray per row), polars ``List``
 DuckDB ``FLOAT[n]`` and Hugging Face write for embeddings. Its length is found
 from the footer alone: a row group's leaf column chunk holds ``num_values`` values
 (a null or empty list counts one) for ``num_rows`` rows, so a constant length
-``k`` shows as ``num_values == k * num_rows`` in every row group. Nested variable
+``k`` shows as ``num_values == k * num_rows`` in every row group (for ``list<scalar>``
+the first rows, one page, are decoded too: if they differ in length the column is
+ragged, delivered as ``Ragged``, however the counts divide). Nested variable
 lists (``list<list<T>>``) need the inner lengths too: those are read from the
 first row (one page). Every decoded row group is then checked cheaply (its
 offsets must be evenly spaced); a row of another length is a ``SchemaError``
@@ -192,8 +194,11 @@ class ParquetShard(Shard):
             if isinstance(unreadable_leaf, str):  # list<string>, list<struct>: no length to look for
                 return f"list values of type {leaf}: {unreadable_leaf}"
             found = self._list_lengths(field)
+            ragged = _ragged_plan(field.type)
             if isinstance(found, str):
-                return _ragged_plan(field.type) or found
+                return ragged or found
+            if ragged is not None and self._head_varies(field.name):
+                return ragged  # the footer's counts fit one length, but the first rows differ
             lengths = found
         plan = _plan_for(field, lengths)
         if isinstance(plan, _Plan) and plan.kind == "dict":
@@ -363,8 +368,33 @@ class ParquetShard(Shard):
         cache[name] = estimate
         return estimate
 
-    def _sampled_row_nbytes(self, name: str, group: int, rows: int = 1024) -> int:
-        """Mean bytes per row of the first ``rows`` strings of ``group`` (one page read)."""
+    def _head_varies(self, name: str) -> bool:
+        """Whether the first rows (one page) of the first non-empty row group of the
+        single-level list column ``name`` differ in length: footer counts that fit
+        one length can come from rows that do not (a ragged column read as fixed
+        would fail at the first such row)."""
+        metadata = self._metadata
+        groups = [g for g in range(metadata.num_row_groups) if metadata.row_group(g).num_rows]
+        if not groups:
+            return False
+        column = self._sample(name, groups[0])
+        wide = pa.types.is_large_list(column.type)
+        offsets = np.frombuffer(column.buffers()[1], dtype=np.int64 if wide else np.int32,
+                                count=column.offset + len(column) + 1)[column.offset :]
+        lengths = np.diff(offsets)
+        return bool(lengths.size) and bool((lengths != lengths[0]).any())
+
+    def _sampled_row_nbytes(self, name: str, group: int) -> int:
+        """Mean bytes per row of the first strings of ``group`` (one page read)."""
+        column = self._sample(name, group)
+        if not len(column):
+            return 0
+        offsets, _ = _variable_buffers(column, self._plans[name])
+        return -(-int(offsets[-1] - offsets[0]) // len(column))
+
+    def _sample(self, name: str, group: int, rows: int = 1024) -> pa.Array:
+        """The first ``rows`` rows of column ``name`` in row group ``group``, reading
+        about one page through a 1 MiB buffer."""
         raw = self.location.fs.open(self.location.path, "rb") if not self.location.is_local else \
             pa.OSFile(self.location.path, "r")
         try:
@@ -377,11 +407,7 @@ class ParquetShard(Shard):
             raise CorruptInputError(f"{self.path} row group {group}: cannot read column {name!r} ({e})") from e
         finally:
             raw.close()
-        column = batch.column(0)
-        if not len(column):
-            return 0
-        offsets, _ = _variable_buffers(column, self._plans[name])
-        return -(-int(offsets[-1] - offsets[0]) // len(column))
+        return batch.column(0)
 
     @property
     def num_row_groups(self) -> int:
