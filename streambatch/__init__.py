@@ -26,6 +26,7 @@ from .errors import (
     UnknownColumnError,
 )
 from .loader import EpochIterator, Loader
+from .ragged import Ragged
 from .sources import ColumnSpec, Dataset, open_dataset
 from .sources._retry import RetryPolicy
 
@@ -39,6 +40,7 @@ __all__ = [
     "PoorShuffleWarning",
     "EpochIterator",
     "Loader",
+    "Ragged",
     "ReaderError",
     "ReaderTimeoutError",
     "RemoteReadError",

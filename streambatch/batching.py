@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
 from .ring import RowRing
-from .sources import ColumnSpec
 
 __all__ = ["BatchFiller", "batch_sizes"]
 
@@ -24,14 +24,15 @@ def batch_sizes(total_rows: int, batch_size: int, drop_last: bool, first_batch: 
 
 class BatchFiller:
     """Gathers ring rows into batches of the planned sizes; a batch that spans two
-    segments is assembled from its parts (one extra copy, once per segment)."""
+    segments is assembled from its parts (one extra copy, once per segment), each
+    column by its kind (an array, a ``Ragged``, strings)."""
 
-    def __init__(self, ring: RowRing, columns: Mapping[str, ColumnSpec], sizes: Iterator[int], contiguous: bool):
+    def __init__(self, ring: RowRing, sizes: Iterator[int], contiguous: bool):
         self._ring = ring
-        self._columns = columns
+        self._kinds = ring.kinds
         self._sizes = sizes
         self._contiguous = contiguous
-        self._parts: list[dict[str, np.ndarray]] = []
+        self._parts: list[dict[str, Any]] = []
         self._filled = 0
         self._size = 0
         self.finished = False
@@ -47,18 +48,18 @@ class BatchFiller:
             return
         self._size = size
 
-    def fill(self, positions: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
+    def fill(self, positions: np.ndarray) -> Iterator[dict[str, Any]]:
         """Consume ``positions`` in order, yielding each batch as it completes."""
         return self._consume(positions.size, lambda a, b: self._ring.gather(positions[a:b], self._contiguous))
 
-    def fill_rows(self, rows: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+    def fill_rows(self, rows: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Like :meth:`fill`, for rows already gathered (in order) outside the ring."""
         n = len(next(iter(rows.values()))) if rows else 0
         return self._consume(n, lambda a, b: {name: values[a:b] for name, values in rows.items()})
 
     def _consume(
-        self, n: int, part: Callable[[int, int], dict[str, np.ndarray]]
-    ) -> Iterator[dict[str, np.ndarray]]:
+        self, n: int, part: Callable[[int, int], dict[str, Any]]
+    ) -> Iterator[dict[str, Any]]:
         i = self.taken = 0
         while i < n and not self.finished:
             take = min(self._size - self._filled, n - i)
@@ -72,4 +73,4 @@ class BatchFiller:
                 if len(parts) == 1:
                     yield parts[0]
                 else:
-                    yield {name: np.concatenate([p[name] for p in parts]) for name in self._columns}
+                    yield {name: kind.concatenate([p[name] for p in parts]) for name, kind in self._kinds.items()}

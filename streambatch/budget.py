@@ -6,6 +6,15 @@ The budget ``M`` pays for:
 * **the ring**: one array per column holding the rows read but not yet emitted.
   It holds the shuffle window (``window_pieces`` pieces), the segment being
   emitted and the read-ahead. Each row also costs ~24 bytes of index arrays.
+  A variable-length column (strings, ragged lists) costs 16 bytes per row in
+  the ring plus its values, estimated per row from metadata
+  (:meth:`Dataset.column_row_nbytes`: the largest per-row mean of any row
+  group or record batch); ``arena_bytes = ring_rows x`` those estimates is
+  what the values may hold, and reads are admitted against the bytes really
+  held (see :mod:`streambatch.columns`), so rows longer than the footer's mean
+  slow the read-ahead instead of growing memory. A single row whose values
+  exceed its column's share of the arena is a ``BudgetError`` naming file,
+  column and row.
 * **open streams** (Parquet): a row group larger than a piece is not held
   whole but streamed a slice at a time; each open stream holds its read buffers
   and about two pages per column (``Shard.stream_nbytes``). ``lanes`` streams
@@ -42,6 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._units import format_bytes
+from .columns import ColumnKind, kind_of
 from .errors import BudgetError
 from .plan import RAMP, PlanParams
 from .sources import Dataset
@@ -106,6 +116,23 @@ class Budget:
     #: streamable units of fewer rows are read whole (a stream would hold more than half of
     #: one); more rows than the data when nothing streams
     stream_min_rows: int = 0
+    #: estimated bytes of variable-length values per row (all such columns; 0: none)
+    variable_row_nbytes: int = 0
+
+    @property
+    def arena_bytes(self) -> int:
+        """What the values of variable-length columns may hold: their estimate for every ring row."""
+        return self.ring_rows * self.variable_row_nbytes
+
+    def column_kinds(self, dataset: Dataset) -> dict[str, ColumnKind]:
+        """How each column is held in the ring: its kind, bytes per row, and (variable
+        length) the largest row its share of the arena allows."""
+        kinds = {}
+        for name, spec in dataset.columns.items():
+            row = dataset.column_row_nbytes(name)
+            share = self.ring_rows * (row - spec.row_nbytes) if spec.variable else 0
+            kinds[name] = kind_of(name, spec, row, share)
+        return kinds
 
     @property
     def mixed_units(self) -> int | None:
@@ -154,6 +181,8 @@ class Budget:
             f"decode scratch {format_bytes(self.scratch_bytes)}, batches {format_bytes(self.batch_bytes)}, "
             + (f"{self.lanes} streams {format_bytes(self.stream_bytes)}, " if self.stream_bytes else "")
             + f"plan {format_bytes(self.plan_bytes)}{resident}"
+            + (f", variable-length values {format_bytes(self.arena_bytes)} of the ring" if self.variable_row_nbytes
+               else "")
         )
 
 
@@ -273,6 +302,9 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
         fits=bool(fits),
         streamed_units=int(streamed_units),
         stream_min_rows=int(streamed_from),  # no streams: more rows than the data, so no unit streams
+        variable_row_nbytes=sum(
+            dataset.column_row_nbytes(n) - c.row_nbytes for n, c in dataset.columns.items() if c.variable
+        ),
     )
 
 
@@ -313,7 +345,7 @@ def _resident_columns(dataset: Dataset, rows: int, memory_limit: int) -> tuple[t
     """Narrow columns (labels) of the random-access shards (``rows`` rows in all) that
     are held whole in memory, if all of them fit in an eighth of the budget: gathering
     them from memory saves a system call per piece for a few bytes each."""
-    names = tuple(n for n, c in dataset.columns.items() if c.row_nbytes <= _RESIDENT_ROW_BYTES)
+    names = tuple(n for n, c in dataset.columns.items() if not c.variable and c.row_nbytes <= _RESIDENT_ROW_BYTES)
     if not names or not rows:
         return (), 0
     total = rows * sum(dataset.columns[n].row_nbytes for n in names)

@@ -44,7 +44,10 @@ def describe(path: str, storage_options: dict[str, Any] | None = None) -> dict[s
     info: dict[str, Any] = {
         "path": location.url,
         "rows": ds.num_rows,
-        "columns": {n: {"dtype": str(s.dtype), "shape": list(s.shape)} for n, s in ds.columns.items()},
+        "columns": {
+            n: {"dtype": str(s.dtype), "shape": list(s.shape), **({"kind": s.kind} if s.variable else {})}
+            for n, s in ds.columns.items()
+        },
         "unreadable": unreadable,
         "not_columns": dict(ds.ignored),
         "column_metadata": {n: {k: _short(v) for k, v in m.items()} for n, m in ds.column_metadata.items()},
@@ -100,6 +103,8 @@ def format_info(info: dict[str, Any]) -> str:
     lines.append(f"  columns  {len(info['columns'])}")
     for name, spec in info["columns"].items():
         shape = "x".join(map(str, spec["shape"])) if spec["shape"] else "scalar"
+        if "kind" in spec:  # variable-length: str, bytes, or a list of dtype values per row
+            shape = {"str": "str per row", "bytes": "bytes per row", "list": "list per row (Ragged)"}[spec["kind"]]
         meta = info.get("column_metadata", {}).get(name)
         extra = f"  categories {meta['categories']}" if meta and "categories" in meta else ""
         lines.append(f"    {name:<16} {spec['dtype']:<10} {shape}{extra}")

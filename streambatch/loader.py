@@ -40,7 +40,8 @@ from .state import LoaderState, order_params
 
 __all__ = ["EpochIterator", "Loader"]
 
-Batch = dict[str, np.ndarray]
+#: column -> a numpy array, a ``Ragged`` (variable-length lists) or, with ``pad=``, padded arrays
+Batch = dict[str, Any]
 
 _REMOTE_THREADS = 16
 
@@ -87,6 +88,12 @@ class Loader:
       ``set_epoch`` picks one explicitly;
     * ``state_dict()``/``load_state_dict()`` resume mid-epoch exactly, also
       with another world size;
+    * a string column arrives as a ``StringDType`` array, a binary one as an object
+      array of ``bytes``, a variable-length list column as a
+      :class:`~streambatch.Ragged`; ``pad={"tokens": (2048, 0)}`` delivers
+      ``batch["tokens"]`` as a ``(rows, 2048)`` array instead (longer rows
+      truncated, the rest filled with 0) and ``batch["tokens_length"]`` (int64)
+      with each row's ``min(length, 2048)``;
     * ``rank``/``world_size`` default to the ``torch.distributed`` process group or
       the ``RANK``/``WORLD_SIZE`` variables (see :mod:`streambatch.distributed`);
       every rank gets a disjoint share and the same number of batches, the
@@ -113,6 +120,7 @@ class Loader:
         retry: RetryPolicy | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         cache_limit: int | str | None = None,
+        pad: Mapping[str, tuple[int, Any]] | None = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -142,6 +150,7 @@ class Loader:
             cache_dir=cache_dir, cache_limit=cache_limit,
         )
         self.num_threads = int(num_threads) if num_threads is not None else _default_threads(self.dataset)
+        self.pad: dict[str, tuple[int, Any]] = _check_pad(pad, self.dataset)
         if self.dataset.num_rows == 0:
             paths = ", ".join(s.path for s in self.dataset.shards[:5])
             raise EmptyDatasetError(f"the dataset has 0 rows (shards: {paths}); nothing to load")
@@ -326,16 +335,16 @@ class EpochIterator(Iterator[Batch]):
         total = sum(s.rows for s in slices)
         remaining = advance(slices, start_batch * loader.batch_size)
         plans = {r: loader.plan(epoch, rank=r, world_size=base_world) for r in {s.rank for s in remaining}}
-        ring = RowRing(dataset.columns, budget.ring_rows)
+        ring = RowRing(budget.column_kinds(dataset), budget.ring_rows, budget.arena_bytes)
         pool = ReaderPool(loader.num_threads)
         cache = ReaderCache(
             dataset, max_open=_max_open_readers(dataset, loader.num_threads), resident=budget.resident_columns
         )
         self._resources = _Resources(pool, cache)
         self._finalizer = weakref.finalize(self, self._resources.close)
+        self._pad = loader.pad
         filler = BatchFiller(
             ring,
-            dataset.columns,
             batch_sizes(total, loader.batch_size, loader.drop_last, start_batch),
             contiguous=not loader.shuffle,
         )
@@ -356,6 +365,8 @@ class EpochIterator(Iterator[Batch]):
             if not self._ready:
                 self._ready.extend(self._batches.get())
             batch = self._ready.popleft()
+            if self._pad:
+                batch = _padded(batch, self._pad)
         except StopIteration:
             self.close()
             self._loader._delivered(self._generation, self.epoch, self._history, self.batches_delivered, finished=True)
@@ -423,7 +434,7 @@ def _emit(
                 if direct:
                     head, positions, keys = positions[:direct], positions[direct:], keys[direct:]
                     direct -= head.size
-                    done = list(filler.fill_rows(_read_rows(plan, head, dataset, cache)))
+                    done = list(filler.fill_rows(_read_rows(plan, head, ring, cache)))
                     if done:
                         yield done
                     if not positions.size:
@@ -452,23 +463,73 @@ def _emit(
         pool.close()
 
 
-def _read_rows(plan: EpochPlan, positions: np.ndarray, dataset: Dataset, cache: ReaderCache) -> Batch:
+def _read_rows(plan: EpochPlan, positions: np.ndarray, ring: RowRing, cache: ReaderCache) -> Batch:
     """The rows at ``positions`` of ``plan``'s sequence, read one by one from their
-    (random-access) shards, in order."""
+    (random-access) shards, in order: each shard's rows front to back into
+    scratch, then put in order by each column's kind."""
     pieces = np.searchsorted(plan.offsets, positions, side="right") - 1
     shards = plan.shard[pieces]
     rows = plan.start[pieces] + (positions - plan.offsets[pieces])
-    out = {name: np.empty((positions.size, *spec.shape), spec.dtype) for name, spec in dataset.columns.items()}
+    parts: list[Batch] = []
+    destinations: list[np.ndarray] = []
     for index in np.unique(shards).tolist():
         where = np.flatnonzero(shards == index)
         order = np.argsort(rows[where], kind="stable")  # read each file front to back
         picked = rows[where][order]
-        part = {name: np.empty((picked.size, *a.shape[1:]), a.dtype) for name, a in out.items()}
+        scratch = ring.scratch(picked.size)
         reader = cache.acquire(index)
         try:
-            reader.read_many(picked, picked + 1, part)
+            reader.read_many(picked, picked + 1, {n: s.view(0, picked.size) for n, s in scratch.items()})
         finally:
             cache.release(index)
-        for name, values in part.items():
-            out[name][where[order]] = values
+        parts.append({n: s.gather_run(0, picked.size) for n, s in scratch.items()})
+        destinations.append(where[order])
+    if len(parts) == 1 and np.array_equal(destinations[0], np.arange(positions.size)):
+        return parts[0]
+    inverse = np.argsort(np.concatenate(destinations), kind="stable")  # row k of the parts goes to place k
+    return {
+        name: kind.take(kind.concatenate([p[name] for p in parts]) if len(parts) > 1 else parts[0][name], inverse)
+        for name, kind in ring.kinds.items()
+    }
+
+
+def _check_pad(pad: Mapping[str, tuple[int, Any]] | None, dataset: Dataset) -> dict[str, tuple[int, Any]]:
+    """``pad={"tokens": (length, fill)}``: validated against the dataset's columns."""
+    if pad is None:
+        return {}
+    if not isinstance(pad, Mapping):
+        raise TypeError(f"pad must be a dict {{column: (length, fill)}}, got {type(pad).__name__}")
+    checked: dict[str, tuple[int, Any]] = {}
+    for name, value in pad.items():
+        spec = dataset.columns.get(name)
+        if spec is None:
+            raise ValueError(f"pad: no column {name!r} among the loaded columns {list(dataset.columns)}")
+        if spec.kind != "list":
+            raise ValueError(
+                f"pad: column {name!r} is {spec!r}, not a variable-length list; pad= applies to ragged list columns"
+            )
+        if not isinstance(value, tuple) or len(value) != 2:
+            raise ValueError(f"pad[{name!r}] must be a tuple (length, fill), got {value!r}")
+        length, fill = value
+        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
+            raise ValueError(f"pad[{name!r}] length must be a positive integer, got {length!r}")
+        try:
+            fits = bool(np.array(fill, dtype=spec.dtype) == fill)
+        except (TypeError, ValueError, OverflowError):
+            fits = False
+        if not fits:
+            raise ValueError(f"pad[{name!r}] fill {fill!r} is not a value of the column's dtype {spec.dtype}")
+        lengths = f"{name}_length"
+        if lengths in dataset.columns:
+            raise ValueError(f"pad[{name!r}] delivers its lengths as {lengths!r}, which is already a column")
+        checked[name] = (int(length), fill)
+    return checked
+
+
+def _padded(batch: Batch, pad: Mapping[str, tuple[int, Any]]) -> Batch:
+    """``batch`` with each padded column as a ``(rows, length)`` array (longer rows
+    truncated) and its lengths, ``min(row length, length)``, as ``<name>_length``."""
+    out = dict(batch)
+    for name, (length, fill) in pad.items():
+        out[name], out[f"{name}_length"] = batch[name].padded(length, fill)
     return out

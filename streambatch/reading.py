@@ -85,16 +85,26 @@ class PieceReads:
                     _result(future, self.stop)
         finally:
             self.streams.close()
+            self.ring.clear()  # the rows of this plan are emitted or abandoned
 
-    def admit(self) -> None:
-        """Submit reads for the next pieces while the ring has room for them."""
+    def admit(self, need: int = 0) -> None:
+        """Submit reads for the next pieces while the ring has room for them: rows
+        (always) and, with variable-length columns, bytes: the values held plus
+        the estimate for the rows admitted but not loaded must stay within the
+        ring's ``arena_bytes``, except for pieces ``< need`` (the segment being
+        emitted needs them; without them it could never proceed)."""
         offsets, n = self.offsets, self.stop_piece
-        capacity = self.ring.capacity
+        ring = self.ring
+        capacity = ring.capacity
         while self.admitted < n and len(self.jobs) < _MAX_JOBS_AHEAD:
             first = self.admitted
             end = min(self.job_end[first], n)
             if offsets[end] - offsets[self.released] > capacity:
                 return
+            if ring.variable and first >= need:
+                pending = (offsets[end] - offsets[self.loaded]) * ring.variable_row_nbytes
+                if ring.variable_nbytes + pending > ring.arena_bytes:
+                    return
             futures = [
                 self.pool.submit(functools.partial(self._read_piece, pieces))
                 for pieces in _split_by_stream(self.plan.stream, first, end)
@@ -106,20 +116,23 @@ class PieceReads:
         """Block until pieces ``< upto`` are in the ring; re-raise a reader's error here."""
         while self.loaded < upto:
             if not self.jobs:
-                self.admit()
+                self.admit(upto)
                 if not self.jobs:
                     raise RuntimeError(
                         f"internal error: piece {self.loaded} cannot be admitted "
                         f"(ring of {self.ring.capacity} rows full); please report this"
                     )
             _, end, futures = self.jobs.popleft()
-            self.admit()  # keep the pool fed while we wait
+            self.admit(upto)  # keep the pool fed while we wait
             for future in futures:
                 _result(future, self.stop)
             self.loaded = end
 
     def release(self, first_live: int) -> None:
-        self.released = max(self.released, first_live)
+        """Pieces before ``first_live`` are emitted: their slots may be reused."""
+        if first_live > self.released:
+            self.ring.release(self.offsets[self.released], self.offsets[first_live])
+            self.released = first_live
 
 
 def _result(future: Future[None], stop: threading.Event) -> None:
@@ -172,6 +185,7 @@ class _Streams:
         self._open: dict[int, RowStream] = {}
         self._next_row: dict[int, int] = {}  # stream -> start row of the slice to read next
         self._last_row: dict[int, int] = {}  # stream -> stop row of its last slice to read
+        self._failed: set[int] = set()  # streams whose read raised: their later slices are never read
         self._closed = False
 
     def start_at(self, first: int, end: int) -> None:
@@ -196,7 +210,8 @@ class _Streams:
         start, stop = int(self._plan.start[piece]), int(self._plan.stop[piece])
         with self._lock:
             while self._next_row.get(stream_id) != start:
-                if self._closed or self._stop.is_set():
+                # a slice before this one failed (its error reaches the consumer), or the consumer has gone
+                if self._closed or self._stop.is_set() or stream_id in self._failed:
                     raise Stopped
                 if self._next_row.get(stream_id, start) > start:
                     raise RuntimeError(f"internal error: slice {piece} of stream {stream_id} read twice")
@@ -234,6 +249,8 @@ class _Streams:
     def _discard(self, stream_id: int) -> None:
         with self._lock:
             stream = self._open.pop(stream_id, None)
+            self._failed.add(stream_id)
+            self._lock.notify_all()
         if stream is not None:
             stream.close()
 
@@ -328,12 +345,11 @@ def _read_streamed(streams: _Streams, ring: RowRing, plan: EpochPlan, piece: int
         slot, _, length = runs[0]
         streams.read(piece, ring.views(slot, length))
         return
-    scratch = {name: np.empty((plan.stop[piece] - plan.start[piece], *a.shape[1:]), a.dtype)
-               for name, a in ring.arrays.items()}
-    streams.read(piece, scratch)
+    rows = int(plan.stop[piece] - plan.start[piece])
+    scratch = ring.scratch(rows)
+    streams.read(piece, {name: storage.view(0, rows) for name, storage in scratch.items()})
     for slot, offset, length in runs:
-        for name, view in ring.views(slot, length).items():
-            view[...] = scratch[name][offset : offset + length]
+        ring.put(slot, scratch, offset, length)
 
 
 def _read_unit(reader: Any, ring: RowRing, plan: EpochPlan, piece: int) -> None:
@@ -344,8 +360,7 @@ def _read_unit(reader: Any, ring: RowRing, plan: EpochPlan, piece: int) -> None:
         reader.read_into(start, stop, ring.views(slot, length))
         return
     # a unit that wraps around the ring: decode once into scratch, copy both parts
-    scratch = {name: np.empty((stop - start, *a.shape[1:]), a.dtype) for name, a in ring.arrays.items()}
-    reader.read_into(start, stop, scratch)
+    scratch = ring.scratch(stop - start)
+    reader.read_into(start, stop, {name: storage.view(0, stop - start) for name, storage in scratch.items()})
     for slot, offset, length in runs:
-        for name, view in ring.views(slot, length).items():
-            view[...] = scratch[name][offset : offset + length]
+        ring.put(slot, scratch, offset, length)

@@ -1,30 +1,53 @@
-"""The ring: one preallocated array per column where read rows wait to be emitted.
+"""The ring: per column, storage for ``capacity`` rows where read rows wait to be emitted.
 
 The row at position ``p`` of a rank's row sequence lives in slot ``p % capacity``.
 Pieces are admitted in sequence order and released in sequence order, so the
 live positions always form one window ``[released, admitted)`` no longer than
 the capacity, and slots never collide. Pages are touched only as rows arrive.
+
+How a column is stored is its :class:`~streambatch.columns.ColumnKind`'s
+business: fixed-size columns are one preallocated array; variable-length
+columns (strings, ragged lists) hold per-slot offsets into chunks of values,
+freed as positions are released, so ``variable_nbytes`` -- what they hold --
+stays within ``arena_bytes`` while the reader admits by bytes too (see
+:mod:`streambatch.columns` for the invariant).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
-from .sources import ColumnSpec
+from .columns import ColumnKind
 
 __all__ = ["RowRing"]
 
 
 class RowRing:
-    """Per-column ring arrays of ``capacity`` rows."""
+    """Per-column storage of ``capacity`` rows. ``arena_bytes`` is what the budget
+    gives the values of variable-length columns (0 when there are none)."""
 
-    def __init__(self, columns: Mapping[str, ColumnSpec], capacity: int) -> None:
+    def __init__(self, kinds: Mapping[str, ColumnKind], capacity: int, arena_bytes: int = 0) -> None:
         if capacity < 1:
             raise ValueError(f"ring capacity must be >= 1 row, got {capacity}")
         self.capacity = int(capacity)
-        self.arrays = {name: np.empty((self.capacity, *spec.shape), spec.dtype) for name, spec in columns.items()}
+        self.kinds = dict(kinds)
+        self.storages = {name: kind.storage(self.capacity) for name, kind in self.kinds.items()}
+        self._variable = [self.storages[n] for n, k in self.kinds.items() if k.variable]
+        self.arena_bytes = int(arena_bytes)
+        #: estimated bytes of values per row of the variable-length columns (for admission)
+        self.variable_row_nbytes = sum(k.row_nbytes for k in self.kinds.values() if k.variable)
+
+    @property
+    def variable(self) -> bool:
+        return bool(self._variable)
+
+    @property
+    def variable_nbytes(self) -> int:
+        """Bytes of variable-length values held now."""
+        return sum(s.nbytes for s in self._variable)
 
     def spans(self, lo: int, hi: int) -> list[tuple[int, int, int]]:
         """``(slot, offset, length)`` runs covering positions ``[lo, hi)``: one run, or
@@ -38,21 +61,45 @@ class RowRing:
         head = self.capacity - first
         return [(first, 0, head), (0, head, length - head)]
 
-    def views(self, slot: int, length: int) -> dict[str, np.ndarray]:
-        """Writable C-contiguous views of ``length`` rows from ``slot``."""
-        return {name: array[slot : slot + length] for name, array in self.arrays.items()}
+    def views(self, slot: int, length: int) -> dict[str, Any]:
+        """Writable targets of ``length`` rows from ``slot`` (C-contiguous array views
+        for fixed-size columns)."""
+        return {name: storage.view(slot, length) for name, storage in self.storages.items()}
 
-    def gather(self, positions: np.ndarray, contiguous: bool) -> dict[str, np.ndarray]:
-        """Fresh arrays holding the rows at ``positions``, in that order.
+    def scratch(self, length: int) -> dict[str, Any]:
+        """Storage for ``length`` rows outside the ring (a read that wraps around it is
+        decoded once into scratch, then copied in two parts with :meth:`put`)."""
+        return {name: kind.storage(length) for name, kind in self.kinds.items()}
 
-        ``ndarray.take`` into a new array is used on purpose: measured here, it
-        releases the GIL (reader threads keep running) where ``np.take(..., out=)``
-        and fancy indexing hold it or run slower."""
+    def put(self, slot: int, scratch: Mapping[str, Any], offset: int, length: int) -> None:
+        """Rows ``[offset, offset + length)`` of ``scratch`` into slots ``[slot, slot + length)``."""
+        for name, storage in self.storages.items():
+            storage.copy_from(slot, scratch[name], offset, length)
+
+    def release(self, lo: int, hi: int) -> None:
+        """Positions ``[lo, hi)`` have been emitted: variable-length values only they
+        hold are freed (fixed-size storage holds nothing per row to free)."""
+        if not self._variable or hi <= lo:
+            return
+        if hi - lo >= self.capacity:
+            slots = np.arange(self.capacity, dtype=np.int64)
+        else:
+            slots = np.arange(lo, hi, dtype=np.int64) % self.capacity
+        for storage in self._variable:
+            storage.release(slots)
+
+    def clear(self) -> None:
+        """Free every variable-length value (no read is in flight)."""
+        for storage in self._variable:
+            storage.clear()
+
+    def gather(self, positions: np.ndarray, contiguous: bool) -> dict[str, Any]:
+        """Fresh batch values holding the rows at ``positions``, in that order."""
         if contiguous and positions.size:
             lo = int(positions[0])
             runs = self.spans(lo, lo + positions.size)
             if len(runs) == 1:
                 slot, _, length = runs[0]
-                return {name: array[slot : slot + length].copy() for name, array in self.arrays.items()}
+                return {name: s.gather_run(slot, length) for name, s in self.storages.items()}
         slots = positions % self.capacity
-        return {name: array.take(slots, axis=0) for name, array in self.arrays.items()}
+        return {name: s.gather(slots) for name, s in self.storages.items()}

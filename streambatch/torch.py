@@ -44,6 +44,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 from .distributed import resolve_rank_and_world_size
 from .errors import StateMismatchError
 from .loader import Loader
+from .ragged import Ragged
 from .sources import SourceLike
 from .state import LoaderState
 
@@ -54,9 +55,17 @@ _RANK_KIND = "streambatch.torch/rank"
 _VERSION = 1
 
 
-def as_tensors(batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+def as_tensors(batch: Mapping[str, Any]) -> dict[str, Any]:
     """``{column: torch.from_numpy(array)}``: the tensors share the arrays' memory (no copy),
     except for what torch cannot hold as it is:
+
+    * a string column (``StringDType``) becomes a Python ``list`` of ``str``, a binary
+      one a ``list`` of ``bytes`` (what tokenizers take; a ``DataLoader`` passes lists
+      through);
+    * a variable-length list column (:class:`~streambatch.Ragged`) is a ``TypeError``
+      naming the column and the remedy: ``pad={column: (length, fill)}`` delivers it
+      as a ``(batch, length)`` tensor plus ``<column>_length`` (nested tensors are
+      not used: ``DataLoader`` collation, pinning and most ops do not take them);
 
     * a non-native byte order (big-endian ``>f4`` from a ``.npy`` or Zarr store) is
       converted to native order (one copy of that column);
@@ -68,7 +77,15 @@ def as_tensors(batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {name: _tensor(name, array) for name, array in batch.items()}
 
 
-def _tensor(name: str, array: np.ndarray) -> torch.Tensor:
+def _tensor(name: str, array: Any) -> Any:
+    if isinstance(array, Ragged):
+        raise TypeError(
+            f"column {name!r} holds lists of varying length (a streambatch.Ragged), which a tensor cannot hold: "
+            f"pass pad={{{name!r}: (length, fill)}} for a (batch, length) tensor and {name + '_length'!r}, "
+            f"or exclude the column (exclude=[{name!r}])"
+        )
+    if isinstance(array.dtype, np.dtypes.StringDType) or array.dtype == object:
+        return array.tolist()  # str / bytes: a list, as tokenizers take them
     if array.dtype.kind in "mM":
         array = array.view(np.int64)
     elif not array.dtype.isnative:
@@ -154,7 +171,7 @@ class StreambatchIterable(IterableDataset):
         self._resume_base = None
 
     # -- iteration -------------------------------------------------------------
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (int(info.id), int(info.num_workers))
         pending, self._pending = self._pending, None
@@ -168,7 +185,7 @@ class StreambatchIterable(IterableDataset):
         self._slot = (worker, workers)
         return self._generate(loader)
 
-    def _generate(self, loader: Loader) -> Iterator[dict[str, torch.Tensor]]:
+    def _generate(self, loader: Loader) -> Iterator[dict[str, Any]]:
         iterator = iter(loader)
         try:
             for batch in iterator:

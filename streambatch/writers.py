@@ -15,11 +15,25 @@ import pyarrow.parquet as pq
 from .errors import SchemaError
 from .sources._tensor import tensor_metadata
 
-__all__ = ["NpyWriter", "ParquetWriter", "ZarrWriter", "arrow_column", "arrow_field"]
+__all__ = ["NpyWriter", "ParquetWriter", "ZarrWriter", "arrow_column", "arrow_field", "refuse_variable"]
 
 
 #: numpy kinds a scalar Parquet column stores as the matching Arrow primitive type.
 _PRIMITIVE_KINDS = "biufmM"
+
+
+def refuse_variable(columns: Mapping[str, object], output: str) -> None:
+    """A variable-length column (strings, binary, ragged lists: ``ColumnSpec.variable``)
+    cannot be written by these writers, whose rows are fixed-size: refused by name,
+    with the remedy. (Loading such columns is supported; converting them is not yet.)"""
+    from .sources import ColumnSpec
+
+    for name, spec in columns.items():
+        if isinstance(spec, ColumnSpec) and spec.variable:
+            raise SchemaError(
+                f"column {name!r} is variable-length {spec!r}: {output} output of streambatch convert stores "
+                f"fixed-size rows only; exclude it (--exclude {name}) and read it from the source with the Loader"
+            )
 
 
 def arrow_field(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> pa.Field:

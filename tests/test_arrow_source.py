@@ -253,10 +253,13 @@ def test_nulls_are_found_at_open_naming_the_record_batch_and_fill_nulls_fills_th
 @pytest.mark.parametrize(
     ("column", "words"),
     [
-        (pa.array(["a", "bb", "c"]), ["variable-length strings", "exclude"]),
-        (pa.array([[1], [2, 3], [4]], pa.list_(pa.int64())), ["variable-length lists", "exclude=['bad']"]),
+        (pa.array([["a"], ["bb", "c"], []]), ["list values of type string"]),
+        (
+            pa.array([[[1]], [[2, 3]], [[4]]], pa.list_(pa.list_(pa.int64()))),
+            ["variable-length lists", "exclude=['bad']"],
+        ),
     ],
-    ids=["string", "ragged-list"],
+    ids=["list-of-strings", "nested-ragged-list"],
 )
 def test_columns_that_cannot_be_delivered_are_refused_by_name(tmp_path, column, words):
     path = tmp_path / "bad.arrow"
@@ -269,14 +272,16 @@ def test_columns_that_cannot_be_delivered_are_refused_by_name(tmp_path, column, 
 
 
 def test_a_list_row_of_another_length_is_an_error_naming_batch_and_row(tmp_path):
-    rows = [[1, 1]] * 4 + [[2], [2, 2, 2]]  # 10 values in 5 rows... in one batch of 6: 2 per row on average
+    # the first record batch's rows all hold 2 values, the second's 2 on average: read as (2,) arrays
+    rows = [[1, 1]] * 4 + [[2], [2, 2, 2]]
     path = tmp_path / "ragged.arrow"
-    feather.write_feather(pa.table({"v": pa.array(rows, pa.list_(pa.int8()))}), str(path), compression="uncompressed")
+    table = pa.table({"v": pa.array(rows, pa.list_(pa.int8()))})
+    feather.write_feather(table, str(path), compression="uncompressed", chunksize=4)
     shard = ArrowShard(resolve(str(path)))
     assert shard.columns["v"] == (np.int8, (2,))
     reader = shard.open_reader(["v"])
     try:
-        with pytest.raises(sb.SchemaError, match=r"record batch 0 row 4: column 'v' holds a list of 1 values"):
+        with pytest.raises(sb.SchemaError, match=r"record batch 1 row 0: column 'v' holds a list of 1 values"):
             reader.read_into(0, 6, {"v": np.empty((6, 2), np.int8)})
     finally:
         reader.close()

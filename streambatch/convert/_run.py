@@ -15,6 +15,7 @@ from .._units import parse_bytes
 from ..errors import EmptyDatasetError
 from ..sources import ColumnSpec
 from ..sources._fs import resolve
+from ..writers import refuse_variable
 from . import _inputs, _planning
 from ._dest import open_dest
 from ._execute import progress_bar, run_dask, run_processes
@@ -146,6 +147,7 @@ class _Conversion:
         parts, columns = _inputs.open_parts(
             self.sources, self.options.columns, self.stage, staged, self.storage_options
         )
+        refuse_variable(columns, self.options.shard_format)  # strings/ragged lists: loadable, not yet convertible
         total = sum(p.num_rows for p in parts)
         if total == 0:
             raise EmptyDatasetError(f"the inputs {self.sources} hold zero rows")

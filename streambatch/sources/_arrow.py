@@ -50,6 +50,7 @@ from ._parquet import (
     _list_levels,
     _Plan,
     _plan_for,
+    _ragged_plan,
     _variable_reason,
     copy_column,
 )
@@ -81,6 +82,7 @@ class ArrowShard(Shard):
         self._plans: dict[str, _Plan] = {}
         self._nulls: dict[str, tuple[int, int]] = {}  # column -> (first batch with nulls, nulls in it)
         self._value_counts: dict[str, set[float]] = {}  # list column -> leaf values per row, per batch
+        self._variable_nbytes: dict[str, int] = {}  # variable-length column -> largest value bytes per row
         with _Opened(self.path) as opened:
             self.stream = opened.stream
             schema = opened.schema
@@ -122,6 +124,11 @@ class ArrowShard(Shard):
             if any(s is None for s in sizes) and batch.num_rows:
                 per_row = _values_per_row(column)
                 self._value_counts.setdefault(field.name, set()).add(per_row)
+            if batch.num_rows:
+                nbytes = _value_nbytes(column)
+                if nbytes is not None:
+                    per = -(-nbytes // batch.num_rows)
+                    self._variable_nbytes[field.name] = max(per, self._variable_nbytes.get(field.name, 0))
 
     def _plan_columns(self, schema: pa.Schema, first: pa.RecordBatch | None) -> None:
         seen: set[str] = set()
@@ -142,14 +149,17 @@ class ArrowShard(Shard):
     def _plan_of(self, field: pa.Field, first: pa.Array | None) -> _Plan | str:
         lengths = None
         if _has_variable_list(field.type):
+            ragged = _ragged_plan(field.type)
             if first is None:
-                return _variable_reason(field.name, "the file has no rows to find the length from")
+                return ragged or _variable_reason(field.name, "the file has no rows to find the length from")
             counts = self._value_counts.get(field.name, set())
             if len(counts) != 1 or not float(next(iter(counts))).is_integer():
-                return _variable_reason(field.name, "record batches hold different numbers of values per row")
+                return ragged or _variable_reason(field.name, "record batches hold different numbers of values per row")
             lengths = _first_row_lengths(first.slice(0, 1), field.type)
             if int(np.prod(lengths)) != int(next(iter(counts))):
-                return _variable_reason(field.name, f"the first row is {lengths} but rows hold other lengths")
+                return ragged or _variable_reason(field.name, f"the first row is {lengths} but rows hold other lengths")
+            if ragged is not None and _varies(first):
+                return ragged  # the first batch alone has rows of different lengths
         plan = _plan_for(field, lengths)
         if isinstance(plan, _Plan) and plan.kind == "dict":
             if first is None:
@@ -187,6 +197,11 @@ class ArrowShard(Shard):
             if c in plans:
                 plans[c] = dataclasses.replace(plans[c], fill=value)
         return _ArrowReader(self, plans)
+
+    def variable_row_nbytes(self, name: str) -> int:
+        """Bytes of values per row of a variable-length column: the largest mean of any
+        record batch, from its offsets (exact for each batch)."""
+        return self._variable_nbytes.get(name, 0)
 
     def batch_of(self, row: int) -> int:
         return int(np.searchsorted(self._batch_bounds, row, side="right")) - 1
@@ -268,7 +283,7 @@ class _ArrowReader(ShardReader):
             for name, target in out.items():
                 column = batch.column(self._index[name]).slice(row - base, end - row)
                 copy_column(column, self._plans[name], target[row - start : end - start],
-                            shard._categories.get(name), shard.path)
+                            shard._categories.get(name), shard.path, name, row)
             row = end
 
     def _check(self, name: str, column: pa.Array, batch: int, offset: int) -> None:
@@ -282,7 +297,8 @@ class _ArrowReader(ShardReader):
         if any(plan.checked_lengths):
             _check_list_lengths(chunked, plan, lambda row, n, k: SchemaError(
                 f"{path} record batch {batch} row {offset + row}: column {name!r} holds a list of {n} values "
-                f"where every row must hold {k}; a column of varying lengths cannot be read yet: exclude it"
+                f"where every row must hold {k} (the first record batch's rows all do, so it is read as fixed-size "
+                "arrays): rewrite the file with the varying rows in its first record batch, or exclude the column"
             ))
 
     def close(self) -> None:
@@ -397,6 +413,30 @@ def _values_per_row(arr: pa.Array) -> float:
         per_row *= values / n if n else 0
         arr = arr.flatten()
     return per_row if rows else 0.0
+
+
+def _value_nbytes(arr: pa.Array) -> int | None:
+    """Bytes of the values of a string/binary or single-level list column (from its
+    first and last offsets), ``None`` for other types."""
+    t = arr.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        n = len(arr)
+        offsets = np.frombuffer(arr.buffers()[1], np.int64 if t in (pa.large_string(), pa.large_binary()) else np.int32,
+                                count=arr.offset + n + 1)[arr.offset :]
+        return int(offsets[-1] - offsets[0])
+    if (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_primitive(t.value_type):
+        offsets = arr.offsets
+        width = max(1, t.value_type.bit_width // 8)
+        return int(offsets[len(arr)].as_py() - offsets[0].as_py()) * width
+    if str(t) in ("string_view", "binary_view"):
+        return int(arr.nbytes)
+    return None
+
+
+def _varies(arr: pa.Array) -> bool:
+    """Whether the rows of a single-level list array differ in length (reads its offsets)."""
+    lengths = np.diff(arr.offsets.to_numpy())
+    return bool(lengths.size) and bool((lengths != lengths[0]).any())
 
 
 def _first_row_lengths(row: pa.Array, t: pa.DataType) -> list[int]:

@@ -21,26 +21,53 @@ import numpy as np
 
 from ..errors import RowCountError, SchemaError, UnknownColumnError
 
-__all__ = ["ColumnSpec", "NotAColumn", "RowStream", "Shard", "ShardReader"]
+__all__ = ["COLUMN_KINDS", "VARIABLE_INDEX_NBYTES", "ColumnSpec", "NotAColumn", "RowStream", "Shard", "ShardReader"]
+
+
+#: What a row of a column is: a fixed-size array (``"fixed"``), or of variable size:
+#: a ``str`` (``"str"``), ``bytes`` (``"bytes"``) or a 1-D list of ``dtype`` values (``"list"``).
+COLUMN_KINDS = ("fixed", "str", "bytes", "list")
+
+#: The fixed part of a variable-length row in memory: its offset and length (int64 each).
+VARIABLE_INDEX_NBYTES = 16
 
 
 @dataclass(frozen=True)
 class ColumnSpec:
     """The numpy dtype and per-row shape of one column (``shape == ()`` for scalars).
 
+    ``kind`` says whether rows have a fixed size (``"fixed"``, the default) or not:
+    ``"str"`` (``dtype`` is NumPy's ``StringDType``), ``"bytes"`` (``dtype`` object)
+    or ``"list"`` (rows of varying length holding ``dtype`` values, delivered as
+    :class:`streambatch.Ragged`); variable kinds have ``shape == ()``.
+
     Also usable as the tuple ``(dtype, shape)``: it unpacks, indexes, has length 2
-    and compares equal to such a tuple."""
+    and compares equal to such a tuple (a fixed-kind spec only)."""
 
     dtype: np.dtype
     shape: tuple[int, ...]
+    kind: str = "fixed"
 
     def __post_init__(self) -> None:
+        if self.kind not in COLUMN_KINDS:
+            raise ValueError(f"ColumnSpec kind must be one of {COLUMN_KINDS}, got {self.kind!r}")
         object.__setattr__(self, "dtype", np.dtype(self.dtype))
         object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        if self.kind != "fixed" and self.shape:
+            raise ValueError(f"a variable-length ({self.kind}) ColumnSpec has shape (), got {self.shape}")
+
+    @property
+    def variable(self) -> bool:
+        """Rows of this column differ in size (strings, binary, ragged lists)."""
+        return self.kind != "fixed"
 
     @property
     def row_nbytes(self) -> int:
-        """Bytes one row of this column occupies in memory."""
+        """Bytes one row of this column occupies in memory; for a variable-length
+        column only its fixed part (offset and length): the values are estimated
+        per shard by :meth:`Shard.variable_row_nbytes`."""
+        if self.variable:
+            return VARIABLE_INDEX_NBYTES
         return int(self.dtype.itemsize * int(np.prod(self.shape, dtype=np.int64)))
 
     # a ColumnSpec reads like the ``(dtype, shape)`` tuple it prints as:
@@ -59,12 +86,16 @@ class ColumnSpec:
             other = ColumnSpec(*other)
         if not isinstance(other, ColumnSpec):
             return NotImplemented
-        return self.dtype == other.dtype and self.shape == other.shape
+        return self.dtype == other.dtype and self.shape == other.shape and self.kind == other.kind
 
     def __hash__(self) -> int:
-        return hash((self.dtype.str, self.shape))
+        return hash((self.dtype.str, self.shape, self.kind))
 
     def __repr__(self) -> str:
+        if self.kind == "list":
+            return f"(list<{self.dtype}>)"
+        if self.variable:
+            return f"({self.kind})"
         return f"({self.dtype}, {self.shape})"
 
 
@@ -178,6 +209,13 @@ class Shard(abc.ABC):
         """Memory one open stream over a unit of ``columns`` holds (read buffers,
         a decoded page per column), for the budget; 0 when units do not stream."""
         return 0
+
+    def variable_row_nbytes(self, name: str) -> int:
+        """Bytes the values of one row of the variable-length column ``name`` take in
+        memory, estimated from metadata (footer sizes, Arrow buffer sizes) as the
+        largest per-row mean of any unit: what the budget reserves per row. Formats
+        with variable-length columns override it."""
+        raise NotImplementedError(f"{type(self).__name__} has no variable-length columns")
 
     def describe_rows(self, start: int, stop: int) -> str:
         """Where rows ``[start, stop)`` live, for error messages."""

@@ -84,8 +84,18 @@ class Dataset:
 
     @property
     def row_nbytes(self) -> int:
-        """Bytes one row of every selected column occupies in memory."""
-        return sum(spec.row_nbytes for spec in self.columns.values())
+        """Bytes one row of every selected column occupies in memory; the values of
+        variable-length columns as :meth:`column_row_nbytes` estimates them."""
+        return sum(self.column_row_nbytes(name) for name in self.columns)
+
+    def column_row_nbytes(self, name: str) -> int:
+        """Bytes one row of column ``name`` occupies in memory. For a variable-length
+        column: its offset and length plus the values, the largest estimate of any
+        shard (:meth:`Shard.variable_row_nbytes`), at least one byte."""
+        spec = self.columns[name]
+        if not spec.variable:
+            return spec.row_nbytes
+        return spec.row_nbytes + max(1, max(s.variable_row_nbytes(name) for s in self.shards))
 
     @property
     def nbytes(self) -> int:
@@ -99,13 +109,18 @@ class Dataset:
         """A short hash of what decides the row order: shard paths, row counts, columns."""
         described = {
             "shards": [[s.path, s.num_rows] for s in self.shards],
-            "columns": {n: [c.dtype.str, list(c.shape)] for n, c in self.columns.items()},
+            "columns": {
+                n: [c.dtype.str, list(c.shape)] + ([c.kind] if c.variable else []) for n, c in self.columns.items()
+            },
         }
         text = json.dumps(described, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
-        cols = ", ".join(f"{n}: {c.dtype}{list(c.shape) if c.shape else ''}" for n, c in self.columns.items())
+        cols = ", ".join(
+            f"{n}: {c!r}" if c.variable else f"{n}: {c.dtype}{list(c.shape) if c.shape else ''}"
+            for n, c in self.columns.items()
+        )
         return f"Dataset({self.num_rows} rows in {len(self.shards)} shard(s); {cols})"
 
 
@@ -436,6 +451,12 @@ def _check_fill_nulls(shards: Sequence[Shard], fill_nulls: Mapping[str, Any]) ->
         if spec is None:
             first.check_columns([name])  # unknown or unreadable: named
             raise UnknownColumnError(f"fill_nulls: no column {name!r} in {first.path}")
+        if spec.kind in ("str", "bytes"):  # a string column fills with a str, a binary one with bytes
+            wanted = str if spec.kind == "str" else bytes
+            if not isinstance(value, wanted):
+                raise SchemaError(f"fill_nulls[{name!r}] = {value!r} is not a {wanted.__name__} (the column's values)")
+            checked[name] = value
+            continue
         try:
             given = np.asarray(value)
             converted = given.astype(spec.dtype)

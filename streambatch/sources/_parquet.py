@@ -21,16 +21,28 @@ Arrow type                                             ``ColumnSpec``
 rows all hold the same number of values                comes from the footer (see below)
 ``dictionary<indices=intN, values=...>``               ``(intN, ())``: the codes; the values
 (pandas categoricals)                                  are ``column_metadata["categories"]``
-anything else (strings, binary, variable-length        listed in ``unreadable`` with the
-lists, structs, decimals, time of day, tz-aware        reason: refused by name at open
-timestamps)
+``string`` / ``large_string`` (``string_view``)        ``(StringDType, (), kind="str")``
+``binary`` / ``large_binary`` (``binary_view``)        ``(object, (), kind="bytes")``
+``list<T>`` / ``large_list<T>`` of a scalar ``T``      ``(T's dtype, (), kind="list")``: a
+whose rows differ in length (token ids)                ``Ragged`` per batch
+anything else (structs, decimals, time of day,         listed in ``unreadable`` with the
+tz-aware timestamps, lists of strings, nested          reason: refused by name at open
+variable-length lists)
 =====================================================  ===================================
+
+Variable-length plans (``"text"``, ``"ragged"``) copy into a ``VariableTarget``
+(:mod:`streambatch.columns`): the offsets and values of each chunk, copied out of
+Arrow's buffers. ``variable_row_nbytes`` estimates their bytes per row from the
+footer for the budget. The footer's leaf null count of a list column counts empty
+lists too, so a ragged column's nulls are found when its row group is decoded.
 
 A ``list<T>`` column is what pandas (a list or ndarray per row), polars ``List``,
 DuckDB ``FLOAT[n]`` and Hugging Face write for embeddings. Its length is found
 from the footer alone: a row group's leaf column chunk holds ``num_values`` values
 (a null or empty list counts one) for ``num_rows`` rows, so a constant length
-``k`` shows as ``num_values == k * num_rows`` in every row group. Nested variable
+``k`` shows as ``num_values == k * num_rows`` in every row group (for ``list<scalar>``
+the first rows, one page, are decoded too: if they differ in length the column is
+ragged, delivered as ``Ragged``, however the counts divide). Nested variable
 lists (``list<list<T>>``) need the inner lengths too: those are read from the
 first row (one page). Every decoded row group is then checked cheaply (its
 offsets must be evenly spaced); a row of another length is a ``SchemaError``
@@ -97,7 +109,9 @@ class _Plan:
     ``datetime64[D]`` by the final copy).
     """
 
-    kind: str  # "primitive", "bool", "fsb", "fsl" (any nesting of lists) or "dict" (the codes)
+    #: "primitive", "bool", "fsb", "fsl" (any nesting of lists), "dict" (the codes), or the
+    #: variable-length "text" (strings, binary) and "ragged" (a list<T> of varying length)
+    kind: str
     spec: ColumnSpec
     storage: np.dtype
     list_depth: int = 0  # list levels above the leaf values
@@ -177,8 +191,11 @@ class ParquetShard(Shard):
             if isinstance(unreadable_leaf, str):  # list<string>, list<struct>: no length to look for
                 return f"list values of type {leaf}: {unreadable_leaf}"
             found = self._list_lengths(field)
+            ragged = _ragged_plan(field.type)
             if isinstance(found, str):
-                return found
+                return ragged or found
+            if ragged is not None and self._head_varies(field.name):
+                return ragged  # the footer's counts fit one length, but the first rows differ
             lengths = found
         plan = _plan_for(field, lengths)
         if isinstance(plan, _Plan) and plan.kind == "dict":
@@ -314,6 +331,81 @@ class ParquetShard(Shard):
                 total += STREAM_BUFFER_BYTES + 2 * min(PAGE_BYTES_ESTIMATE, int(chunk))
         return total
 
+    def variable_row_nbytes(self, name: str) -> int:
+        """Bytes of values per row of a variable-length column, the largest mean of
+        any row group: for a list, the leaf values the footer counts times their
+        size; for strings/binary, the column chunk's uncompressed size, or, when
+        dictionary-encoded (which can decode to far more), at least the mean of the
+        first rows of the first such row group, decoded here (one page). The reader
+        admits by what was really read on top of this. Cached."""
+        cache = self.__dict__.setdefault("_variable_nbytes", {})
+        if name in cache:
+            return cache[name]
+        plan = self._plans[name]
+        leaves = self._leaf_index.get(name) if self._leaf_index is not None else None
+        estimate = 0
+        dictionary_group = None  # a row group whose strings are dictionary-encoded
+        if leaves is not None and self._metadata is not None:
+            for g in range(self._metadata.num_row_groups):
+                group = self._metadata.row_group(g)
+                if not group.num_rows:
+                    continue
+                chunk = group.column(leaves[0])
+                if plan.kind == "ragged":
+                    total = chunk.num_values * plan.spec.dtype.itemsize
+                else:
+                    total = chunk.total_uncompressed_size
+                    if chunk.has_dictionary_page and dictionary_group is None:
+                        dictionary_group = g
+                estimate = max(estimate, -(-int(total) // group.num_rows))
+        if dictionary_group is not None:
+            # a dictionary-encoded chunk stores each distinct string once: its uncompressed
+            # size can be far below what the rows decode to, so decode a sample (one page)
+            estimate = max(estimate, self._sampled_row_nbytes(name, dictionary_group))
+        cache[name] = estimate
+        return estimate
+
+    def _head_varies(self, name: str) -> bool:
+        """Whether the first rows (one page) of the first non-empty row group of the
+        single-level list column ``name`` differ in length: footer counts that fit
+        one length can come from rows that do not (a ragged column read as fixed
+        would fail at the first such row)."""
+        metadata = self._metadata
+        groups = [g for g in range(metadata.num_row_groups) if metadata.row_group(g).num_rows]
+        if not groups:
+            return False
+        column = self._sample(name, groups[0])
+        wide = pa.types.is_large_list(column.type)
+        offsets = np.frombuffer(column.buffers()[1], dtype=np.int64 if wide else np.int32,
+                                count=column.offset + len(column) + 1)[column.offset :]
+        lengths = np.diff(offsets)
+        return bool(lengths.size) and bool((lengths != lengths[0]).any())
+
+    def _sampled_row_nbytes(self, name: str, group: int) -> int:
+        """Mean bytes per row of the first strings of ``group`` (one page read)."""
+        column = self._sample(name, group)
+        if not len(column):
+            return 0
+        offsets, _ = _variable_buffers(column, self._plans[name])
+        return -(-int(offsets[-1] - offsets[0]) // len(column))
+
+    def _sample(self, name: str, group: int, rows: int = 1024) -> pa.Array:
+        """The first ``rows`` rows of column ``name`` in row group ``group``, reading
+        about one page through a 1 MiB buffer."""
+        raw = self.location.fs.open(self.location.path, "rb") if not self.location.is_local else \
+            pa.OSFile(self.location.path, "r")
+        try:
+            pf = pq.ParquetFile(raw, metadata=self._metadata, pre_buffer=False, buffer_size=1 << 20)
+            try:
+                batch = next(pf.iter_batches(batch_size=rows, row_groups=[group], columns=[name], use_threads=False))
+            finally:
+                pf.close()
+        except (pa.ArrowException, OSError, StopIteration) as e:
+            raise CorruptInputError(f"{self.path} row group {group}: cannot read column {name!r} ({e})") from e
+        finally:
+            raw.close()
+        return batch.column(0)
+
     @property
     def num_row_groups(self) -> int:
         return len(self._bounds) - 1
@@ -358,6 +450,11 @@ class ParquetShard(Shard):
             return self._null_reports[name]
         report = None
         leaves = self._leaf_index.get(name) if self._leaf_index is not None else None
+        plan = self._plans.get(name)
+        if plan is not None and plan.kind == "ragged":
+            # a leaf's null count also counts empty lists (an undefined leaf): the footer cannot
+            # tell a null from an empty row, so nulls are found when the row group is decoded
+            leaves = None
         if leaves is not None:
             for i in range(self._metadata.num_row_groups):
                 group = self._metadata.row_group(i)
@@ -439,7 +536,7 @@ class _ParquetReader(ShardReader):
         for group in sorted(pieces):
             table = self._decode(group, names)
             for offset, length, position in pieces[group]:
-                self._copy(table, offset, length, out, position)
+                self._copy(table, offset, length, out, position, int(bounds[group]))
 
     def _decode(self, group: int, names: list[str]) -> pa.Table:
         """Row group ``group`` of ``names``, checked for its row count and for nulls."""
@@ -481,7 +578,8 @@ class _ParquetReader(ShardReader):
             _check_list_lengths(column, plan, lambda row, n, k: SchemaError(
                 f"{path} row group {group} row {first_row + row} (row {start + first_row + row} of the file): "
                 f"column {name!r} holds a list of {n} values where every row must hold {k} (the length the footer "
-                "gives); a column of varying lengths cannot be read yet: exclude it"
+                "gives, so it is read as fixed-size arrays): rewrite the file so that each row group shows the "
+                "varying lengths, or exclude the column"
             ))
 
     # -- remote (fsspec) files: one retried request per row group --------------
@@ -559,15 +657,17 @@ class _ParquetReader(ShardReader):
         return ParquetRowStream(self._shard, self, start, stop, rows_per_read)
 
     def _copy(
-        self, table: pa.Table | pa.RecordBatch, offset: int, length: int, out: Mapping[str, np.ndarray], position: int
+        self, table: pa.Table | pa.RecordBatch, offset: int, length: int, out: Mapping[str, np.ndarray], position: int,
+        first_row: int = 0,
     ) -> None:
-        """Rows ``[offset, offset + length)`` of a decoded row group into ``out`` at
-        ``position``: one copy per chunk, from a view of Arrow's buffers."""
+        """Rows ``[offset, offset + length)`` of a decoded row group (whose row 0 is row
+        ``first_row`` of the file) into ``out`` at ``position``: one copy per chunk,
+        from a view of Arrow's buffers."""
         for name, target in out.items():
             plan = self._plans[name]
             categories = self._shard._categories.get(name) if plan.kind == "dict" else None
             copy_column(table.column(name).slice(offset, length), plan, target[position : position + length],
-                        categories, self._shard.path)
+                        categories, self._shard.path, name, first_row + offset)
 
     def close(self) -> None:
         with self._lock:
@@ -799,6 +899,25 @@ def _is_text(t: pa.DataType) -> bool:
     return any(k(t) for k in kinds) or str(t) in ("string_view", "binary_view")  # views: pyarrow >= 16
 
 
+def _is_binary(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or str(t) == "binary_view"
+
+
+def _ragged_plan(t: pa.DataType) -> _Plan | None:
+    """The plan of a ``list<T>``/``large_list<T>`` of a fixed-width scalar ``T`` whose
+    rows vary in length (delivered as ``Ragged``); ``None`` for other types (nested
+    variable lists, lists of strings), which stay refused."""
+    if isinstance(t, pa.ExtensionType):
+        t = t.storage_type
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
+        return None
+    scalar = _scalar_dtype(t.value_type)
+    if isinstance(scalar, str):
+        return None
+    dtype, storage = scalar
+    return _Plan("ragged", ColumnSpec(dtype, (), "list"), storage, list_depth=1, leaf_is_bool=dtype == np.bool_)
+
+
 def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
@@ -820,7 +939,8 @@ def _has_variable_list(t: pa.DataType) -> bool:
 def _variable_reason(name: str, evidence: str) -> str:
     return (
         f"variable-length lists ({evidence}); only lists whose rows all hold the same number of "
-        f"values are delivered (a later version reads ragged columns): exclude it with exclude=[{name!r}]"
+        f"values, or a single-level list of numbers (list<T>, delivered as Ragged), are delivered: "
+        f"exclude it with exclude=[{name!r}]"
     )
 
 
@@ -836,6 +956,10 @@ def _plan_for(field: pa.Field, list_lengths: list[int] | None = None) -> _Plan |
         return _fsb_plan(t.byte_width, meta)
     if _is_list(t):
         return _fsl_plan(t, meta, list_lengths)
+    if _is_text(t):
+        text_kind = "bytes" if _is_binary(t) else "str"
+        dtype = np.dtype(object) if text_kind == "bytes" else np.dtypes.StringDType()
+        return _Plan("text", ColumnSpec(dtype, (), text_kind), np.dtype(np.uint8))
     if pa.types.is_dictionary(t):
         if not pa.types.is_integer(t.index_type):
             return f"dictionary indices of type {t.index_type}"
@@ -964,10 +1088,18 @@ def copy_column(
     target: np.ndarray,
     categories: pa.Array | None = None,
     path: str = "",
+    name: str = "",
+    first_row: int = 0,
 ) -> None:
     """Copy a decoded column slice (any ``RecordBatch``/``Table`` column) into
     ``target`` (``len(column)`` rows): one copy per chunk, from a view of Arrow's
-    buffers; dictionary chunks are re-coded to ``categories`` first."""
+    buffers; dictionary chunks are re-coded to ``categories`` first. A
+    variable-length column goes to a ``VariableTarget`` (offsets and values);
+    ``name`` and ``first_row`` (the file row of the slice's first row) name a row
+    too large for the budget."""
+    if plan.kind in ("text", "ragged"):
+        _copy_variable(column, plan, target, path, name, first_row)
+        return
     if plan.storage != plan.spec.dtype:  # date32: int32 days into datetime64[D]
         target = target.view(np.int64)
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
@@ -979,6 +1111,53 @@ def copy_column(
                 chunk = _recode(chunk, categories, path)
             np.copyto(target[pos : pos + n], _to_numpy(chunk, plan), casting="safe")
             pos += n
+
+
+def _copy_variable(
+    column: pa.ChunkedArray | pa.Array, plan: _Plan, target, path: str, name: str, first_row: int  # type: ignore[no-untyped-def]
+) -> None:
+    from ..columns import RowTooLarge
+    from ..errors import BudgetError
+
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    pos = 0
+    for chunk in chunks:
+        n = len(chunk)
+        if not n:
+            continue
+        offsets, values = _variable_buffers(chunk, plan)
+        try:
+            target[pos : pos + n].write(offsets, values)
+        except RowTooLarge as e:
+            raise BudgetError(
+                f"{path}: column {name!r} row {first_row + pos + e.row} holds {e.nbytes:,} bytes of values, more "
+                f"than the {e.limit:,} bytes its share of memory_limit holds; raise memory_limit or exclude the column"
+            ) from None
+        pos += n
+
+
+def _variable_buffers(arr: pa.Array, plan: _Plan) -> tuple[np.ndarray, np.ndarray]:
+    """``(offsets, values)`` of a variable-length chunk (``len(arr) + 1`` offsets into
+    ``values``, views of Arrow's buffers where possible), nulls filled by ``plan.fill``."""
+    if plan.kind == "text":
+        if str(arr.type) in ("string_view", "binary_view"):
+            arr = arr.cast(pa.large_binary() if _is_binary(arr.type) else pa.large_string())
+        arr = _filled(arr, plan)
+        wide = pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type)
+        buffers = arr.buffers()
+        offsets = np.frombuffer(buffers[1], dtype=np.int64 if wide else np.int32,
+                                count=arr.offset + len(arr) + 1)[arr.offset :]
+        data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.empty(0, np.uint8)
+        return offsets, data
+    # the offsets buffer itself (``ListArray.offsets.to_numpy()`` costs ~1 ms a call here)
+    wide = pa.types.is_large_list(arr.type)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64 if wide else np.int32,
+                            count=arr.offset + len(arr) + 1)[arr.offset :]
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    values = _leaf_view(_filled(arr.values.slice(lo, hi - lo), plan), plan.storage, plan.leaf_is_bool)
+    if plan.storage != plan.spec.dtype:  # date32 days: widen to datetime64[D]
+        values = values.astype(plan.spec.dtype)
+    return offsets - lo, values
 
 
 def _recode(chunk: pa.DictionaryArray, categories: pa.Array, path: str) -> pa.Array:

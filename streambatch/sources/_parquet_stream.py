@@ -79,7 +79,7 @@ class ParquetRowStream(RowStream):
             batch = self._batch_holding(row)
             offset = row - self._batch_row
             take = min(stop - row, batch.num_rows - offset)
-            self._reader._copy(batch, offset, take, out, row - start)
+            self._reader._copy(batch, offset, take, out, row - start, self._batch_row)
             row += take
         if self._batch is not None and stop >= self._batch_row + self._batch.num_rows:
             self._batch = None  # all of it delivered: do not hold it until the next read
