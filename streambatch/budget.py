@@ -245,6 +245,8 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
         # needs pieces of ~ rows x 160 x share / M rows, the ring ~ 4 pieces, so M grows as sqrt(rows)
         per_row = row_nbytes + _INDEX_BYTES_PER_ROW
         needed = 1.5 * (sliced_rows * _PLAN_BYTES_PER_PIECE * _PLAN_SHARE * 6 * per_row) ** 0.5
+        # ... on top of what the batches in flight and one open stream (if any) hold
+        needed = max(needed, (batch_bytes + stream_bytes + 4 * max_piece * per_row) / (1 - _STREAM_SHARE))
         raise BudgetError(
             f"memory_limit={format_bytes(memory_limit)} is too small for a dataset of {sliced_rows:,} rows: its epoch "
             f"plan (~{_PLAN_BYTES_PER_PIECE} bytes per piece) must fit in a quarter of the budget, which needs pieces "

@@ -11,22 +11,10 @@ from tests.conftest import make_columns, write_dataset
 
 
 class TestNpyReader(ReaderConformance):
-    # NpyShard leaves column checks to check_columns (the dataset calls it), and its
-    # reader looks a column up in its open files: a plain KeyError
-    open_checks_columns = False
-    unopened_column_error = KeyError
-    out_of_range_message = "bytes short"  # past the end: a short read of the column's file
-
     def make(self, tmp_path):
         columns = make_columns(300)
         (shard,) = sb.open_dataset(write_dataset("npy", tmp_path, columns)).shards
         return shard, columns
-
-    def out_of_range(self, n):
-        # past the end is refused (a short read, naming the file); a negative start
-        # is not checked by _NpyReader today (it reads header bytes): reported, since
-        # _npy.py is being changed on another branch
-        return [(n - 2, n + 1), (n, n + 1)]
 
     def test_resident_columns_read_the_same_as_positional_reads(self, tmp_path):
         shard, expected = self.make(tmp_path)

@@ -102,7 +102,9 @@ class NpyShard(Shard):
         """``resident`` columns are read whole, once, when first needed, and then
         gathered from memory: for narrow columns (labels) whose per-range reads
         would cost a system call for a few bytes each."""
+        self.check_columns(list(columns))  # an unknown column is refused naming the file
         return _NpyReader(
+            self.path,
             self.num_rows,
             {c: self._files[c] for c in columns},
             {c: self._offsets[c] for c in columns},
@@ -115,6 +117,7 @@ class NpyShard(Shard):
 class _NpyReader(ShardReader):
     def __init__(
         self,
+        path: str,
         num_rows: int,
         files: dict[str, FileSystemPath],
         offsets: dict[str, int],
@@ -122,6 +125,7 @@ class _NpyReader(ShardReader):
         retry: RetryPolicy | None = None,
         resident: Collection[str] = (),
     ) -> None:
+        self._path = path
         self._resident: dict[str, np.ndarray | None] = dict.fromkeys(resident)
         self._num_rows = num_rows
         self._retry = retry
@@ -142,7 +146,20 @@ class _NpyReader(ShardReader):
                 self._fds[column] = fd
             return fd
 
+    def _check(self, starts: np.ndarray, stops: np.ndarray, out: Mapping[str, np.ndarray]) -> None:
+        """Refuse ranges outside the shard (a negative start would read header bytes)
+        and columns this reader was not opened for, naming the shard."""
+        n = self._num_rows
+        bad = np.flatnonzero((starts < 0) | (stops < starts) | (stops > n))
+        if bad.size:
+            k = int(bad[0])
+            raise ValueError(f"{self._path}: rows {int(starts[k])}:{int(stops[k])} are outside 0:{n}")
+        for column in out:
+            if column not in self._specs:
+                raise SchemaError(f"{self._path}: column {column!r} was not opened by this reader")
+
     def read_into(self, start: int, stop: int, out: Mapping[str, np.ndarray]) -> None:
+        self._check(np.array([start]), np.array([stop]), out)
         for column, target in out.items():
             row_nbytes = self._specs[column].row_nbytes
             offset = self._offsets[column] + start * row_nbytes
@@ -157,6 +174,7 @@ class _NpyReader(ShardReader):
         """Many row ranges, one positional read each straight into ``out`` (measured
         here: faster than gathering from a memory map, whose page faults cost more
         than the reads, and nothing stays mapped)."""
+        self._check(np.asarray(starts), np.asarray(stops), out)
         if not all(self._files[c].is_local for c in out):
             return self._read_many_remote(starts, stops, out)
         rows = None
