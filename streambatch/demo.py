@@ -176,8 +176,10 @@ def run_demo(
         print(
             "\nscore: 1.0 = as well mixed as a full random permutation; ~12 = unshuffled. "
             f"Peak RSS includes the interpreter; the contract is <= memory_limit + 300 MiB "
-            f"= {(budget + (300 << 20)) / 2**20:.0f} MiB. Parquet/Zarr mix whole row groups/chunks "
-            f"({chunk_rows} rows here): `streambatch convert --shuffle` rewrites them to score ~1.0.",
+            f"= {(budget + (300 << 20)) / 2**20:.0f} MiB. Parquet row groups are streamed in slices, many at "
+            f"once; Zarr chunks ({chunk_rows} rows here) are decoded whole, so the window holds "
+            "budget / chunk of them. Data that fits the budget is fully permuted; "
+            "`streambatch convert --shuffle` rewrites the rest to score ~1.0 (docs/shuffling.md).",
             file=out,
         )
     finally:
