@@ -101,7 +101,24 @@ def work_epoch(path: str, memory_limit: str, pad: dict | None = None, threads: i
     return {"rows": rows, "seconds": seconds, "checksum": checksum, "code": os.path.dirname(sb.__file__)}
 
 
-WORKERS = {"generate_tokens": work_generate_tokens, "epoch": work_epoch}
+def work_generate_embeddings(data: str, rows: int) -> dict:
+    """An embedding dataset as pandas writes it (`df.to_parquet`, one ndarray per row:
+    ``list<float>`` of constant length, pandas' defaults), beside the same rows as ``.npy``."""
+    import numpy as np
+    import pandas as pd
+
+    root = os.path.join(os.path.abspath(data), f"embeddings-{rows}")
+    os.makedirs(os.path.join(root, "npy"), exist_ok=True)
+    x = np.random.default_rng(0).standard_normal((rows, 128), dtype=np.float32)
+    label = (np.arange(rows, dtype=np.int64) * 10) // rows
+    pd.DataFrame({"x": list(x), "label": label}).to_parquet(os.path.join(root, "pandas.parquet"))
+    np.save(os.path.join(root, "npy", "x.npy"), x)
+    np.save(os.path.join(root, "npy", "label.npy"), label)
+    return {"root": root}
+
+
+WORKERS = {"generate_tokens": work_generate_tokens, "generate_embeddings": work_generate_embeddings,
+           "epoch": work_epoch}
 
 
 # --------------------------------------------------------------------------- driver
@@ -116,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--npy-rows", type=int, default=2_000_000, help="rows of the standard float32[128] .npy set")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--fixed-only", action="store_true", help="only the fixed-width .npy before/after rows")
+    parser.add_argument("--embeddings", type=int, default=0, metavar="ROWS",
+                        help="instead: an embedding dataset written by pandas (list<float>[128]) beside .npy")
     args = parser.parse_args(argv)
 
     def log(msg: str) -> None:
@@ -124,19 +143,30 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     paths = _paths(args.data)
     marker = os.path.join(paths["root"], ".done")
-    if not os.path.exists(marker):
+    if args.embeddings:
+        r = run_config({"module": "bench_ragged", "kind": "generate_embeddings", "data": args.data,
+                        "rows": args.embeddings}, args.timeout)
+        if "error" in r:
+            raise SystemExit(f"generate failed: {r['error']}")
+        configs = [
+            ("`list<float>[128]` embeddings written by pandas `to_parquet` (defaults)",
+             os.path.join(r["root"], "pandas.parquet"), None, None),
+            ("the same rows as `.npy` `float32[128]`", os.path.join(r["root"], "npy"), None, None),
+        ]
+    elif not os.path.exists(marker):
         log("generating the tokenised dataset ...")
         r = run_config({"module": "bench_ragged", "kind": "generate_tokens", "data": args.data}, args.timeout)
         if "error" in r:
             raise SystemExit(f"generate failed: {r['error']}")
         with open(marker, "w") as f:
             f.write("ok\n")
-    configs = [
-        ("ragged `list<int32>` Parquet → `Ragged`", paths["parquet"], None, None),
-        ("ragged `list<int32>` Parquet, `pad=(1000, 0)`", paths["parquet"], {"tokens": [MAX_LEN, 0]}, None),
-        ("ragged `list<int32>` Arrow IPC (memory map) → `Ragged`", paths["arrow"], None, None),
-        ("fixed `int32[1000]` `.npy` (the same rows, padded)", paths["npy"], None, None),
-    ]
+    if not args.embeddings:
+        configs = [
+            ("ragged `list<int32>` Parquet → `Ragged`", paths["parquet"], None, None),
+            ("ragged `list<int32>` Parquet, `pad=(1000, 0)`", paths["parquet"], {"tokens": [MAX_LEN, 0]}, None),
+            ("ragged `list<int32>` Arrow IPC (memory map) → `Ragged`", paths["arrow"], None, None),
+            ("fixed `int32[1000]` `.npy` (the same rows, padded)", paths["npy"], None, None),
+        ]
     if args.fixed_only:
         configs = []
     if args.baseline:
