@@ -66,6 +66,11 @@ _TARGET_DATA_PIECES = 4096
 _STREAM_SHARE = 0.4
 _MAX_LANES = 256
 _SLICES_PER_LANE = 4
+#: A streamed slice holds at most this many bytes of rows (a 1 M-row group with two lanes
+#: would otherwise decode 20+ MiB at a time, per thread, outside the ring)
+_MAX_SLICE_BYTES = 1 << 20
+#: Decoded slices' worth of memory reserved for the streams' decodes in flight.
+_STREAM_DECODE_SLICES = 4
 _MIN_PIECE_BYTES = 16 << 10
 _JOB_BYTES = 1 << 20
 _SCRATCH_SHARE = 0.25
@@ -191,7 +196,7 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
     row_nbytes = max(1, dataset.row_nbytes)
     num_rows = dataset.num_rows
     # a unit is streamed when an open stream costs less than the unit held whole
-    stream_min_rows = _stream_nbytes(dataset) // row_nbytes + 1 if shuffle else 0
+    stream_min_rows = _stream_nbytes(dataset) // row_nbytes + 1
     unit_rows = _largest_whole_unit_rows(dataset, stream_min_rows)
     # enough for a few concurrent decodes (each ~2 units: decoded + compressed pages),
     # never more than a quarter of the budget; the rest goes to the shuffle window
@@ -210,11 +215,12 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
         return max(min_piece, _JOB_BYTES // row_nbytes)
 
     # streams for the units larger than a piece would be without them
-    lanes, stream_bytes, streamed_units = 1, 0, 0
-    if shuffle:
-        lanes, stream_bytes, streamed_units = _lanes(
-            dataset, memory_limit, max(stream_min_rows, pieces_for(ring_bytes // (row_nbytes + _INDEX_BYTES_PER_ROW)))
-        )
+    # (in stored order one stream at a time is enough: a row group larger than the budget
+    # is still read, front to back)
+    lanes, stream_bytes, streamed_units = _lanes(
+        dataset, memory_limit, max(stream_min_rows, pieces_for(ring_bytes // (row_nbytes + _INDEX_BYTES_PER_ROW))),
+        1 if not shuffle else _MAX_LANES,
+    )
     ring_bytes -= stream_bytes
     ring_rows = max(0, ring_bytes // (row_nbytes + _INDEX_BYTES_PER_ROW))
     piece_rows = pieces_for(ring_rows)
@@ -230,7 +236,15 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
     slice_rows = piece_rows
     if stream_bytes:  # ~4 slices of each lane in the window (or of the data, when it fits)
         slice_rows = max(piece_rows, min(int(ring_rows * 0.8), num_rows) // (_SLICES_PER_LANE * lanes))
-        slice_rows = int(min(slice_rows, max(piece_rows, ring_rows // 8)))
+        largest = max(piece_rows, _MAX_SLICE_BYTES // row_nbytes)
+        slice_rows = int(min(slice_rows, max(piece_rows, ring_rows // 8), largest))
+        # a slice is decoded in a pool thread before it is copied into the ring: Arrow holds
+        # the decoded batch and its temporaries, about 4 slices' worth in all (measured:
+        # 2 threads streaming two 1 M-row list<float> groups, 2 MiB slices: ~9 MiB)
+        decode_reserve = _STREAM_DECODE_SLICES * slice_rows * row_nbytes
+        stream_bytes += decode_reserve
+        ring_bytes -= decode_reserve
+        ring_rows = max(0, ring_bytes // (row_nbytes + _INDEX_BYTES_PER_ROW))
     max_piece = max(unit_rows, piece_rows, slice_rows, 1)
     job_rows = max(piece_rows, min(_JOB_BYTES // row_nbytes, max(1, ring_rows // 8)))
     job_rows = max(job_rows, max_piece)
@@ -310,7 +324,7 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
     )
 
 
-def _lanes(dataset: Dataset, memory_limit: int, piece_rows: int) -> tuple[int, int, int]:
+def _lanes(dataset: Dataset, memory_limit: int, piece_rows: int, most: int = _MAX_LANES) -> tuple[int, int, int]:
     """``(lanes, bytes, units)``: how many units to stream at once, what their open
     streams hold, and how many units stream: one per streamable unit larger than a piece, as far as
     ``_STREAM_SHARE`` of the budget allows (at least one, at most ``_MAX_LANES``)."""
@@ -321,7 +335,7 @@ def _lanes(dataset: Dataset, memory_limit: int, piece_rows: int) -> tuple[int, i
     per_stream = _stream_nbytes(dataset)
     if not units or not per_stream:
         return 1, 0, 0
-    lanes = max(1, min(units, _MAX_LANES, int(memory_limit * _STREAM_SHARE) // per_stream))
+    lanes = max(1, min(units, most, int(memory_limit * _STREAM_SHARE) // per_stream))
     return lanes, lanes * per_stream, units
 
 

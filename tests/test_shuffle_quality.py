@@ -98,23 +98,23 @@ def test_more_memory_never_hurts(layouts, layout):
     assert all(later <= earlier + 0.03 for earlier, later in zip(scores, scores[1:])), scores
 
 
-def _streamed(tmp_path, n: int = 120_000, group: int = 40_000) -> str:
-    """Rows of 264 bytes in row groups of 10 MB: far larger than a 2-8 MiB window."""
+def _streamed(tmp_path, n: int = 240_000, group: int = 80_000) -> str:
+    """Rows of 264 bytes in row groups of 21 MB: larger than the window of a 32 MiB budget."""
     return _write(f"pq-{group}", tmp_path, n, width=64)
 
 
 def test_row_groups_larger_than_the_window_are_streamed_and_mixed(tmp_path):
-    """Three row groups of 10 MB under a budget of 8 MiB: all three are streamed at
+    """Three row groups of 21 MB under a budget of 32 MiB: all three are streamed at
     once, so every batch mixes rows of the three (a window of whole row groups
     could not hold even one)."""
     path = _streamed(tmp_path)
-    loader = _loader(path, "8MiB")
+    loader = _loader(path, "32MiB")
     budget = loader.budget
     assert budget.stream_bytes > 0 and budget.lanes == 3 and not budget.fits
-    assert budget.ring_rows < 40_000, "the window holds less than one row group"
+    assert budget.ring_rows < 80_000, "the window holds less than one row group"
     score, ids = _epoch(loader)
-    assert np.array_equal(np.sort(ids), np.arange(120_000))
-    groups = ids[: ids.size // 256 * 256].reshape(-1, 256) // 40_000
+    assert np.array_equal(np.sort(ids), np.arange(240_000))
+    groups = ids[: ids.size // 256 * 256].reshape(-1, 256) // 80_000
     mixed = np.mean([len(np.unique(g)) for g in groups[10:-10]])
     assert mixed > 2.9, f"batches mix rows of {mixed:.2f} row groups on average"
     assert score < 10, score  # three class-sorted places at a time: the most three streams can do
@@ -122,7 +122,7 @@ def test_row_groups_larger_than_the_window_are_streamed_and_mixed(tmp_path):
 
 def test_streamed_order_does_not_depend_on_the_thread_count(tmp_path):
     path = _streamed(tmp_path)
-    runs = [_epoch(_loader(path, "8MiB", num_threads=t, seed=5))[1] for t in (1, 2, 4)]
+    runs = [_epoch(_loader(path, "32MiB", num_threads=t, seed=5))[1] for t in (1, 2, 4)]
     assert np.array_equal(runs[0], runs[1]) and np.array_equal(runs[0], runs[2])
 
 

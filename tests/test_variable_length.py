@@ -104,7 +104,7 @@ def parquet_streamed(tmp_path) -> Case:
     through streams, slice by slice."""
     rows = _rows(4, 200_000)
     path = str(tmp_path / "big-groups.parquet")
-    pq.write_table(_table(rows, pa.list_(pa.int32()), pa.string(), pa.binary()), path, row_group_size=25_000)
+    pq.write_table(_table(rows, pa.list_(pa.int32()), pa.string(), pa.binary()), path, row_group_size=100_000)
     return Case(path, rows, KINDS, {"memory_limit": "32MiB", "batch_size": 512})
 
 
