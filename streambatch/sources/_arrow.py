@@ -32,7 +32,6 @@ Handles
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 from collections.abc import Mapping
@@ -53,6 +52,7 @@ from ._parquet import (
     _ragged_plan,
     _variable_reason,
     copy_column,
+    plans_to_read,
 )
 
 __all__ = ["ArrowShard", "huggingface_shards"]
@@ -192,11 +192,7 @@ class ArrowShard(Shard):
     def open_reader(self, columns: list[str]) -> ShardReader:
         columns = list(dict.fromkeys(columns))
         self.check_columns(columns)
-        plans = {c: self._plans[c] for c in columns}
-        for c, value in self.fill_nulls.items():
-            if c in plans:
-                plans[c] = dataclasses.replace(plans[c], fill=value)
-        return _ArrowReader(self, plans)
+        return _ArrowReader(self, plans_to_read(self._plans, columns, self.fill_nulls))
 
     def variable_row_nbytes(self, name: str) -> int:
         """Bytes of values per row of a variable-length column: the largest mean of any

@@ -74,7 +74,7 @@ import math
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -431,11 +431,7 @@ class ParquetShard(Shard):
     def open_reader(self, columns: list[str]) -> ShardReader:
         columns = list(dict.fromkeys(columns))
         self.check_columns(columns)
-        plans = {c: self._plans[c] for c in columns}
-        for c, value in self.fill_nulls.items():
-            if c in plans:
-                plans[c] = dataclasses.replace(plans[c], fill=value)
-        return _ParquetReader(self, plans)
+        return _ParquetReader(self, plans_to_read(self._plans, columns, self.fill_nulls))
 
     def row_group_of(self, row: int) -> int:
         """Index of the (non-empty) row group holding ``row``."""
@@ -1085,6 +1081,16 @@ def _filled(arr: pa.Array, plan: _Plan) -> pa.Array:
     if plan.fill is None or not arr.null_count:
         return arr
     return pc.fill_null(arr, pa.scalar(plan.fill, arr.type))
+
+
+def plans_to_read(plans: Mapping[str, _Plan], columns: list[str], fill_nulls: Mapping[str, Any]) -> dict[str, _Plan]:
+    """The read plans of ``columns``, each carrying its ``fill_nulls`` value (Parquet
+    and Arrow readers alike)."""
+    chosen = {c: plans[c] for c in columns}
+    for c, value in fill_nulls.items():
+        if c in chosen:
+            chosen[c] = dataclasses.replace(chosen[c], fill=value)
+    return chosen
 
 
 def copy_column(
