@@ -48,25 +48,38 @@ class BatchFiller:
             return
         self._size = size
 
-    def fill(self, positions: np.ndarray) -> Iterator[dict[str, Any]]:
-        """Consume ``positions`` in order, yielding each batch as it completes."""
-        return self._consume(positions.size, lambda a, b: self._ring.gather(positions[a:b], self._contiguous))
+    def fill(
+        self, positions: np.ndarray, ready: Callable[[int, int], int] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Consume ``positions`` in order, yielding each batch as it completes.
+
+        ``ready(a, b)``, if given, is asked before rows ``[a, b)`` are gathered; it
+        returns ``c`` in ``(a, b]`` once rows ``[a, c)`` are in the ring, and the rest
+        is asked for again: rows are read as they are needed, not a segment ahead."""
+        if ready is None:
+            return self._consume(positions.size, lambda a, b: (b, self._ring.gather(positions[a:b], self._contiguous)))
+
+        def part(a: int, b: int) -> tuple[int, dict[str, Any]]:
+            c = ready(a, b)
+            return c, self._ring.gather(positions[a:c], self._contiguous)
+
+        return self._consume(positions.size, part)
 
     def fill_rows(self, rows: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Like :meth:`fill`, for rows already gathered (in order) outside the ring."""
         n = len(next(iter(rows.values()))) if rows else 0
-        return self._consume(n, lambda a, b: {name: values[a:b] for name, values in rows.items()})
+        return self._consume(n, lambda a, b: (b, {name: values[a:b] for name, values in rows.items()}))
 
     def _consume(
-        self, n: int, part: Callable[[int, int], dict[str, Any]]
+        self, n: int, part: Callable[[int, int], tuple[int, dict[str, Any]]]
     ) -> Iterator[dict[str, Any]]:
+        """``part(a, b)`` gathers rows ``[a, c)`` for some ``c`` in ``(a, b]`` and returns ``(c, rows)``."""
         i = self.taken = 0
         while i < n and not self.finished:
-            take = min(self._size - self._filled, n - i)
-            self._parts.append(part(i, i + take))
-            self._filled += take
-            i += take
-            self.taken = i
+            end, rows = part(i, i + min(self._size - self._filled, n - i))
+            self._parts.append(rows)
+            self._filled += end - i
+            i = self.taken = end
             if self._filled == self._size:
                 parts = self._parts
                 self._next_batch()

@@ -266,18 +266,15 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
             f"plan (~{_PLAN_BYTES_PER_PIECE} bytes per piece) must fit in a quarter of the budget, which needs pieces "
             f"of {plan_floor:,} rows, too large for the rest of the budget; use memory_limit >= {format_bytes(needed)}"
         )
-    if not fits and (ring_rows < max_piece + job_rows or fitting < 2):
+    if not fits and ring_rows < max_piece:
+        # a ring holding one read unit runs (each unit is read once the one before it
+        # is emitted: no mixing across units, see PoorShuffleWarning); less cannot
         unit = max(unit_rows, min_piece, 1)
-        ring_need = 3 * unit * (row_nbytes + _INDEX_BYTES_PER_ROW)
-        rest = ring_need + batch_bytes + stream_bytes
-        full_scratch = _DECODES_IN_FLIGHT * 2 * unit_bytes  # scratch once M >= full_scratch / share
-        needed = rest / (1 - _SCRATCH_SHARE) if unit_rows else rest
-        if unit_rows and needed * _SCRATCH_SHARE > full_scratch:
-            needed = rest + full_scratch
+        needed = _smallest_memory_limit(dataset, memory_limit, batch_size, shuffle)
         raise BudgetError(
             f"memory_limit={format_bytes(memory_limit)} is too small for this dataset: it must hold "
-            f"{3 * group + 2} batches of {batch_size} rows ({format_bytes(batch_bytes)}) and a few read units of "
-            f"{unit} rows ({format_bytes(unit * row_nbytes)} each){' plus decode scratch' if unit_rows else ''}; "
+            f"{3 * group + 2} batches of {batch_size} rows ({format_bytes(batch_bytes)}) and a read unit of "
+            f"{unit} rows ({format_bytes(unit * row_nbytes)}){' plus decode scratch' if unit_rows else ''}; "
             f"use memory_limit >= {format_bytes(needed)}"
             + (", or rewrite the data in smaller chunks with `streambatch convert`" if unit_rows else "")
         )
@@ -322,6 +319,29 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
             dataset.column_row_nbytes(n) - c.row_nbytes for n, c in dataset.columns.items() if c.variable
         ),
     )
+
+
+def _smallest_memory_limit(dataset: Dataset, too_small: int, batch_size: int, shuffle: bool) -> int:
+    """The smallest ``memory_limit`` (to 1 %) above ``too_small`` that
+    :func:`plan_budget` accepts: what a ``BudgetError`` advises, found by bisection
+    so that the advice is always enough."""
+    lo, hi = too_small, max(2 * too_small, 1 << 20)
+    while not _accepted(dataset, hi, batch_size, shuffle):
+        lo, hi = hi, 2 * hi
+        if hi > 1 << 50:
+            return hi
+    while hi - lo > max(lo // 100, 1 << 16):
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if _accepted(dataset, mid, batch_size, shuffle) else (mid, hi)
+    return hi
+
+
+def _accepted(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: bool) -> bool:
+    try:
+        plan_budget(dataset, memory_limit, batch_size, shuffle)
+    except BudgetError:
+        return False
+    return True
 
 
 def _lanes(dataset: Dataset, memory_limit: int, piece_rows: int, most: int = _MAX_LANES) -> tuple[int, int, int]:

@@ -17,7 +17,7 @@ import threading
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ from .prefetch import BackgroundIterator, ReaderPool
 from .reading import PieceReads
 from .resume import StreamSlice, advance, rank_slices
 from .ring import RowRing
-from .shuffle import WindowShuffle
+from .shuffle import Segment, WindowShuffle
 from .sources import Dataset, SourceLike, open_dataset
 from .sources._handles import ReaderCache
 from .sources._retry import RetryPolicy
@@ -442,9 +442,8 @@ def _emit(
                             break
                         reads.release(segment.first_live)  # the segment was read directly: its pieces are done
                         continue
-                reads.wait_loaded(min(segment.pieces_needed, reads.stop_piece))
                 group: list[Batch] = []
-                for batch in filler.fill(positions):
+                for batch in filler.fill(positions, _waiter(plan, reads, positions, keys, segment, filler)):
                     group.append(batch)
                     if len(group) == budget.batch_group:
                         yield group
@@ -461,6 +460,38 @@ def _emit(
             reads.drain()
     finally:
         pool.close()
+
+
+def _waiter(
+    plan: EpochPlan, reads: PieceReads, positions: np.ndarray, keys: np.ndarray, segment: Segment, filler: BatchFiller
+) -> Callable[[int, int], int]:
+    """``ready(a, b)`` for :meth:`BatchFiller.fill`: rows are gathered as soon as
+    their pieces are loaded, so the first batch waits for its own rows only; and
+    a ring that holds a single read unit still runs: the rows of a loaded piece
+    are gathered first, then (every row of it emitted) the next piece is read."""
+    load = plan.load
+    last = min(segment.pieces_needed, reads.stop_piece)
+
+    def emitted() -> int:
+        # every row of the pieces below this one is out: those of the rest of the
+        # segment are not, nor those with keys beyond it
+        rest = positions[filler.taken :]
+        later = plan.first_live_piece(segment.tick_hi)
+        return min(int(plan.piece_of(rest).min()), later) if rest.size else later
+
+    def ready(a: int, b: int) -> int:
+        while True:
+            loaded = reads.loaded
+            if loaded >= last or keys[b - 1] < load[loaded]:
+                return b
+            # rows [a, c) need only loaded pieces
+            c = a + int(np.searchsorted(keys[a:b], load[loaded], side="left"))
+            if c > a:
+                return c
+            # the fewest pieces that let row a out (a ring of one unit may hold no more)
+            reads.wait_loaded(min(plan.pieces_holding(float(keys[a])), last), emitted)
+
+    return ready
 
 
 def _read_rows(plan: EpochPlan, positions: np.ndarray, ring: RowRing, cache: ReaderCache) -> Batch:

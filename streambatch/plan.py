@@ -138,6 +138,15 @@ class EpochPlan:
         """How many pieces (a prefix) must be loaded to emit keys below ``tick``."""
         return int(np.searchsorted(self.load, tick, side="left"))
 
+    def pieces_holding(self, key: float) -> int:
+        """How many pieces (a prefix) must be loaded to emit the row with ``key``
+        and every row before it."""
+        return int(np.searchsorted(self.load, key, side="right"))
+
+    def piece_of(self, positions: np.ndarray) -> np.ndarray:
+        """The piece holding each of ``positions`` (positions in the rank's row sequence)."""
+        return np.searchsorted(self.offsets, positions, side="right") - 1
+
     def first_live_piece(self, tick: float) -> int:
         """The lowest piece still holding keys at or above ``tick``."""
         return int(np.searchsorted(self.end, tick, side="right"))

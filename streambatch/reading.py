@@ -112,11 +112,19 @@ class PieceReads:
             self.jobs.append((first, end, futures))
             self.admitted = end
 
-    def wait_loaded(self, upto: int) -> None:
-        """Block until pieces ``< upto`` are in the ring; re-raise a reader's error here."""
+    def wait_loaded(self, upto: int, emitted: Callable[[], int] | None = None) -> None:
+        """Block until pieces ``< upto`` are in the ring; re-raise a reader's error here.
+
+        When the ring is too full to admit them, ``emitted()`` says below which
+        piece every row has been emitted (exactly, where the releases after each
+        batch group are conservative): a ring that holds one read unit reads the
+        next one once the last row of the first is out."""
         while self.loaded < upto:
             if not self.jobs:
                 self.admit(upto)
+                if not self.jobs and emitted is not None:
+                    self.release(emitted())
+                    self.admit(upto)
                 if not self.jobs:
                     raise RuntimeError(
                         f"internal error: piece {self.loaded} cannot be admitted "

@@ -196,3 +196,62 @@ def test_a_million_row_group_runs_at_64mib_within_the_rss_bound(tmp_path):
     rows, peak, stream_bytes = map(int, done.stdout.split())
     assert rows == n and stream_bytes > 0
     assert peak <= (64 << 20) + (300 << 20), f"peak RSS {peak / 2**20:.0f} MiB"
+
+
+def _one_unit_ring(tmp_path) -> tuple[str, str]:
+    """Zarr chunks (compressed: decoded whole) of which the budget's ring holds one,
+    not two: 40,000 rows of 1 KiB in 8,192-row chunks (8 MiB each) at 14 MiB."""
+    path = _write("zarr-8192", tmp_path, 40_000, width=256)
+    return path, "14MiB"
+
+
+def test_a_ring_that_holds_one_read_unit_runs_and_delivers_every_row_once(tmp_path):
+    path, limit = _one_unit_ring(tmp_path)
+    loader = _loader(path, limit, seed=1)
+    budget = loader.budget
+    assert budget.max_piece_rows <= budget.ring_rows < 2 * budget.max_piece_rows, budget.describe()
+    _, rows = _epoch(loader)
+    assert np.array_equal(np.sort(rows), np.arange(40_000))
+    # within each unit the rows are shuffled; units come one after another (the physics)
+    units = rows // 8192
+    assert np.count_nonzero(np.diff(units)) <= 2 * 5, "each unit is emitted (nearly) on its own"
+    assert not np.array_equal(rows, np.sort(rows))
+
+
+def test_a_ring_that_holds_one_read_unit_resumes_exactly_at_every_batch_boundary(tmp_path):
+    path, limit = _one_unit_ring(tmp_path)
+    kw = {"seed": 3}
+    full = [b["x"][:, 0].copy() for b in _loader(path, limit, **kw)]
+    for k in range(len(full) + 1):
+        first = _loader(path, limit, **kw)
+        it = iter(first)
+        for _ in range(k):
+            next(it)
+        state = first.state_dict()
+        it.close()
+        resumed = _loader(path, limit, **kw)
+        resumed.load_state_dict(state)
+        rest = [b["x"][:, 0] for b in resumed]
+        assert len(rest) == len(full) - k, k
+        assert all(np.array_equal(a, b) for a, b in zip(rest, full[k:])), k
+
+
+_BIG_CHUNKS = _ONE_BIG_GROUP.replace("print(rows, hwm, loader.budget.stream_bytes)", "print(rows, hwm)")
+
+
+@pytest.mark.slow
+def test_zarr_chunks_of_half_the_budget_run_at_64mib_within_the_rss_bound(tmp_path):
+    """65,536-row chunks of 512-byte rows (32 MiB decoded, compressed whole): the ring
+    holds one at 64 MiB, and the epoch runs within memory_limit + 300 MiB."""
+    n = 4 * 65536
+    path = str(tmp_path / "big-chunks.zarr")
+    x = np.random.default_rng(0).standard_normal((n, 128), dtype=np.float32)
+    group = zarr.open_group(path, mode="w")
+    group.create_array("x", data=x, chunks=(65536, 128))
+    group.create_array("label", data=(np.arange(n) * CLASSES // n).astype(np.int64), chunks=(65536,))
+    del x
+    done = subprocess.run([sys.executable, "-c", _BIG_CHUNKS, path], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows, peak = map(int, done.stdout.split())
+    assert rows == n
+    assert peak <= (64 << 20) + (300 << 20), f"peak RSS {peak / 2**20:.0f} MiB"
