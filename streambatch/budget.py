@@ -64,6 +64,8 @@ _TARGET_WINDOW_PIECES = 2048
 _TARGET_DATA_PIECES = 4096
 #: Streams: at most this share of ``M``, and at most this many open at once.
 _STREAM_SHARE = 0.4
+#: ... or up to this share, when it opens every streamed unit at once
+_STREAM_SHARE_ALL = 0.6
 _MAX_LANES = 256
 _SLICES_PER_LANE = 4
 #: A streamed slice holds at most this many bytes of rows (a 1 M-row group with two lanes
@@ -192,11 +194,38 @@ class Budget:
 
 
 def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: bool) -> Budget:
-    """Split ``memory_limit`` for ``dataset``; raises if one read unit cannot fit."""
+    """Split ``memory_limit`` for ``dataset``; raises if one read unit cannot fit.
+
+    A unit is streamed when an open stream costs less than the unit held whole,
+    except when the data fits with every unit read whole (their decodes inside
+    the scratch): all of it is then live at once and the order a full
+    permutation anyway, and whole row groups decode with less CPU than many
+    streams interleaved (measured: 245 streams of 8k-row groups at 200 % of the
+    data, 1.09 M rows/s against 2.31 M whole)."""
+    return _plan_budget(dataset, memory_limit, batch_size, shuffle, advise=True)
+
+
+def _plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: bool, advise: bool) -> Budget:
+    """:func:`plan_budget`; a ``BudgetError`` names the memory_limit that would do if ``advise``."""
+    row_nbytes = max(1, dataset.row_nbytes)
+    stream_min_rows = _stream_nbytes(dataset) // row_nbytes + 1
+    if shuffle and any(s.streams_units for s in dataset.shards):
+        try:
+            whole = _split(dataset, memory_limit, batch_size, shuffle, dataset.num_rows + 1, advise=False)
+        except BudgetError:
+            pass
+        else:
+            if whole.fits and whole.scratch_bytes >= 2 * whole.unit_nbytes:
+                return whole
+    return _split(dataset, memory_limit, batch_size, shuffle, stream_min_rows, advise)
+
+
+def _split(
+    dataset: Dataset, memory_limit: int, batch_size: int, shuffle: bool, stream_min_rows: int, advise: bool
+) -> Budget:
+    """:func:`plan_budget` with units of ``stream_min_rows`` rows or more streamed."""
     row_nbytes = max(1, dataset.row_nbytes)
     num_rows = dataset.num_rows
-    # a unit is streamed when an open stream costs less than the unit held whole
-    stream_min_rows = _stream_nbytes(dataset) // row_nbytes + 1
     unit_rows = _largest_whole_unit_rows(dataset, stream_min_rows)
     # enough for a few concurrent decodes (each ~2 units: decoded + compressed pages),
     # never more than a quarter of the budget; the rest goes to the shuffle window
@@ -251,7 +280,7 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
     # the whole dataset fits: hold it, never more ring than that
     fits = shuffle and ring_rows >= num_rows + job_rows
     if fits:
-        ring_rows = num_rows + job_rows
+        ring_rows = num_rows  # no read ever wraps around: the whole epoch is live at once
 
     fitting = ring_rows // max_piece
     if not fits and plan_floor > piece_rows and (ring_rows < max_piece + job_rows or fitting < 2):
@@ -270,7 +299,7 @@ def plan_budget(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: b
         # a ring holding one read unit runs (each unit is read once the one before it
         # is emitted: no mixing across units, see PoorShuffleWarning); less cannot
         unit = max(unit_rows, min_piece, 1)
-        needed = _smallest_memory_limit(dataset, memory_limit, batch_size, shuffle)
+        needed = _smallest_memory_limit(dataset, memory_limit, batch_size, shuffle) if advise else 0
         raise BudgetError(
             f"memory_limit={format_bytes(memory_limit)} is too small for this dataset: it must hold "
             f"{3 * group + 2} batches of {batch_size} rows ({format_bytes(batch_bytes)}) and a read unit of "
@@ -338,7 +367,7 @@ def _smallest_memory_limit(dataset: Dataset, too_small: int, batch_size: int, sh
 
 def _accepted(dataset: Dataset, memory_limit: int, batch_size: int, shuffle: bool) -> bool:
     try:
-        plan_budget(dataset, memory_limit, batch_size, shuffle)
+        _plan_budget(dataset, memory_limit, batch_size, shuffle, advise=False)
     except BudgetError:
         return False
     return True
@@ -356,6 +385,10 @@ def _lanes(dataset: Dataset, memory_limit: int, piece_rows: int, most: int = _MA
     if not units or not per_stream:
         return 1, 0, 0
     lanes = max(1, min(units, most, int(memory_limit * _STREAM_SHARE) // per_stream))
+    if lanes < units <= most and units * per_stream <= memory_limit * _STREAM_SHARE_ALL:
+        # every unit open at once: each batch draws on all of them, whatever the ring
+        # holds, which beats a larger ring over fewer units
+        lanes = units
     return lanes, lanes * per_stream, units
 
 

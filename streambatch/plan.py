@@ -176,7 +176,7 @@ def make_plan(
     )
     sizes = stop - start
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    head_rows = max(_MIN_HEAD_ROWS, 2 * _largest_unit(sizes, stream))
+    head_rows = _head_rows(sizes, stream, params.lanes)
     load, end = ticks(sizes, stream >= 0, params.window_pieces, params.shuffle, head_rows)
     key_seed = int(np.random.SeedSequence([params.seed, epoch, rank, world_size]).generate_state(1, np.uint64)[0])
     fits = params.shuffle and shard.size <= params.window_pieces
@@ -309,13 +309,18 @@ def _pieces(
     return p_shard, p_start, p_stop, stream
 
 
-def _largest_unit(sizes: np.ndarray, stream: np.ndarray) -> int:
-    """Rows of the largest read unit: a streamed unit's slices together, else a piece."""
+def _head_rows(sizes: np.ndarray, stream: np.ndarray, lanes: int) -> int:
+    """Rows the first batch of data that fits waits for: two read units, so that the
+    first batches mix more than one. A unit read whole counts whole; streamed
+    units interleave slice by slice in the read order, so two slices of each lane
+    already mix ``lanes`` units (the first batch does not wait for whole row groups)."""
     whole = sizes[stream < 0]
-    largest = int(whole.max()) if whole.size else 0
-    if (stream >= 0).any():
-        largest = max(largest, int(np.bincount(stream[stream >= 0], weights=sizes[stream >= 0]).max()))
-    return largest
+    head = 2 * int(whole.max()) if whole.size else 0
+    streamed = sizes[stream >= 0]
+    if streamed.size:
+        open_at_once = min(lanes, int(np.unique(stream[stream >= 0]).size))
+        head = max(head, 2 * open_at_once * int(streamed.max()))
+    return max(_MIN_HEAD_ROWS, head)
 
 
 def _interleave(unit: np.ndarray, row_in_unit: np.ndarray, unit_sizes: np.ndarray, lanes: int) -> np.ndarray:

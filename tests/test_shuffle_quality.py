@@ -92,6 +92,15 @@ def test_data_that_fits_is_fully_shuffled(layouts, layout):
     assert score <= 1.05, score
 
 
+def test_data_that_fits_reads_row_groups_whole_when_their_decodes_fit(layouts):
+    """Streams only pay when the data does not fit: held whole, every row group is
+    live at once anyway, and a whole row group decodes with less CPU than slices
+    of many interleaved streams."""
+    loader = _loader(layouts["pq-8192"], "64MiB")
+    assert loader.budget.fits and loader.budget.stream_bytes == 0, loader.budget.describe()
+    assert not (loader.plan().stream >= 0).any()
+
+
 @pytest.mark.parametrize("layout", ["npy", "pq-8192"])
 def test_more_memory_never_hurts(layouts, layout):
     scores = [_epoch(_loader(layouts[layout], limit))[0] for limit in ("2MiB", "4MiB", "8MiB", "64MiB")]
@@ -255,3 +264,4 @@ def test_zarr_chunks_of_half_the_budget_run_at_64mib_within_the_rss_bound(tmp_pa
     rows, peak = map(int, done.stdout.split())
     assert rows == n
     assert peak <= (64 << 20) + (300 << 20), f"peak RSS {peak / 2**20:.0f} MiB"
+
