@@ -11,6 +11,7 @@ from importlib import metadata as _metadata
 from ._units import parse_bytes
 from .errors import (
     BudgetError,
+    CastError,
     CorruptInputError,
     EmptyDatasetError,
     IncompleteConversionError,
@@ -32,6 +33,7 @@ from .sources._retry import RetryPolicy
 
 __all__ = [
     "BudgetError",
+    "CastError",
     "ColumnSpec",
     "CorruptInputError",
     "Dataset",

@@ -35,6 +35,7 @@ examples:
   streambatch convert 'day-*.parquet' out/ --format npy --columns x,label
   streambatch convert data/ out/ --format zarr --rows-per-shard 1000000    data/ holds x.npy, label.npy
   streambatch convert raw/ out/ --format parquet --resume      finish an interrupted run
+  streambatch convert duck.parquet out/ --format npy --cast price=float64 --cast ts=datetime64[us]
 
 The shards stream fast and, with --shuffle, are already a global permutation of the
 rows. See docs/convert.md."""
@@ -42,7 +43,8 @@ rows. See docs/convert.md."""
 _INFO_EXAMPLES = """\
 examples:
   streambatch info data/                 a directory of .npy files
-  streambatch info out/ --verify         a convert output, checking every sha256"""
+  streambatch info out/ --verify         a convert output, checking every sha256
+  streambatch info duck.parquet --cast price=float64    the columns as --cast would deliver them"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,6 +137,7 @@ def _add_convert(commands) -> None:
     c.add_argument("--columns", default=None, metavar="A,B", help="comma-separated columns to keep (default: all)")
     c.add_argument("--exclude", default=None,
                    help="comma-separated columns to leave out (e.g. strings, which convert cannot read)")
+    _add_cast(c)
     size = c.add_mutually_exclusive_group()
     size.add_argument("--shard-size", default=None, metavar="BYTES",
                       help="target bytes per shard, e.g. 256MiB (the default)")
@@ -178,6 +181,7 @@ def _add_info(commands) -> None:
     info.add_argument(
         "--verify", action="store_true", help="also check every sha256 the manifest records (reads all data)"
     )
+    _add_cast(info)
     _add_storage_options(info)
 
 
@@ -187,6 +191,27 @@ def _add_storage_options(command) -> None:
         help="an fsspec storage option for every URL (sources and DEST), e.g. endpoint_url=http://127.0.0.1:9000; "
         "repeatable; true/false become booleans, other values stay strings",
     )
+
+
+def _add_cast(command) -> None:
+    command.add_argument(
+        "--cast", action="append", default=[], metavar="COL=DTYPE",
+        help="read column COL of Parquet/Arrow inputs as DTYPE (Loader(cast=...)): a decimal as float64, a "
+        "tz-aware timestamp as datetime64[ns] (UTC), a time of day as timedelta64[us], float64 as float32 ...; "
+        "a value DTYPE cannot hold is an error; repeatable",
+    )
+
+
+def _cast(parser: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, str] | None:
+    cast: dict[str, str] = {}
+    for item in items:
+        name, sep, dtype = item.partition("=")
+        if not sep or not name.strip() or not dtype.strip():
+            parser.error(f"--cast must be COL=DTYPE (e.g. price=float64), got {item!r}")
+        if name.strip() in cast:
+            parser.error(f"--cast names column {name.strip()!r} more than once")
+        cast[name.strip()] = dtype.strip()
+    return cast or None
 
 
 def _storage_options(parser: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, object] | None:
@@ -216,8 +241,9 @@ def _info(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .info import describe, format_info, verify
 
     options = _storage_options(parser, args.storage_option)
+    cast = _cast(parser, args.cast)
     try:
-        print(format_info(describe(args.path, options)))
+        print(format_info(describe(args.path, options, cast)))
         if args.verify:
             print(f"  verified {verify(args.path, options)} file(s): every sha256 matches the manifest")
     except BrokenPipeError:
@@ -238,14 +264,15 @@ def _convert(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         )
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     storage_options = _storage_options(parser, args.storage_option)
+    cast = _cast(parser, args.cast)
     try:
         if args.exclude:
             from .convert._inputs import columns_excluding
 
             exclude = [c.strip() for c in args.exclude.split(",") if c.strip()]
-            columns = columns_excluding(args.sources, exclude, columns)
+            columns = columns_excluding(args.sources, exclude, columns, storage_options, cast)
         result = convert(
-            args.sources, args.dest, args.format, columns=columns, shard_size=args.shard_size,
+            args.sources, args.dest, args.format, columns=columns, cast=cast, shard_size=args.shard_size,
             rows_per_shard=args.rows_per_shard, chunk_rows=args.chunk_rows, compression=args.compression,
             shuffle=args.shuffle, seed=args.seed, memory_limit=args.memory_limit, workers=args.workers,
             scheduler=args.scheduler, overwrite=args.overwrite, resume=args.resume,

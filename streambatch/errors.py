@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "PoorShuffleWarning",
     "BudgetError",
+    "CastError",
     "CorruptInputError",
     "EmptyDatasetError",
     "IncompleteConversionError",
@@ -55,6 +56,14 @@ class SchemaError(StreambatchError, TypeError):
 class RowCountError(SchemaError, ValueError):
     """Columns or shards that must have the same number of rows do not: a wrong
     value, not a wrong type, so it is also a ``ValueError``."""
+
+
+class CastError(SchemaError, ValueError):
+    """A value cannot be cast to the dtype ``cast=`` asks for without changing it
+    (an integer overflow, a fractional part cast to an integer, a float out of
+    range, a unit that would drop a nonzero part): a wrong value, not a wrong
+    type, so it is also a ``ValueError``. The message names the file, the row
+    group (record batch) or row, the column and the value."""
 
 
 class EmptyDatasetError(SchemaError, ValueError):

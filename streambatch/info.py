@@ -15,14 +15,18 @@ from .sources._manifest import has_manifest, read_manifest, verify_manifest
 __all__ = ["describe", "format_info", "verify"]
 
 
-def describe(path: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def describe(
+    path: str, storage_options: dict[str, Any] | None = None, cast: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Rows, columns, shards, bytes on storage and read-unit sizes of ``path``, plus
-    the manifest's format and convert parameters when ``path`` is a convert output.
+    the manifest's format and convert parameters when ``path`` is a convert output;
+    columns as ``cast`` (``open_dataset(cast=)``) delivers them, listed in ``cast``.
 
     Unlike ``open_dataset``, a column that cannot be read does not fail the
-    description: ``unreadable`` lists it with the reason (its type, or the nulls
-    its footer counts), and ``not_columns`` lists what is not on the row axis."""
-    ds, unreadable = inspect_dataset(path, storage_options=storage_options)
+    description: ``unreadable`` lists it with the reason (its type and the cast
+    that would read it, the nulls its footer counts, or the value its cast cannot
+    take), and ``not_columns`` lists what is not on the row axis."""
+    ds, unreadable = inspect_dataset(path, storage_options=storage_options, cast=cast)
     location = resolve(path, storage_options)
     manifest = read_manifest(location) if location.isdir() and has_manifest(location) else None
     shards = []
@@ -49,6 +53,7 @@ def describe(path: str, storage_options: dict[str, Any] | None = None) -> dict[s
             for n, s in ds.columns.items()
         },
         "unreadable": unreadable,
+        "cast": {n: str(d) for n, d in ds.cast.items()},
         "not_columns": dict(ds.ignored),
         "column_metadata": {n: {k: _short(v) for k, v in m.items()} for n, m in ds.column_metadata.items()},
         "row_bytes": ds.row_nbytes,
@@ -107,10 +112,12 @@ def format_info(info: dict[str, Any]) -> str:
             shape = {"str": "str per row", "bytes": "bytes per row", "list": "list per row (Ragged)"}[spec["kind"]]
         meta = info.get("column_metadata", {}).get(name)
         extra = f"  categories {meta['categories']}" if meta and "categories" in meta else ""
+        if name in info.get("cast", {}):
+            extra += "  (cast)"
         lines.append(f"    {name:<16} {spec['dtype']:<10} {shape}{extra}")
     unreadable = info.get("unreadable") or {}
     if unreadable:
-        lines.append(f"  cannot be read ({len(unreadable)}; open_dataset refuses them unless excluded)")
+        lines.append(f"  cannot be read ({len(unreadable)}; open_dataset refuses them unless excluded or cast)")
         for name, reason in unreadable.items():
             lines.append(f"    {name:<16} {reason}")
     ignored = info.get("not_columns") or {}

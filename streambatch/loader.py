@@ -94,6 +94,11 @@ class Loader:
       ``batch["tokens"]`` as a ``(rows, 2048)`` array instead (longer rows
       truncated, the rest filled with 0) and ``batch["tokens_length"]`` (int64)
       with each row's ``min(length, 2048)``;
+    * ``cast={"price": "float64", "ts": "datetime64[ns]"}`` delivers columns as
+      another dtype (decimals, tz-aware timestamps as UTC, time of day, narrower
+      numbers; see :func:`~streambatch.open_dataset`): the ring and the budget hold
+      the cast values, and a value the dtype cannot hold is a ``CastError``, never
+      wrapped; the cast is part of the dataset a saved state must match;
     * ``rank``/``world_size`` default to the ``torch.distributed`` process group or
       the ``RANK``/``WORLD_SIZE`` variables (see :mod:`streambatch.distributed`);
       every rank gets a disjoint share and the same number of batches, the
@@ -113,6 +118,7 @@ class Loader:
         columns: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
         fill_nulls: Mapping[str, Any] | None = None,
+        cast: Mapping[str, Any] | None = None,
         rank: int | None = None,
         world_size: int | None = None,
         remainder: Remainder = "pad",
@@ -143,11 +149,11 @@ class Loader:
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.remainder: Remainder = remainder
-        # exclude / fill_nulls: see open_dataset (columns that cannot be read, nulls);
-        # cache_dir / cache_limit: a local copy of remote files (see open_dataset)
+        # exclude / fill_nulls / cast: see open_dataset (columns that cannot be read, nulls,
+        # delivered dtypes); cache_dir / cache_limit: a local copy of remote files (see open_dataset)
         self.dataset: Dataset = open_dataset(
-            source, columns, exclude=exclude, fill_nulls=fill_nulls, storage_options=storage_options, retry=retry,
-            cache_dir=cache_dir, cache_limit=cache_limit,
+            source, columns, exclude=exclude, fill_nulls=fill_nulls, cast=cast, storage_options=storage_options,
+            retry=retry, cache_dir=cache_dir, cache_limit=cache_limit,
         )
         self.num_threads = int(num_threads) if num_threads is not None else _default_threads(self.dataset)
         self.pad: dict[str, tuple[int, Any]] = _check_pad(pad, self.dataset)

@@ -13,6 +13,14 @@ the field that differs instead of silently producing another order::
 shape batches, plus every field of the epoch plan's parameters
 (:class:`~streambatch.plan.PlanParams`, from the budget). A change to what the
 plan depends on changes the saved state and the compatibility check together.
+
+``dataset`` is :meth:`Dataset.fingerprint`: the shards, their rows and every
+column's *delivered* dtype and row shape, so ``cast=`` is part of it. A cast does
+not reorder rows by itself, but it is what rewriting the files in that dtype would
+be, and it is treated the same: it changes the row size and with it the budget's
+pieces and window (the order), and an epoch resumed under another cast would
+deliver other values than the one that was interrupted. So a state saved with
+one cast does not load into a loader with another (``StateMismatchError``).
 """
 
 from __future__ import annotations
@@ -101,6 +109,11 @@ class LoaderState:
             derived = set(ours) - set(_USER_SET)
             if any(d.split(":", 1)[0] in derived for d in differing):
                 hint = f" ({'/'.join(sorted(derived))} follow from memory_limit: use the saved run's memory_limit)"
+            if any(d.startswith("dataset:") for d in differing):
+                hint += (
+                    " (dataset covers the shards, their row counts and each column's delivered dtype and row "
+                    "shape: the same files, columns= and cast= as the saved run)"
+                )
             raise StateMismatchError("loader state does not match this loader: " + "; ".join(differing) + hint)
         history = self.history
         valid = (

@@ -16,7 +16,10 @@ as zarr-python ships ``StoreTests`` for its stores. What the contract promises:
   refuses reads;
 * formats whose shards ``streams_units``: ``open_stream`` reads a unit slice by
   slice in order, may skip ahead, refuses to read behind; the others say they
-  cannot stream.
+  cannot stream;
+* ``with_cast`` to the dtypes the columns have changes nothing; to another dtype it
+  gives a copy that reads the cast values, the shard itself unchanged (formats
+  decoded through Arrow: ``casts``), or refuses by name.
 
 Format-specific behaviour (type mapping, corrupt input, remote reads) stays in
 the per-format test files.
@@ -27,6 +30,7 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+import re
 import threading
 from collections.abc import Mapping
 from contextlib import closing
@@ -87,6 +91,8 @@ class ReaderConformance:
     out_of_range_message: str | None = "rows {start}:{stop} are outside 0:{n}"
     #: The error a read of a column the reader was not opened with raises.
     unopened_column_error: type[Exception] = SchemaError
+    #: ``with_cast`` casts numeric columns (formats decoded through Arrow); the others refuse.
+    casts: bool = False
 
     def make(self, tmp_path) -> tuple[Shard, dict[str, np.ndarray]]:
         """A shard of at least 100 rows, with at least three units when it has units,
@@ -156,6 +162,26 @@ class ReaderConformance:
             assert copy.unit_bounds.tolist() == bounds.tolist()
         start, stop = self.units(shard)[1]
         self.assert_rows(self.read(copy, start, stop), expected, slice(start, stop))
+
+    def test_with_cast_to_the_stored_dtypes_changes_nothing_and_another_casts_or_is_refused(self, source):
+        shard, expected = source
+        start, stop = self.units(shard)[1]
+        same = shard.with_cast({n: s.dtype for n, s in shard.columns.items() if not s.variable})
+        assert same.columns == shard.columns
+        self.assert_rows(self.read(same, start, stop), expected, slice(start, stop))
+        numeric = [n for n, s in shard.columns.items() if not s.shape and s.dtype.kind in "iu" and s.dtype.isnative]
+        if not numeric:
+            return
+        name = numeric[0]
+        before = dict(shard.columns)
+        if not self.casts:
+            with pytest.raises(SchemaError, match=rf"{re.escape(shard.path)}: column {name!r} .*cannot be cast"):
+                shard.with_cast({name: np.dtype(np.float64)})
+            return
+        cast = shard.with_cast({name: np.dtype(np.float64)})
+        assert cast.columns[name].dtype == np.float64 and shard.columns == before
+        got = self.read(cast, start, stop, [name])
+        np.testing.assert_array_equal(got[name], expected[name][start:stop].astype(np.float64))
 
     # ------------------------------------------------------------------ read_into
 

@@ -143,6 +143,7 @@ class TestArrowIpcFile(ReaderConformance):
     """An uncompressed IPC file (Feather v2): random access through a memory map."""
 
     holds_handles_between_reads = False  # the memory map outlives its descriptor
+    casts = True
     write = staticmethod(feather_uncompressed)
 
     def make(self, tmp_path):

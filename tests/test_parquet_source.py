@@ -92,6 +92,8 @@ def fixed_size_list(values: np.ndarray) -> pa.Array:
 
 
 class ParquetConformance(ReaderConformance):
+    casts = True
+
     def table(self, columns: dict[str, np.ndarray]) -> pa.Table:
         raise NotImplementedError
 

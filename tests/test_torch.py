@@ -152,6 +152,27 @@ def test_big_endian_and_datetime_columns_become_tensors_and_other_dtypes_are_nam
         sbt.as_tensors({"name": np.array(["abc"])})
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_cast_column_arrives_as_a_tensor_of_the_delivered_dtype(tmp_path, workers):
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = str(tmp_path / "prices.parquet")
+    price = pa.array([decimal.Decimal(f"{i}.25") for i in range(64)], pa.decimal128(10, 2))
+    ts = pa.array(np.arange(64) * 60, pa.timestamp("s", tz="Europe/Paris"))
+    pq.write_table(pa.table({"id": np.arange(64), "price": price, "ts": ts}), path, row_group_size=16)
+    cast = {"price": "float32", "ts": "datetime64[s]"}
+    adapter = _adapter(path, 16, shuffle=False, cast=cast)
+    batches = list(_dataloader(adapter, workers, "fork" if workers else None))
+    assert {b["price"].dtype for b in batches} == {torch.float32} and {b["ts"].dtype for b in batches} == {torch.int64}
+    ids = torch.cat([b["id"] for b in batches])
+    order = torch.argsort(ids)
+    assert torch.cat([b["price"] for b in batches])[order].tolist() == [i + 0.25 for i in range(64)]
+    assert torch.cat([b["ts"] for b in batches])[order].tolist() == [i * 60 for i in range(64)]  # UTC seconds
+
+
 def test_in_process_tensors_share_the_loaders_arrays(dataset_factory, monkeypatch):
     path = dataset_factory("npy", n=300)
     seen = []

@@ -12,13 +12,13 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import CorruptInputError, SchemaError, UnknownColumnError
-from ..sources import ColumnSpec, open_dataset
+from ..sources import ColumnSpec, Dataset, open_dataset
 from ..sources._fs import resolve
 
 if TYPE_CHECKING:  # imported where used: importing streambatch.convert stays light
@@ -42,12 +42,20 @@ _CSV_BLOCK_BYTES = 16 << 20
 
 @dataclass(frozen=True)
 class DatasetPart:
-    """A source ``open_dataset`` reads (a path or URL), projected on ``columns``."""
+    """A source ``open_dataset`` reads (a path or URL), projected on ``columns``,
+    with the columns in ``cast`` (``(column, dtype)`` pairs) read as those dtypes."""
 
     source: str
     columns: tuple[str, ...] | None
     num_rows: int
     storage_options: tuple[tuple[str, Any], ...] = ()
+    cast: tuple[tuple[str, str], ...] = ()
+
+    def open(self, columns: Sequence[str] | None) -> Dataset:
+        """The dataset of this part (metadata only), in the process that asks."""
+        return open_dataset(
+            self.source, columns, cast=dict(self.cast) or None, storage_options=dict(self.storage_options) or None
+        )
 
 
 @dataclass(frozen=True)
@@ -114,8 +122,7 @@ class InputReader:
                 target[...] = data.reshape(target.shape)
             return
         if i not in self._opened:
-            ds = open_dataset(part.source, list(self.columns), storage_options=dict(part.storage_options) or None)
-            self._opened[i] = (ds, {})
+            self._opened[i] = (part.open(list(self.columns)), {})
         ds, readers = self._opened[i]
         row = start
         while row < stop:
@@ -133,10 +140,12 @@ def columns_excluding(
     exclude: Sequence[str],
     columns: Sequence[str] | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    cast: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """The columns of the first source (or ``columns``) without ``exclude``: what
     ``convert --exclude`` keeps, so that a column convert cannot read (a string, a
-    ragged list) can be left out by name. An unknown name is an ``UnknownColumnError``."""
+    ragged list) can be left out by name; ``cast`` as ``convert --cast`` reads them.
+    An unknown name is an ``UnknownColumnError``."""
     first = sources[0]
     if is_csv_source(first):
         reader = _open_csv(first, None)
@@ -148,7 +157,9 @@ def columns_excluding(
         if unknown:
             raise UnknownColumnError(f"{first}: --exclude names no column {unknown[0]!r}; columns: {names}")
         return [n for n in (columns or names) if n not in exclude]
-    ds = open_dataset(first, columns, exclude=list(exclude), storage_options=dict(storage_options or {}) or None)
+    ds = open_dataset(
+        first, columns, exclude=list(exclude), cast=cast, storage_options=dict(storage_options or {}) or None
+    )
     return list(ds.columns)
 
 
@@ -158,13 +169,22 @@ def open_parts(
     stage: str,
     staged: bool,
     storage_options: Mapping[str, Any],
+    cast: Mapping[str, str] | None = None,
 ) -> tuple[list[Part], dict[str, ColumnSpec]]:
     """The part each source becomes (a CSV file is staged under ``stage`` unless
-    ``staged`` already), and the columns they share (``SchemaError`` if not)."""
+    ``staged`` already), and the columns they share (``SchemaError`` if not), with
+    ``cast`` applied (Parquet and Arrow inputs; a CSV input with a cast is refused)."""
     parts: list[Part] = []
     common: dict[str, ColumnSpec] | None = None
     so = tuple(sorted(storage_options.items()))
+    casts = tuple((cast or {}).items())
     for i, source in enumerate(sources):
+        if is_csv_source(source) and casts:
+            raise SchemaError(
+                f"{source}: --cast applies to Parquet and Arrow IPC inputs, cast on the decoded Arrow column; "
+                "CSV columns are parsed as int64, float64 or bool: convert without --cast, then convert the output "
+                "again with it"
+            )
         if is_csv_source(source):
             specs = csv_columns(source, columns)
             directory = os.path.join(stage, f"csv-{i:04d}")
@@ -177,9 +197,10 @@ def open_parts(
             else:
                 part = stage_csv(source, directory, columns, specs)
         else:
-            ds = open_dataset(source, columns, storage_options=dict(storage_options) or None)
+            part = DatasetPart(source, columns, 0, so, casts)
+            ds = part.open(columns)
             specs = dict(ds.columns)
-            part = DatasetPart(source, columns, ds.num_rows, so)
+            part = replace(part, num_rows=ds.num_rows)
         if common is None:
             common = specs
         elif specs != common:
@@ -195,7 +216,7 @@ def largest_unit_rows(parts: Sequence[Part]) -> int:
     largest = 0
     for part in parts:
         if isinstance(part, DatasetPart):
-            ds = open_dataset(part.source, part.columns, storage_options=dict(part.storage_options) or None)
+            ds = part.open(part.columns)
             for shard in ds.shards:
                 bounds = shard.unit_bounds
                 if bounds is not None and len(bounds) > 1:

@@ -62,6 +62,9 @@ class ConvertOptions:
 
     shard_format: str
     columns: tuple[str, ...] | None = None
+    #: ``(column, dtype)`` pairs: the columns read as another dtype (``open_dataset(cast=)``);
+    #: dtypes as ``str(numpy.dtype)``, e.g. ``"float64"``, ``"datetime64[ns]"``
+    cast: tuple[tuple[str, str], ...] = ()
     shard_size: int | None = None
     rows_per_shard: int | None = None
     chunk_rows: int | None = None
@@ -99,6 +102,14 @@ class ConvertOptions:
             raise ValueError("give overwrite or resume, not both")
         if self.columns is not None and not self.columns:
             raise ValueError("columns is empty: select at least one column")
+        if self.cast:
+            from ..sources._cast import parse_cast
+
+            names = [name for name, _ in self.cast]
+            if len(set(names)) != len(names):
+                raise ValueError(f"cast names a column more than once: {names}")
+            parsed = parse_cast(dict(self.cast))  # a dtype cast= cannot deliver: named
+            object.__setattr__(self, "cast", tuple((n, str(d)) for n, d in parsed.items()))
 
     def output_params(self) -> dict[str, Any]:
         """What decides the output bytes (recorded in the manifest and journal)."""
@@ -112,6 +123,8 @@ class ConvertOptions:
             "shuffle": self.shuffle,
             "seed": self.seed if self.shuffle else None,
             "memory_limit": self.memory_limit if self.shuffle else None,
+            # only when given: the params of a conversion without a cast stay as they were
+            **({"cast": dict(self.cast)} if self.cast else {}),
         }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from .._units import parse_bytes
@@ -35,6 +35,7 @@ def convert(
     shard_format: str = "parquet",
     *,
     columns: Sequence[str] | None = None,
+    cast: Mapping[str, Any] | None = None,
     shard_size: int | str | None = None,
     rows_per_shard: int | None = None,
     chunk_rows: int | None = None,
@@ -60,6 +61,9 @@ def convert(
     ``progress=None`` shows a bar when stderr is a terminal and tqdm is installed.
     ``compression=None`` is the format's default: ``snappy`` for Parquet, none for
     Zarr and npy (``COMPRESSIONS`` lists what each format accepts).
+    ``cast={"price": "float64"}`` reads those columns of Parquet and Arrow inputs as
+    that dtype, exactly as ``open_dataset(cast=)`` does (a value it cannot hold is a
+    ``CastError``), and writes them so; CSV inputs are not cast.
 
     A failure leaves ``dest`` as it found it when nothing durable can be kept: a
     first run that fails on bad input (``SchemaError``, ``CorruptInputError``,
@@ -75,6 +79,7 @@ def convert(
     options = ConvertOptions(
         shard_format=shard_format,
         columns=tuple(columns) if columns is not None else None,
+        cast=_cast_pairs(cast),
         shard_size=parse_bytes(shard_size, "shard_size") if shard_size is not None else None,
         rows_per_shard=rows_per_shard,
         chunk_rows=chunk_rows,
@@ -88,6 +93,15 @@ def convert(
         resume=resume,
     )
     return _Conversion(sources, dest, options, progress, storage_options or {}).run()
+
+
+def _cast_pairs(cast: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
+    """``cast`` as the ``(column, dtype name)`` pairs the options record (JSON-safe)."""
+    if cast is None:
+        return ()
+    from ..sources._cast import parse_cast
+
+    return tuple((name, str(dtype)) for name, dtype in parse_cast(cast).items())
 
 
 class _Conversion:
@@ -145,7 +159,7 @@ class _Conversion:
     def _convert(self, header: dict[str, Any], done: dict[int, dict[str, Any]], started: float) -> ConvertResult:
         staged = bool(done.pop(-1, None))
         parts, columns = _inputs.open_parts(
-            self.sources, self.options.columns, self.stage, staged, self.storage_options
+            self.sources, self.options.columns, self.stage, staged, self.storage_options, dict(self.options.cast)
         )
         refuse_variable(columns, self.options.shard_format)  # strings/ragged lists: loadable, not yet convertible
         total = sum(p.num_rows for p in parts)

@@ -21,6 +21,8 @@ Columns
     the list lengths are found from the first record batch's offsets and checked
     for every batch at open (two offsets each) and row by row when read. Null
     counts are in the IPC metadata, so nulls are found at open, per record batch.
+    ``cast=`` casts decoded columns as for Parquet; the IPC metadata holds no
+    value statistics, so a value the cast cannot take fails the read of its rows.
 
 Handles
     A shard holds no open file. A reader holds one memory map (one file
@@ -32,9 +34,11 @@ Handles
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from collections.abc import Mapping
+from types import MappingProxyType
 
 import numpy as np
 import pyarrow as pa
@@ -51,8 +55,10 @@ from ._parquet import (
     _plan_for,
     _ragged_plan,
     _variable_reason,
+    cast_plans,
     copy_column,
     plans_to_read,
+    unreadable_reason,
 )
 
 __all__ = ["ArrowShard", "huggingface_shards"]
@@ -132,19 +138,23 @@ class ArrowShard(Shard):
 
     def _plan_columns(self, schema: pa.Schema, first: pa.RecordBatch | None) -> None:
         seen: set[str] = set()
+        self._fields: dict[str, pa.Field] = {}  # what with_cast plans from
         for j, field in enumerate(schema):
             if field.name in seen:
                 self.columns.pop(field.name, None)
                 self._plans.pop(field.name, None)
+                self._fields.pop(field.name, None)
                 self.unreadable[field.name] = "the name appears more than once in the schema"
                 continue
             seen.add(field.name)
+            self._fields[field.name] = field
             plan = self._plan_of(field, None if first is None else first.column(j))
             if isinstance(plan, str):
-                self.unreadable[field.name] = f"Arrow type {field.type}: {plan}"
+                self.unreadable[field.name] = unreadable_reason(field, plan)
             else:
                 self._plans[field.name] = plan
                 self.columns[field.name] = plan.spec
+        self._stored = (self._plans, self.columns, self.unreadable, self._variable_nbytes)  # with_cast starts here
 
     def _plan_of(self, field: pa.Field, first: pa.Array | None) -> _Plan | str:
         lengths = None
@@ -172,6 +182,23 @@ class ArrowShard(Shard):
                 "ordered": bool(field.type.ordered),
             }
         return plan
+
+    def with_cast(self, cast: Mapping[str, np.dtype]) -> ArrowShard:
+        """A copy whose cast columns have read plans that cast each decoded slice
+        (:meth:`Shard.with_cast`, :mod:`._cast`). The IPC metadata has no value
+        statistics: a value the cast cannot take fails the read of its rows,
+        naming the file, the column, the row and the value."""
+        plans, columns, unreadable, value_nbytes = self._stored
+        other = copy.copy(self)
+        other._plans, other.columns, other.unreadable = cast_plans(self.path, self._fields, plans, columns,
+                                                                   unreadable, cast)
+        other.cast = MappingProxyType(dict(cast))
+        other._variable_nbytes = dict(value_nbytes)
+        for name, plan in other._plans.items():  # a ragged column's values per row, at the delivered dtype
+            if plan.kind == "ragged" and plan.cast is not None and name in value_nbytes:
+                stored = max(1, plans[name].spec.dtype.itemsize)
+                other._variable_nbytes[name] = -(-value_nbytes[name] * plan.spec.dtype.itemsize // stored)
+        return other
 
     # -- the contract -----------------------------------------------------------------
     @property

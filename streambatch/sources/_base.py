@@ -193,6 +193,9 @@ class Shard(abc.ABC):
     column_metadata: Mapping[str, Mapping[str, Any]] = _EMPTY
     #: Column name -> the value its nulls are read as (``open_dataset(fill_nulls=...)``).
     fill_nulls: Mapping[str, Any] = _EMPTY
+    #: Column name -> the dtype it is delivered as (``open_dataset(cast=...)``); ``columns``
+    #: already gives the delivered spec.
+    cast: Mapping[str, np.dtype] = _EMPTY
 
     @property
     @abc.abstractmethod
@@ -243,4 +246,32 @@ class Shard(abc.ABC):
         hold nulls (``.npy``, Zarr) ignore it."""
         other = copy.copy(self)
         other.fill_nulls = MappingProxyType(dict(fill_nulls))
+        return other
+
+    def with_cast(self, cast: Mapping[str, np.dtype]) -> Shard:
+        """A shallow copy of this shard whose column ``c`` is delivered as ``cast[c]``
+        (validated dtypes, see :mod:`._cast`): its ``columns`` give the delivered
+        specs and its readers cast; the shard itself is not changed, and each call
+        starts from the columns as stored. A cast the column cannot reach is a
+        ``SchemaError`` naming the shard, the column, its type and the dtype; names
+        the shard does not hold are left to the dataset's checks.
+
+        Formats decoded through Arrow (Parquet, Arrow IPC) override this. The
+        others (``.npy``, Zarr) read straight into the loader's buffer, with no
+        decoded copy to cast from: they accept only a cast to the dtype a column
+        already has."""
+        for name, dtype in cast.items():
+            spec = self.columns.get(name)
+            if spec is not None and spec.dtype == dtype:
+                continue
+            if spec is None and name not in self.unreadable:
+                continue
+            stored = f"dtype {spec.dtype}" if spec is not None else self.unreadable[name]
+            raise SchemaError(
+                f"{self.path}: column {name!r} ({stored}) cannot be cast to {dtype}: cast= applies to Parquet and "
+                "Arrow IPC columns, cast on the decoded Arrow column; this format is read straight into the "
+                f"loader's buffer, with no decoded copy to cast from: store the column as {dtype}"
+            )
+        other = copy.copy(self)
+        other.cast = MappingProxyType(dict(cast))
         return other

@@ -45,7 +45,8 @@ class Dataset:
     ``ignored`` maps the names that are not columns (not on the row axis) to why.
     Building a dataset refuses, by name, every selected column a shard cannot
     deliver, including nulls its footer statistics count (unless ``fill_nulls``
-    fills them); see :func:`open_dataset`.
+    fills them); see :func:`open_dataset`. ``cast`` is applied first (so
+    ``columns`` and ``fill_nulls`` values are of the delivered dtypes).
     """
 
     def __init__(
@@ -55,10 +56,16 @@ class Dataset:
         *,
         exclude: Sequence[str] | None = None,
         fill_nulls: Mapping[str, Any] | None = None,
+        cast: Mapping[str, Any] | None = None,
     ) -> None:
         if not shards:
             raise SourceNotFoundError("the dataset has no shards")
         shards = tuple(shards)
+        if cast is not None:
+            checked = _check_cast(shards, cast)
+            shards = tuple(s.with_cast(checked) for s in shards)
+            if fill_nulls is None and shards[0].fill_nulls:  # kept from an opened Dataset: check them again
+                fill_nulls = dict(shards[0].fill_nulls)
         if fill_nulls is not None:
             fill_nulls = _check_fill_nulls(shards, fill_nulls)
             shards = tuple(s.with_fill_nulls(fill_nulls) for s in shards)
@@ -83,6 +90,11 @@ class Dataset:
         return dict(self.shards[0].fill_nulls)
 
     @property
+    def cast(self) -> dict[str, np.dtype]:
+        """Column -> the dtype it is delivered as (``open_dataset(cast=...)``)."""
+        return dict(self.shards[0].cast)
+
+    @property
     def row_nbytes(self) -> int:
         """Bytes one row of every selected column occupies in memory; the values of
         variable-length columns as :meth:`column_row_nbytes` estimates them."""
@@ -102,11 +114,12 @@ class Dataset:
         return self.row_nbytes * self.num_rows
 
     def select(self, columns: Sequence[str] | None) -> Dataset:
-        """The same shards (with their ``fill_nulls``) with a different column projection."""
+        """The same shards (with their ``fill_nulls`` and ``cast``) with a different column projection."""
         return Dataset(self.shards, columns, exclude=self.exclude if columns is None else None)
 
     def fingerprint(self) -> str:
-        """A short hash of what decides the row order: shard paths, row counts, columns."""
+        """A short hash of what decides the row order: shard paths, row counts, columns
+        (as delivered: a ``cast=`` changes it, see :mod:`streambatch.state`)."""
         described = {
             "shards": [[s.path, s.num_rows] for s in self.shards],
             "columns": {
@@ -130,6 +143,7 @@ def open_dataset(
     *,
     exclude: Sequence[str] | None = None,
     fill_nulls: Mapping[str, Any] | None = None,
+    cast: Mapping[str, Any] | None = None,
     storage_options: dict[str, Any] | None = None,
     retry: RetryPolicy | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -155,6 +169,22 @@ def open_dataset(
     statistics where the file has them (else when the row group is read), and
     ``fill_nulls={"col": value}`` reads them as ``value`` instead (pandas writes
     float NaN as null).
+
+    ``cast={"price": "float64", "ts": "datetime64[ns]"}`` delivers columns as
+    another dtype, cast by Arrow on the decoded column (Parquet, Arrow IPC) before
+    it is copied into the batch, so the memory budget counts the delivered
+    dtype. It reads the columns that have no NumPy equivalent -- decimals (as
+    float64/float32, rounded, or an integer dtype, exact), tz-aware timestamps (as
+    ``datetime64[unit]`` holding the **UTC** instant), time of day (as
+    ``timedelta64[unit]`` since midnight, or an integer count of its unit) -- and
+    narrows numbers (``float64`` -> ``float32``, ``int64`` -> ``int32``). A value
+    the dtype cannot hold (an overflow, a fractional part cast to an integer) is
+    never wrapped or truncated: a ``CastError`` names the file, the row group and
+    the column, at open when the footer statistics show it, else when the row
+    group is read. A cast the column cannot reach is a ``SchemaError`` naming the
+    column, its type and the dtype; an unknown name an ``UnknownColumnError``.
+    ``.npy`` and Zarr columns are read straight into the batch and are not cast.
+    The table of casts is in ``streambatch.sources._cast``.
 
     ``storage_options`` go to every fsspec filesystem made for a URL (including
     Zarr's store); ``retry`` says how remote reads are retried on transient
@@ -182,9 +212,9 @@ def open_dataset(
             shards = [_with_retry(copy.copy(s), retry) for s in shards]
         if columns is None and exclude is None:
             columns = list(source.columns)
-        return Dataset(shards, columns, exclude=exclude, fill_nulls=fill_nulls)
+        return Dataset(shards, columns, exclude=exclude, fill_nulls=fill_nulls, cast=cast)
     shards = [_with_retry(s, retry) for s in _shards_of(source, storage_options, retry, cache)]
-    return Dataset(shards, columns, exclude=exclude, fill_nulls=fill_nulls)
+    return Dataset(shards, columns, exclude=exclude, fill_nulls=fill_nulls, cast=cast)
 
 
 def _make_cache(cache_dir: str | os.PathLike[str] | None, cache_limit: int | str | None) -> FileCache | None:
@@ -202,12 +232,16 @@ def _make_cache(cache_dir: str | os.PathLike[str] | None, cache_limit: int | str
 
 
 def inspect_dataset(
-    source: SourceLike, storage_options: dict[str, Any] | None = None
+    source: SourceLike, storage_options: dict[str, Any] | None = None, cast: Mapping[str, Any] | None = None
 ) -> tuple[Dataset, dict[str, str]]:
     """What ``streambatch info`` shows: the dataset of every column that can be
-    read, and every column that cannot (unreadable, or with nulls its footer
-    counts) mapped to the reason -- listed instead of failing the whole command."""
+    read (with ``cast`` applied), and every column that cannot (unreadable, with
+    nulls its footer counts, or values its cast cannot take) mapped to the
+    reason -- listed instead of failing the whole command."""
     shards = list(source.shards) if isinstance(source, Dataset) else _shards_of(source, storage_options)
+    if cast is not None:
+        checked = _check_cast(shards, cast)
+        shards = [s.with_cast(checked) for s in shards]
     problems: dict[str, str] = {}
     for shard in shards:
         for name, reason in shard.unreadable.items():
@@ -411,7 +445,7 @@ def _refusal(path: str, refused: Mapping[str, str], readable: list[str]) -> str:
     drop = ", ".join(repr(n) for n in refused)
     lines.append(
         f"Read the others with columns=[{keep}] or exclude=[{drop}] (--exclude for the CLI), "
-        "or cast the column(s) to a supported type before loading."
+        "or read a column with the cast= its reason names."
     )
     return "\n".join(lines)
 
@@ -436,6 +470,23 @@ def _common_metadata(shards: Sequence[Shard], columns: Mapping[str, ColumnSpec])
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 200 else text[:200] + "...}"
+
+
+def _check_cast(shards: Sequence[Shard], cast: Mapping[str, Any]) -> dict[str, np.dtype]:
+    """``cast`` validated: dtypes cast= can deliver (``parse_cast``), and names the
+    first shard holds as a column, readable or not (else ``UnknownColumnError``)."""
+    from ._cast import parse_cast
+
+    checked = parse_cast(cast)
+    first = shards[0]
+    for name in checked:
+        if name in first.columns or name in first.unreadable:
+            continue
+        if name in first.ignored:
+            first.check_columns([name])  # not a column: named, with the reason
+        available = ", ".join(repr(c) for c in [*first.columns, *first.unreadable]) or "none"
+        raise UnknownColumnError(f"cast: unknown column {name!r} in {first.path}; columns: {available}")
+    return checked
 
 
 def _check_fill_nulls(shards: Sequence[Shard], fill_nulls: Mapping[str, Any]) -> dict[str, Any]:

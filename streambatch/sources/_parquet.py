@@ -25,10 +25,20 @@ rows all hold the same number of values                comes from the footer (se
 ``binary`` / ``large_binary`` (``binary_view``)        ``(object, (), kind="bytes")``
 ``list<T>`` / ``large_list<T>`` of a scalar ``T``      ``(T's dtype, (), kind="list")``: a
 whose rows differ in length (token ids)                ``Ragged`` per batch
-anything else (structs, decimals, time of day,         listed in ``unreadable`` with the
-tz-aware timestamps, lists of strings, nested          reason: refused by name at open
-variable-length lists)
+decimals, tz-aware timestamps, time of day            listed in ``unreadable``, the reason
+                                                       naming the ``cast=`` that reads them
+                                                       (``float64``, ``datetime64[unit]`` in
+                                                       UTC, ``timedelta64[unit]``)
+anything else (structs, lists of strings, nested       listed in ``unreadable`` with the
+variable-length lists)                                 reason: refused by name at open
 =====================================================  ===================================
+
+``cast={"price": "float64"}`` (:meth:`ParquetShard.with_cast`) delivers a column as
+another dtype: the decoded column is cast by Arrow (``safe=True``) before the copy,
+so ``columns`` and the budget see the delivered dtype; what can be cast to what is
+in :mod:`._cast`. Footer statistics that hold a value the cast cannot take refuse
+the column at open, naming the row group; other such values fail the read of their
+row group, naming it and the row.
 
 Variable-length plans (``"text"``, ``"ragged"``) copy into a ``VariableTarget``
 (:mod:`streambatch.columns`): the offsets and values of each chunk, copied out of
@@ -68,12 +78,14 @@ length and stays an error.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import IO, Any
 
 import numpy as np
@@ -81,8 +93,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..errors import CorruptInputError, RemoteReadError, SchemaError, SourceNotFoundError
+from ..errors import CastError, CorruptInputError, RemoteReadError, SchemaError, SourceNotFoundError
 from ._base import ColumnSpec, RowStream, Shard, ShardReader
+from ._cast import Cast, cast_column, cast_hint, plan_cast
 from ._fs import FileSystemPath
 from ._retry import RetryPolicy, call_with_retry, read_exactly
 from ._tensor import DTYPE_KEY, SHAPE_KEY
@@ -121,6 +134,9 @@ class _Plan:
     checked_lengths: tuple[int, ...] = ()
     #: The value nulls (of the leaf values) are read as; ``None``: nulls are an error.
     fill: object = None
+    #: ``cast=``: how the decoded column is cast before the copy; ``spec``, ``storage``
+    #: and ``leaf_is_bool`` then describe the cast values (see :mod:`._cast`).
+    cast: Cast | None = None
 
 
 class ParquetShard(Shard):
@@ -160,21 +176,26 @@ class ParquetShard(Shard):
         self.column_metadata: dict[str, dict[str, object]] = {}
         self._categories: dict[str, pa.Array] = {}
         self._plans: dict[str, _Plan] = {}
+        self._fields: dict[str, pa.Field] = {}  # what with_cast plans from
         seen: set[str] = set()
         for field in schema:
             if field.name in seen:
                 self.columns.pop(field.name, None)
                 self._plans.pop(field.name, None)
+                self._fields.pop(field.name, None)
                 self.unreadable[field.name] = "the name appears more than once in the schema"
                 continue
             seen.add(field.name)
+            self._fields[field.name] = field
             plan_or_reason = self._plan_of(field)
             if isinstance(plan_or_reason, str):
-                self.unreadable[field.name] = f"Arrow type {field.type}: {plan_or_reason}"
+                self.unreadable[field.name] = unreadable_reason(field, plan_or_reason)
             else:
                 self._plans[field.name] = plan_or_reason
                 self.columns[field.name] = plan_or_reason.spec
         self._null_reports: dict[str, str | None] = {}
+        self._stored = (self._plans, self.columns, self.unreadable)  # as stored: with_cast starts here
+        self._cast_reports: dict[str, str | None] = {}
 
     @property
     def unsupported(self) -> dict[str, str]:
@@ -290,15 +311,32 @@ class ParquetShard(Shard):
         self.column_metadata = {}
         self._categories = {}
         self._plans = {}
+        self._fields = {}
         for name, spec in columns.items():
-            plan = _plan_for(arrow_field(name, spec.dtype, spec.shape))
+            field = arrow_field(name, spec.dtype, spec.shape)
+            plan = _plan_for(field)
             if isinstance(plan, str):
                 raise SchemaError(f"{self.path}: manifest column {name!r} {spec}: {plan}")
+            self._fields[name] = field
             self._plans[name] = plan
             self.columns[name] = plan.spec
         self._leaf_index = None  # no footer statistics: nulls are checked per decoded row group
         self._null_reports = {}
+        self._stored = (self._plans, self.columns, self.unreadable)
+        self._cast_reports = {}
         return self
+
+    def with_cast(self, cast: Mapping[str, np.dtype]) -> ParquetShard:
+        """A copy whose cast columns have read plans that cast each decoded slice
+        (:meth:`Shard.with_cast`, :mod:`._cast`); a cast that values in the footer
+        statistics cannot take is a ``CastError`` naming the row group when the
+        column is requested (:meth:`check_columns`)."""
+        other = copy.copy(self)
+        other._plans, other.columns, other.unreadable = cast_plans(self.path, self._fields, *self._stored, cast)
+        other.cast = MappingProxyType(dict(cast))
+        other._cast_reports = {}
+        other.__dict__.pop("_variable_nbytes", None)  # the estimate of a ragged column follows its dtype
+        return other
 
     #: A row group can be decoded slice by slice (``ParquetFile.iter_batches``) holding
     #: a page per column, not the whole group: see ``_parquet_stream``.
@@ -418,15 +456,17 @@ class ParquetShard(Shard):
     def check_columns(self, names: list[str]) -> None:
         """Raise ``SchemaError`` naming the file and column if any of ``names`` is
         absent, of a type streambatch cannot read, or has nulls according to the
-        footer statistics (unless ``fill_nulls`` fills them). Reads nothing but the
-        already-loaded footer."""
+        footer statistics (unless ``fill_nulls`` fills them); ``CastError`` naming
+        the row group if the statistics hold a value its cast cannot take. Reads
+        nothing but the already-loaded footer."""
         super().check_columns(names)
         for name in names:
-            if name in self.fill_nulls:
-                continue
-            report = self._null_report(name)
+            report = None if name in self.fill_nulls else self._null_report(name)
             if report is not None:
                 raise SchemaError(report)
+            report = self._cast_report(name)
+            if report is not None:
+                raise CastError(report)
 
     def open_reader(self, columns: list[str]) -> ShardReader:
         columns = list(dict.fromkeys(columns))
@@ -468,6 +508,35 @@ class ParquetShard(Shard):
                     report = _null_message(self.path, name, i, nulls)
                     break
         self._null_reports[name] = report
+        return report
+
+    def _cast_report(self, name: str) -> str | None:
+        """The error message for the first row group whose footer statistics (min,
+        max) hold a value the cast of ``name`` cannot take, or ``None``; cached. A
+        file without statistics is checked as its row groups are read."""
+        if name in self._cast_reports:
+            return self._cast_reports[name]
+        report = None
+        plan = self._plans.get(name)
+        leaves = self._leaf_index.get(name) if self._leaf_index is not None else None
+        if plan is not None and plan.cast is not None and leaves is not None and len(leaves) == 1:
+            for g in range(self._metadata.num_row_groups):
+                stats = self._metadata.row_group(g).column(leaves[0]).statistics
+                if stats is None or not stats.has_min_max:
+                    continue
+                try:
+                    low, high = stats.min, stats.max
+                except (pa.ArrowException, ValueError, OverflowError):
+                    continue
+                reason = plan.cast.check_bounds(low, high)
+                if reason is not None:
+                    report = (
+                        f"{self.path} row group {g}: column {name!r} holds values from {low!r} to {high!r} (footer "
+                        f"statistics), which cannot be cast from {plan.cast.source} to {plan.cast.dtype} ({reason}): "
+                        "cast to a dtype that holds them, or fix the values"
+                    )
+                    break
+        self._cast_reports[name] = report
         return report
 
 
@@ -668,7 +737,7 @@ class _ParquetReader(ShardReader):
             plan = self._plans[name]
             categories = self._shard._categories.get(name) if plan.kind == "dict" else None
             copy_column(table.column(name).slice(offset, length), plan, target[position : position + length],
-                        categories, self._shard.path, name, first_row + offset)
+                        categories, self._shard.path, name, first_row + offset, self._shard.describe_rows)
 
     def close(self) -> None:
         with self._lock:
@@ -861,10 +930,7 @@ def _scalar_dtype(t: pa.DataType) -> tuple[np.dtype, np.dtype] | str:
         return dtype, dtype
     if pa.types.is_timestamp(t):
         if t.tz is not None:
-            return (
-                f"time-zone-aware timestamps (tz={t.tz!r}) have no numpy equivalent; "
-                "cast the column to a timestamp without time zone (UTC) first"
-            )
+            return f"time-zone-aware timestamps (tz={t.tz!r}) have no numpy equivalent"
         dtype = np.dtype(f"datetime64[{t.unit}]")
         return dtype, dtype
     if pa.types.is_duration(t):
@@ -887,9 +953,9 @@ def _scalar_dtype(t: pa.DataType) -> tuple[np.dtype, np.dtype] | str:
     if pa.types.is_struct(t):
         return "structs are not supported; store each field as its own column"
     if pa.types.is_decimal(t):
-        return "decimals have no numpy equivalent; cast to float64 or a scaled integer"
+        return "decimals have no numpy equivalent"
     if pa.types.is_time(t):
-        return "time of day has no numpy equivalent; cast to a duration or an integer"
+        return "time of day has no numpy equivalent"
     if pa.types.is_null(t):
         return "a column of nulls holds no values"
     return "not a fixed-width numeric, boolean or temporal type"
@@ -1083,6 +1149,68 @@ def _filled(arr: pa.Array, plan: _Plan) -> pa.Array:
     return pc.fill_null(arr, pa.scalar(plan.fill, arr.type))
 
 
+def cast_plans(
+    path: str,
+    fields: Mapping[str, pa.Field],
+    plans: Mapping[str, _Plan],
+    columns: Mapping[str, ColumnSpec],
+    unreadable: Mapping[str, str],
+    cast: Mapping[str, np.dtype],
+) -> tuple[dict[str, _Plan], dict[str, ColumnSpec], dict[str, str]]:
+    """The plans, column specs and unreadable columns of a file (Parquet or Arrow)
+    with ``cast`` applied to them as stored: each cast column gets a plan that casts
+    the decoded column, a column unreadable as stored (a decimal, a tz-aware
+    timestamp, a time of day) becomes readable. A cast to the dtype a column has
+    already changes nothing; a cast the column cannot reach is a ``SchemaError``
+    naming the file, the column, its Arrow type and the dtype."""
+    plans, columns, unreadable = dict(plans), dict(columns), dict(unreadable)
+    for name, dtype in cast.items():
+        field = fields.get(name)
+        if field is None:
+            continue  # not in this file, or named twice in its schema: the dataset's checks name it
+        stored = plans.get(name)
+        if stored is not None and stored.spec.dtype == dtype:
+            continue
+        plan = _cast_plan(field, stored, dtype)
+        if isinstance(plan, str):
+            raise SchemaError(f"{path}: column {name!r} (Arrow type {field.type}) cannot be cast to {dtype}: {plan}")
+        plans[name] = plan
+        columns[name] = plan.spec
+        unreadable.pop(name, None)
+    in_schema_order = {n: columns[n] for n in fields if n in columns}
+    return plans, in_schema_order, unreadable
+
+
+def _cast_plan(field: pa.Field, stored: _Plan | None, dtype: np.dtype) -> _Plan | str:
+    """The plan that reads ``field`` (read as ``stored``, or unreadable: ``None``) cast
+    to ``dtype``, or why it cannot be cast."""
+    refused = {
+        "dict": "the codes of a dictionary (categorical) column are not cast; its categories are in column_metadata",
+        "text": "strings and binary are not cast (parse them in your own code)",
+        "fsb": "fixed_size_binary values are raw bytes to Arrow (a tensor's dtype is in the field metadata), not cast",
+    }
+    if stored is not None and stored.kind in refused:
+        return refused[stored.kind]
+    if stored is None and _is_list(field.type):
+        return "a list column that cannot be read as stored is not cast: exclude it"
+    cast = plan_cast(field.type, dtype)
+    if isinstance(cast, str):
+        return cast
+    is_bool = dtype == np.bool_
+    if stored is None:  # a scalar with no NumPy equivalent: the cast makes it one
+        return _Plan("bool" if is_bool else "primitive", ColumnSpec(dtype, ()), dtype, leaf_is_bool=is_bool, cast=cast)
+    kind = ("bool" if is_bool else "primitive") if stored.kind in ("bool", "primitive") else stored.kind
+    spec = ColumnSpec(dtype, stored.spec.shape, stored.spec.kind)
+    return dataclasses.replace(stored, kind=kind, spec=spec, storage=dtype, leaf_is_bool=is_bool, cast=cast)
+
+
+def unreadable_reason(field: pa.Field, reason: str) -> str:
+    """Why a column is refused, naming its Arrow type, and the cast that reads it
+    when there is one (decimals, tz-aware timestamps, time of day)."""
+    hint = cast_hint(field.name, field.type)
+    return f"Arrow type {field.type}: {reason}" + (f"; {hint}" if hint else "")
+
+
 def plans_to_read(plans: Mapping[str, _Plan], columns: list[str], fill_nulls: Mapping[str, Any]) -> dict[str, _Plan]:
     """The read plans of ``columns``, each carrying its ``fill_nulls`` value (Parquet
     and Arrow readers alike)."""
@@ -1101,13 +1229,19 @@ def copy_column(
     path: str = "",
     name: str = "",
     first_row: int = 0,
+    describe_rows: Callable[[int, int], str] | None = None,
 ) -> None:
     """Copy a decoded column slice (any ``RecordBatch``/``Table`` column) into
     ``target`` (``len(column)`` rows): one copy per chunk, from a view of Arrow's
-    buffers; dictionary chunks are re-coded to ``categories`` first. A
-    variable-length column goes to a ``VariableTarget`` (offsets and values);
-    ``name`` and ``first_row`` (the file row of the slice's first row) name a row
-    too large for the budget."""
+    buffers; dictionary chunks are re-coded to ``categories`` first, a cast column
+    (``plan.cast``) is cast first. A variable-length column goes to a
+    ``VariableTarget`` (offsets and values); ``name`` and ``first_row`` (the file
+    row of the slice's first row) name a row too large for the budget or a value
+    the cast cannot take, ``describe_rows(start, stop)`` where that row lives
+    (default: the file and row)."""
+    if plan.cast is not None:
+        where = describe_rows or (lambda start, stop: f"{path} row {start}")
+        column = cast_column(column, plan.cast, name, first_row, where)
     if plan.kind in ("text", "ragged"):
         _copy_variable(column, plan, target, path, name, first_row)
         return
