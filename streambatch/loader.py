@@ -328,7 +328,7 @@ class EpochIterator(Iterator[Batch]):
         self._loader = loader
         self._generation = generation
         self.epoch = epoch
-        self._history = [tuple(h) for h in history]
+        self._history: list[tuple[int, int]] = [(int(world), int(batches)) for world, batches in history]
         start_batch = self._history[-1][1]
         self.batches_delivered = start_batch
         self._forks = _forks_seen[0]

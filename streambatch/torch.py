@@ -340,11 +340,11 @@ def _copy(state: Any) -> Any:
     return state
 
 
-def _normalise(state: Mapping[str, Any]) -> dict[str, Any]:
+def _normalise(saved: Mapping[str, Any]) -> dict[str, Any]:
     """Check a state's shape; give rank states a ``prefix`` (history before the current world)."""
-    if not isinstance(state, Mapping):
-        raise StateMismatchError(f"a streambatch.torch state must be a dict, got {type(state).__name__}")
-    state = _copy(dict(state))
+    if not isinstance(saved, Mapping):
+        raise StateMismatchError(f"a streambatch.torch state must be a dict, got {type(saved).__name__}")
+    state: dict[str, Any] = _copy(dict(saved))
     kind = state.get("kind")
     if kind is None and "history" in state:  # a plain Loader state: one stream per rank
         history = state.get("history")

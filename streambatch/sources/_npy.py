@@ -163,7 +163,7 @@ class _NpyReader(ShardReader):
         for column, target in out.items():
             row_nbytes = self._specs[column].row_nbytes
             offset = self._offsets[column] + start * row_nbytes
-            view = memoryview(target.reshape(-1).view(np.uint8))
+            view = _bytes_of(target)
             location = self._files[column]
             if location.is_local:
                 _pread_exactly(self._fd(column), view, offset, location.url)
@@ -187,7 +187,7 @@ class _NpyReader(ShardReader):
                 continue
             row = self._specs[column].row_nbytes
             fd = self._fd(column)
-            view = memoryview(target.reshape(-1).view(np.uint8))
+            view = _bytes_of(target)
             offsets = (starts * row + self._offsets[column]).tolist()
             sizes = ((stops - starts) * row).tolist()
             done = 0
@@ -201,11 +201,13 @@ class _NpyReader(ShardReader):
         if values is None:
             spec = self._specs[column]
             values = np.empty((self._num_rows, *spec.shape), spec.dtype)
-            view = memoryview(values.reshape(-1).view(np.uint8))
+            view = _bytes_of(values)
             _pread_exactly(self._fd(column), view, self._offsets[column], self._files[column].url)
             with self._lock:  # two threads may race to load it: keep one copy
-                values = self._resident[column] if self._resident[column] is not None else values
-                self._resident[column] = values
+                kept = self._resident[column]
+                if kept is None:
+                    self._resident[column] = kept = values
+            return kept
         return values
 
     # -- remote (fsspec) reads: one request per byte range, retried ----------
@@ -242,7 +244,7 @@ class _NpyReader(ShardReader):
             location = self._files[column]
             row = self._specs[column].row_nbytes
             base = self._offsets[column]
-            view = memoryview(target.reshape(-1).view(np.uint8))
+            view = _bytes_of(target)
             k = 0
             while k < len(starts_l):
                 end, nbytes = k, 0
@@ -284,6 +286,11 @@ class _NpyReader(ShardReader):
             fds, self._fds = self._fds, {}
         for fd in fds.values():
             os.close(fd)
+
+
+def _bytes_of(array: np.ndarray) -> memoryview:
+    """The bytes of a C-contiguous array, writable, for positional reads into it."""
+    return memoryview(array.reshape(-1).view(np.uint8))  # type: ignore[arg-type]  # numpy's stubs lack the buffer protocol
 
 
 def _pread_exactly(fd: int, view: memoryview, offset: int, url: str) -> None:
