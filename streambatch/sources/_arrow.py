@@ -50,7 +50,7 @@ import pyarrow as pa
 
 from ..errors import CorruptInputError, SchemaError, SourceNotFoundError
 from ._arrow_index import BatchLayout, field_layout, index_file
-from ._arrow_ranges import BatchSlicer, ByteSource, Cursor, read_array, read_fixed_into
+from ._arrow_ranges import BatchSlicer, ByteSource, Cursor, read_array, read_fixed_into, read_variable
 from ._base import ColumnSpec, Shard, ShardReader
 from ._fs import FileSystemPath
 from ._parquet import (
@@ -321,9 +321,13 @@ class _ArrowReader(ShardReader):
         """Rows ``[a, b)`` of record batch ``i``'s column ``name`` into ``target``."""
         shard, plan, t = self._shard, self._plans[name], self._types[name]
         at = shard.cursor(i, self._fields[name])
-        if self._direct[name] and target.flags.c_contiguous:
-            view = target.reshape(-1).view(np.uint8).data
-            if read_fixed_into(s, t, at, a, b, view):
+        if self._direct[name] == "fixed" and target.flags.c_contiguous:
+            if read_fixed_into(s, t, at, a, b, target.reshape(-1).view(np.uint8).data):
+                return
+        elif self._direct[name] == "variable":
+            found = read_variable(s, t, at, a, b)
+            if found is not None:
+                _write_variable(target, *found, shard.path, name, row)
                 return
         try:
             nulls = s.nulls(at.node, shard._layouts[self._fields[name]][0])
@@ -387,13 +391,31 @@ def _storage(t: pa.DataType) -> pa.DataType:
     return t.storage_type if isinstance(t, pa.BaseExtensionType) else t
 
 
-def _reads_directly(plan: _Plan) -> bool:
-    """Whether a column's bytes are its values as the batch holds them (read straight
-    into the caller's array when a batch has no nulls): fixed-width, not booleans,
-    no list whose length the type does not fix."""
-    if plan.kind not in ("primitive", "fsb", "fsl") or plan.leaf_is_bool or plan.storage != plan.spec.dtype:
-        return False
-    return not any(plan.checked_lengths)
+def _reads_directly(plan: _Plan) -> str | None:
+    """How a column is read where its record batch has no nulls, without an Arrow array
+    built: ``"fixed"``, its bytes straight into the caller's array (fixed-width, not
+    booleans, no list whose length the type does not fix); ``"variable"``, its offsets
+    and values into a variable-length target (strings, binary, lists of numbers)."""
+    if plan.leaf_is_bool or plan.storage != plan.spec.dtype:
+        return None
+    if plan.kind in ("primitive", "fsb", "fsl") and not any(plan.checked_lengths):
+        return "fixed"
+    return "variable" if plan.kind in ("text", "ragged") else None
+
+
+def _write_variable(target, offsets: np.ndarray, values: np.ndarray, path: str, name: str, row: int) -> None:  # type: ignore[no-untyped-def]
+    """``target.write`` (a ``VariableTarget``), a row too large for its share of the
+    budget named as ``copy_column`` names it."""
+    from ..columns import RowTooLarge
+    from ..errors import BudgetError
+
+    try:
+        target.write(offsets, values)
+    except RowTooLarge as e:
+        raise BudgetError(
+            f"{path}: column {name!r} row {row + e.row} holds {e.nbytes:,} bytes of values, more than the "
+            f"{e.limit:,} bytes its share of memory_limit holds; raise memory_limit or exclude the column"
+        ) from None
 
 
 def _span(s: BatchSlicer, k: int, a: int, b: int, wide: bool) -> int:

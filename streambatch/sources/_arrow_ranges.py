@@ -20,6 +20,7 @@ each, retried on transient errors (``RetryPolicy``).
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from ._fs import FileSystemPath
 from ._npy import _pread_exactly
 from ._retry import RetryPolicy, call_with_retry, read_exactly
 
-__all__ = ["BatchSlicer", "ByteSource", "Cursor", "read_array", "read_fixed_into"]
+__all__ = ["BatchSlicer", "ByteSource", "Cursor", "read_array", "read_fixed_into", "read_variable"]
 
 #: View columns: string bytes closer than this are fetched in one read.
 _GATHER_GAP = 64 << 10
@@ -200,47 +201,101 @@ class Cursor:
     view: int
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """How an array of ``type`` is laid out: ``kind`` is ``"view"``, ``"binary"``
+    (offsets and bytes), ``"list"``, ``"fixed_list"`` or ``"fixed"`` (``width`` bits a
+    value); ``wide`` for 64-bit offsets; ``child`` the layout of a list's values."""
+
+    type: pa.DataType
+    kind: str
+    width: int = 0
+    wide: bool = False
+    size: int = 0
+    child: _Layout | None = None
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(t: pa.DataType) -> _Layout:
+    """The layout of ``t`` (extension types by their storage, dictionaries by their
+    indices), found once per type: the dispatch of every read."""
+    if isinstance(t, pa.BaseExtensionType):
+        t = t.storage_type
+    if pa.types.is_dictionary(t):
+        t = t.index_type
+    if str(t) in ("string_view", "binary_view"):
+        return _Layout(t, "view")
+    if _is_offset_binary(t):
+        return _Layout(t, "binary", wide=pa.types.is_large_string(t) or pa.types.is_large_binary(t))
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _Layout(t, "list", wide=pa.types.is_large_list(t), child=_layout(t.value_type))
+    if pa.types.is_fixed_size_list(t):
+        return _Layout(t, "fixed_list", size=t.list_size, child=_layout(t.value_type))
+    return _Layout(t, "fixed", width=_bit_width(t))
+
+
 def read_array(s: BatchSlicer, t: pa.DataType, at: Cursor, a: int, b: int) -> pa.Array:
     """Rows ``[a, b)`` of the array of type ``t`` at ``at`` (advanced past it and its
     children). Dictionary columns give their indices. Types the loader delivers
     (fixed-width scalars, fixed-size binary, lists and fixed-size lists of them,
     strings and binary, their views) are read; others are a ``TypeError``."""
-    if isinstance(t, pa.BaseExtensionType):
-        t = t.storage_type
-    if pa.types.is_dictionary(t):
-        t = t.index_type
-    _, nulls = s.node(at.node)
+    return _read(s, _layout(t), at, a, b)
+
+
+def _read(s: BatchSlicer, layout: _Layout, at: Cursor, a: int, b: int) -> pa.Array:
+    t, kind = layout.type, layout.kind
+    nulls = int(s.layout.nodes[at.node, 1])
     at.node += 1
     k, n = at.buffer, b - a
     validity = s.bits(k, a, b) if nulls else None
     null_count = -1 if nulls else 0
-    if str(t) in ("string_view", "binary_view"):
+    if kind == "view":
         count = s.layout.variadic[at.view]
         at.buffer += 2 + count
         at.view += 1
         return _read_views(s, t, k, count, validity, a, b)
-    if _is_offset_binary(t):
+    if kind == "binary":
         at.buffer += 3
-        wide = pa.types.is_large_string(t) or pa.types.is_large_binary(t)
-        offsets = s.offsets(k + 1, a, b, wide)
+        offsets = s.offsets(k + 1, a, b, layout.wide)
         lo, hi = int(offsets[0]), int(offsets[-1])
         data = s.bytes(k + 2, lo, hi - lo)
         return pa.Array.from_buffers(t, n, [validity, pa.py_buffer(offsets - offsets[0]), data], null_count)
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
+    if kind == "list":
         at.buffer += 2
-        offsets = s.offsets(k + 1, a, b, pa.types.is_large_list(t))
-        child = read_array(s, t.value_type, at, int(offsets[0]), int(offsets[-1]))
+        offsets = s.offsets(k + 1, a, b, layout.wide)
+        child = _read(s, layout.child, at, int(offsets[0]), int(offsets[-1]))  # type: ignore[arg-type]
         return pa.Array.from_buffers(t, n, [validity, pa.py_buffer(offsets - offsets[0])], null_count,
                                      children=[child])
-    if pa.types.is_fixed_size_list(t):
+    if kind == "fixed_list":
         at.buffer += 1
-        size = t.list_size
-        child = read_array(s, t.value_type, at, a * size, b * size)
+        child = _read(s, layout.child, at, a * layout.size, b * layout.size)  # type: ignore[arg-type]
         return pa.Array.from_buffers(t, n, [validity], null_count, children=[child])
-    width = _bit_width(t)
+    width = layout.width
     at.buffer += 2
     data = s.bits(k + 1, a, b) if width == 1 else s.bytes(k + 1, a * (width // 8), n * (width // 8))
     return pa.Array.from_buffers(t, n, [validity, data], null_count)
+
+
+def read_variable(s: BatchSlicer, t: pa.DataType, at: Cursor, a: int, b: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(offsets, values)`` of rows ``[a, b)`` of a null-free string/binary column (its
+    bytes) or a list of whole-byte scalars (its values, as ``storage``), offsets from 0:
+    what a variable-length target takes, with no Arrow array built. ``None`` (nothing
+    read) for other columns, or when the rows' batch holds nulls in it."""
+    layout = _layout(t)
+    if layout.kind == "binary":
+        if s.nulls(at.node, 1):
+            return None
+        offsets = s.offsets(at.buffer + 1, a, b, layout.wide)
+        lo, hi = int(offsets[0]), int(offsets[-1])
+        return offsets - lo, np.frombuffer(s.bytes(at.buffer + 2, lo, hi - lo), np.uint8)
+    child = layout.child
+    if layout.kind != "list" or child is None or child.kind != "fixed" or child.width % 8 or s.nulls(at.node, 2):
+        return None
+    offsets = s.offsets(at.buffer + 1, a, b, layout.wide)
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    width = child.width // 8
+    raw = s.bytes(at.buffer + 3, lo * width, (hi - lo) * width)
+    return offsets - lo, np.frombuffer(raw, child.type.to_pandas_dtype())
 
 
 def read_fixed_into(s: BatchSlicer, t: pa.DataType, at: Cursor, a: int, b: int, view: memoryview) -> bool:
@@ -249,19 +304,12 @@ def read_fixed_into(s: BatchSlicer, t: pa.DataType, at: Cursor, a: int, b: int, 
     (nothing read) when the column is not one, holds nulls, or the batch is compressed."""
     if s.compressed:
         return False
-    if isinstance(t, pa.BaseExtensionType):
-        t = t.storage_type
-    levels, values = 0, 1
-    while pa.types.is_fixed_size_list(t):
-        levels, values, t = levels + 1, values * t.list_size, t.value_type
-    if isinstance(t, pa.BaseExtensionType):
-        t = t.storage_type
-    if pa.types.is_dictionary(t) or not (pa.types.is_fixed_size_binary(t) or _is_plain_fixed(t)):
+    layout, levels, values = _layout(t), 0, 1
+    while layout.kind == "fixed_list" and layout.child is not None:
+        layout, levels, values = layout.child, levels + 1, values * layout.size
+    if layout.kind != "fixed" or layout.width % 8 or s.nulls(at.node, levels + 1):
         return False
-    width = _bit_width(t)
-    if width % 8 or s.nulls(at.node, levels + 1):
-        return False
-    row = values * width // 8
+    row = values * layout.width // 8
     if len(view) != (b - a) * row:
         return False
     s.read_into(at.buffer + levels + 1, a * row, view)
@@ -309,11 +357,6 @@ def _read_views(
 
 def _is_offset_binary(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)
-
-
-def _is_plain_fixed(t: pa.DataType) -> bool:
-    """Numbers and temporal types whose values are whole bytes (no booleans)."""
-    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_temporal(t)) and not pa.types.is_time(t)
 
 
 def _bit_width(t: pa.DataType) -> int:
