@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         configs = [
             ("ragged `list<int32>` Parquet → `Ragged`", paths["parquet"], None, None),
             ("ragged `list<int32>` Parquet, `pad=(1000, 0)`", paths["parquet"], {"tokens": [MAX_LEN, 0]}, None),
-            ("ragged `list<int32>` Arrow IPC (memory map) → `Ragged`", paths["arrow"], None, None),
+            ("ragged `list<int32>` Arrow IPC (positional reads) → `Ragged`", paths["arrow"], None, None),
             ("fixed `int32[1000]` `.npy` (the same rows, padded)", paths["npy"], None, None),
         ]
     if args.fixed_only:

@@ -108,7 +108,7 @@ def parquet_streamed(tmp_path) -> Case:
     return Case(path, rows, KINDS, {"memory_limit": "32MiB", "batch_size": 512})
 
 
-def arrow_file(tmp_path) -> Case:  # random access through the map (resumes read the first batch row by row)
+def arrow_file(tmp_path) -> Case:  # random access with positional reads (resumes read the first batch row by row)
     rows = _rows(5)
     path = str(tmp_path / "data.arrow")
     table = _table(rows, pa.large_list(pa.int32()), pa.string(), pa.binary())
@@ -116,7 +116,7 @@ def arrow_file(tmp_path) -> Case:  # random access through the map (resumes read
     return Case(path, rows, KINDS, {})
 
 
-def arrow_compressed(tmp_path) -> Case:  # record batches decompressed whole: units
+def arrow_compressed(tmp_path) -> Case:  # record batches' buffers decompressed whole: units
     rows = _rows(6)
     path = str(tmp_path / "zstd.arrow")
     table = _table(rows, pa.list_(pa.int32()), pa.large_string(), pa.binary())

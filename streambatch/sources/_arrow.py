@@ -2,34 +2,43 @@
 format -- and Hugging Face ``Dataset.save_to_disk`` directories, which hold
 stream-format files ``data-0000i-of-0000n.arrow`` listed in ``state.json``.
 
-Random access through a memory map
-    An uncompressed IPC file is read in place: each record batch's buffers are
-    views of the memory-mapped file, so any row range is cheap to copy and
-    ``unit_bounds`` is ``None``, as for ``.npy`` (the loader then cuts the file
-    into many small pieces and shuffles nearly as well as a full permutation).
-    The file format indexes its record batches in its footer; a stream is
-    indexed once, when a reader opens, by walking its message headers (the data
-    pages are not read). A compressed file (LZ4/ZSTD buffers, Feather's default)
-    must decompress a whole record batch to read any row of it: its units are
-    its record batches. A compressed *stream* has no index to reach a batch
-    without decompressing the ones before it, and is refused.
+Positional reads, no memory map
+    A shard indexes its file once, at open, from the metadata alone
+    (:mod:`._arrow_index`): the footer's blocks for the file format, one walk
+    over the message headers for a stream (the bodies are skipped), then each
+    record batch's header: where every column's buffers lie. A read of rows
+    ``[start, stop)`` then reads just the bytes of those rows of the requested
+    columns with positional reads (``os.pread``; ranged requests for a remote
+    file), assembles them, copies them into the caller's arrays and drops them
+    (:mod:`._arrow_ranges`); a null-free fixed-width column is read straight
+    into the caller's array, as ``.npy`` is. Nothing stays mapped or cached, so
+    only what the loader's budget holds is resident (a memory map's touched pages
+    count in RSS until it is closed: 727 MiB at a 256 MiB budget before).
+
+    An uncompressed file is random access: ``unit_bounds`` is ``None``, as for
+    ``.npy``. A compressed one (LZ4/ZSTD buffers, Feather's default; a stream
+    too, since the walk indexes it) must decompress a whole buffer to read any
+    row of it: its units are its record batches, and a read decompresses only
+    the buffers of the columns it reads.
 
 Columns
     Arrow types map to ``ColumnSpec`` exactly as for Parquet (see
     :mod:`._parquet`: fixed-size and fixed-length lists as N-d arrays,
-    dictionaries as their codes with the categories in ``column_metadata``);
-    the list lengths are found from the first record batch's offsets and checked
-    for every batch at open (two offsets each) and row by row when read. Null
-    counts are in the IPC metadata, so nulls are found at open, per record batch.
+    dictionaries as their codes with the categories in ``column_metadata``,
+    strings as ``StringDType``, ragged lists as ``Ragged``). The list lengths are
+    found from the first record batch's offsets and checked for every batch at
+    open (two offsets per list level) and row by row when read. Null counts are
+    in the IPC metadata, so nulls are found at open, per record batch. The
+    categories of a dictionary column are the dictionary in force for the first
+    non-empty record batch; a stream that replaces a dictionary later has those
+    batches re-coded to it (or refused if they hold other values).
     ``cast=`` casts decoded columns as for Parquet; the IPC metadata holds no
     value statistics, so a value the cast cannot take fails the read of its rows.
 
 Handles
-    A shard holds no open file. A reader holds one memory map (one file
-    descriptor) and checks each record batch once, when first used (nulls, list
-    offsets evenly spaced); reads then only copy. ``close()`` drops every batch
-    it handed out and closes the map, so no mapping outlives the reader (batches
-    are copied into the caller's arrays, never returned as views).
+    A shard holds no open file. A reader holds one file descriptor (none for a
+    remote file), shared by the pool threads (``pread`` has no file position);
+    ``close()`` closes it.
 """
 
 from __future__ import annotations
@@ -44,12 +53,15 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import CorruptInputError, SchemaError, SourceNotFoundError
+from ._arrow_index import BatchLayout, field_layout, index_file
+from ._arrow_ranges import BatchSlicer, ByteSource, Cursor, read_array, read_fixed_into, read_variable
 from ._base import ColumnSpec, Shard, ShardReader
 from ._fs import FileSystemPath
 from ._parquet import (
     _check_list_lengths,
     _count_nulls,
     _has_variable_list,
+    _is_text,
     _list_levels,
     _Plan,
     _plan_for,
@@ -63,22 +75,18 @@ from ._parquet import (
 
 __all__ = ["ArrowShard", "huggingface_shards"]
 
-_FILE_MAGIC = b"ARROW1"
+#: Dictionaries of replaced (stream) versions a reader keeps decoded, per reader.
+_DICTIONARY_CACHE = 8
 
 
 class ArrowShard(Shard):
-    """One Arrow IPC file (file or stream format); read in place through a memory map.
+    """One Arrow IPC file (file or stream format), local or remote, indexed at open.
     ``labels`` gives integer columns their category names (Hugging Face ``ClassLabel``),
     shown in ``column_metadata`` like the categories of a dictionary column."""
 
     def __init__(self, location: FileSystemPath, labels: Mapping[str, list[str]] | None = None) -> None:
         self.location = location
         self.path = location.url
-        if not location.is_local:
-            raise SchemaError(
-                f"{self.path}: Arrow IPC files are read through a memory map, from local paths only; "
-                "copy the file locally or rewrite it with `streambatch convert`"
-            )
         if not location.exists():
             raise SourceNotFoundError(f"no such file: {self.path}")
         self.columns: dict[str, ColumnSpec] = {}
@@ -89,56 +97,85 @@ class ArrowShard(Shard):
         self._nulls: dict[str, tuple[int, int]] = {}  # column -> (first batch with nulls, nulls in it)
         self._value_counts: dict[str, set[float]] = {}  # list column -> leaf values per row, per batch
         self._variable_nbytes: dict[str, int] = {}  # variable-length column -> largest value bytes per row
-        with _Opened(self.path) as opened:
-            self.stream = opened.stream
-            schema = opened.schema
-            counts: list[int] = []
-            compressed = False
-            first: pa.RecordBatch | None = None
-            for i, batch in enumerate(opened.batches()):
-                counts.append(batch.num_rows)
+        source = ByteSource(location)
+        try:
+            self._index = index_file(source.read, source.size(), self.path)
+            schema = self._index.schema
+            self._layouts = [field_layout(f.type) for f in schema]
+            self._starts = np.cumsum([(0, 0, 0), *self._layouts], axis=0)[:-1].tolist()  # per field
+            self._field_index = {f.name: j for j, f in enumerate(schema)}
+            first = None
+            for i, batch in enumerate(self._index.batches):
+                self._check_header(i, batch)
+                s = BatchSlicer(source, batch, self._where(i))
                 if first is None and batch.num_rows:
-                    first = batch
-                    compressed = not opened.is_view(batch)
-                    if compressed and self.stream:
-                        raise SchemaError(
-                            f"{self.path}: a compressed Arrow stream has no random access (every record batch "
-                            "before a row must be decompressed to reach it); write it uncompressed or in the "
-                            "Arrow file format (pyarrow.feather.write_feather(..., compression='uncompressed')), "
-                            "or rewrite it with `streambatch convert`"
-                        )
-                self._scan_batch(i, batch, schema)
-            self._plan_columns(schema, first)
+                    first = i
+                self._scan_batch(i, s, schema)
+            self._plan_columns(source, schema, first)
+            self._first_batch = first  # whose dictionaries are the categories
+        finally:
+            source.close()
         for name, names in (labels or {}).items():
             if name in self.columns and name not in self.column_metadata:
                 self.column_metadata[name] = {"categories": list(names), "ordered": False}
+        counts = [b.num_rows for b in self._index.batches]
+        self.stream = self._index.stream
         self.num_rows = int(sum(counts))
-        self.compressed = compressed
+        self.compressed = any(b.codec is not None for b in self._index.batches)
         self._batch_bounds = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
         self._batch_bounds.flags.writeable = False
 
     # -- open: what the metadata says ------------------------------------------------
-    def _scan_batch(self, index: int, batch: pa.RecordBatch, schema: pa.Schema) -> None:
-        """Null counts (IPC metadata, no data read) and list value counts (two offsets
-        per list level) of one record batch, remembered for the columns' plans."""
+    def _where(self, batch: int) -> str:
+        return f"{self.path} record batch {batch}"
+
+    def _check_header(self, i: int, batch: BatchLayout) -> None:
+        nodes, buffers, views = (sum(x) for x in zip((0, 0, 0), *self._layouts))
+        if (len(batch.nodes), len(batch.buffers) - sum(batch.variadic), len(batch.variadic)) != (nodes, buffers, views):
+            raise CorruptInputError(
+                f"{self._where(i)}: its header lists {len(batch.nodes)} arrays and {len(batch.buffers)} buffers, "
+                f"the schema needs {nodes} and {buffers + sum(batch.variadic)}"
+            )
+
+    def cursor(self, batch: int, field: int) -> Cursor:
+        """Where field ``field``'s node and buffers start in record batch ``batch``'s header."""
+        node, buffer, view = self._starts[field]
+        return Cursor(node, buffer + sum(self._index.batches[batch].variadic[:view]), view)
+
+    def _scan_batch(self, index: int, s: BatchSlicer, schema: pa.Schema) -> None:
+        """Null counts (IPC metadata, no data read) and, per variable-length column,
+        list value counts and value bytes (two offsets per list level) of one record
+        batch, remembered for the columns' plans and the budget."""
+        rows = s.layout.num_rows
         for j, field in enumerate(schema):
-            column = batch.column(j)
-            nulls = _metadata_nulls(column)
+            at = self.cursor(index, j)
+            nulls = s.nulls(at.node, self._layouts[j][0])
             if nulls and field.name not in self._nulls:
                 self._nulls[field.name] = (index, nulls)
-            sizes, _ = _list_levels(field.type)
-            if any(s is None for s in sizes) and batch.num_rows:
-                per_row = _values_per_row(column)
-                self._value_counts.setdefault(field.name, set()).add(per_row)
-            if batch.num_rows:
-                nbytes = _value_nbytes(column)
-                if nbytes is not None:
-                    per = -(-nbytes // batch.num_rows)
-                    self._variable_nbytes[field.name] = max(per, self._variable_nbytes.get(field.name, 0))
+            if not rows:
+                continue
+            t = _storage(field.type)
+            if _has_variable_list(t):
+                counts = _level_counts(s, t, at, 0, rows)
+                self._value_counts.setdefault(field.name, set()).add(counts[-1] / rows)
+                if len(counts) == 1 and pa.types.is_primitive(t.value_type):
+                    self._add_nbytes(field.name, counts[0] * max(1, t.value_type.bit_width // 8), rows)
+            elif str(t) in ("string_view", "binary_view"):
+                k = at.buffer
+                total = sum(s.buffer_size(b) for b in range(k + 1, k + 2 + s.layout.variadic[at.view]))
+                self._add_nbytes(field.name, total, rows)
+            elif _is_text(t):
+                wide = pa.types.is_large_string(t) or pa.types.is_large_binary(t)
+                self._add_nbytes(field.name, _span(s, at.buffer + 1, 0, rows, wide), rows)
 
-    def _plan_columns(self, schema: pa.Schema, first: pa.RecordBatch | None) -> None:
+    def _add_nbytes(self, name: str, nbytes: int, rows: int) -> None:
+        per = -(-int(nbytes) // rows)
+        self._variable_nbytes[name] = max(per, self._variable_nbytes.get(name, 0))
+
+    def _plan_columns(self, source: ByteSource, schema: pa.Schema, first: int | None) -> None:
         seen: set[str] = set()
         self._fields: dict[str, pa.Field] = {}  # what with_cast plans from
+        s = None if first is None else BatchSlicer(source, self._index.batches[first], self._where(first))
         for j, field in enumerate(schema):
             if field.name in seen:
                 self.columns.pop(field.name, None)
@@ -148,7 +185,7 @@ class ArrowShard(Shard):
                 continue
             seen.add(field.name)
             self._fields[field.name] = field
-            plan = self._plan_of(field, None if first is None else first.column(j))
+            plan = self._plan_of(field, j, source, s, first)
             if isinstance(plan, str):
                 self.unreadable[field.name] = unreadable_reason(field, plan)
             else:
@@ -156,29 +193,33 @@ class ArrowShard(Shard):
                 self.columns[field.name] = plan.spec
         self._stored = (self._plans, self.columns, self.unreadable, self._variable_nbytes)  # with_cast starts here
 
-    def _plan_of(self, field: pa.Field, first: pa.Array | None) -> _Plan | str:
+    def _plan_of(
+        self, field: pa.Field, j: int, source: ByteSource, s: BatchSlicer | None, first: int | None
+    ) -> _Plan | str:
         lengths = None
-        if _has_variable_list(field.type):
-            ragged = _ragged_plan(field.type)
-            if first is None:
+        t = _storage(field.type)
+        if _has_variable_list(t):
+            ragged = _ragged_plan(t)
+            if s is None or first is None:
                 return ragged or _variable_reason(field.name, "the file has no rows to find the length from")
             counts = self._value_counts.get(field.name, set())
             if len(counts) != 1 or not float(next(iter(counts))).is_integer():
                 return ragged or _variable_reason(field.name, "record batches hold different numbers of values per row")
-            lengths = _first_row_lengths(first.slice(0, 1), field.type)
+            lengths = _first_row_lengths(s, t, self.cursor(first, j))
             if int(np.prod(lengths)) != int(next(iter(counts))):
                 return ragged or _variable_reason(field.name, f"the first row is {lengths} but rows hold other lengths")
-            if ragged is not None and _varies(first):
+            if ragged is not None and _varies(s, t, self.cursor(first, j)):
                 return ragged  # the first batch alone has rows of different lengths
         plan = _plan_for(field, lengths)
         if isinstance(plan, _Plan) and plan.kind == "dict":
             if first is None:
                 return "a dictionary column with no rows: its categories are unknown"
-            values = first.dictionary.to_pylist()
-            dictionary = pa.array(values, first.dictionary.type)  # a copy: no view of the map outlives open
-            self._categories[field.name] = dictionary
+            dictionary = self.dictionary(source, field.name, first)
+            if isinstance(dictionary, str):
+                return dictionary
+            self._categories[field.name] = dictionary  # decoded from bytes read here: no view of the file
             self.column_metadata[field.name] = {
-                "categories": values,
+                "categories": dictionary.to_pylist(),
                 "ordered": bool(field.type.ordered),
             }
         return plan
@@ -199,6 +240,31 @@ class ArrowShard(Shard):
                 stored = max(1, plans[name].spec.dtype.itemsize)
                 other._variable_nbytes[name] = -(-value_nbytes[name] * plan.spec.dtype.itemsize // stored)
         return other
+
+    def dictionary_key(self, name: str, batch: int) -> tuple[int, ...]:
+        """Which dictionary (its batches' body offsets) column ``name`` uses in ``batch``."""
+        versions = self._index.dictionaries[batch].get(self._index.dictionary_ids.get(name, -1), ())
+        return tuple(layout.body_offset for layout in versions)
+
+    def dictionary(self, source: ByteSource, name: str, batch: int) -> pa.Array | str:
+        """The dictionary column ``name`` uses in record batch ``batch``, decoded from its
+        dictionary batches (a replacement and its deltas); a reason if it cannot be."""
+        key = self._index.dictionary_ids.get(name)
+        versions = self._index.dictionaries[batch].get(key, ()) if key is not None else ()
+        if not versions:
+            raise CorruptInputError(f"{self._where(batch)}: no dictionary batch for column {name!r} (id {key})")
+        value_type = self._index.schema.field(name).type.value_type
+        parts = []
+        for layout in versions:
+            what = f"{self.path} dictionary {key} (byte {layout.body_offset})"
+            try:
+                parts.append(read_array(BatchSlicer(source, layout, what), value_type, Cursor(0, 0, 0), 0,
+                                        layout.num_rows))
+            except TypeError:
+                return f"dictionary values of type {value_type} are not read"
+            except (pa.ArrowException, ValueError) as e:
+                raise CorruptInputError(f"{what}: cannot read the dictionary of column {name!r} ({e})") from e
+        return parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
 
     # -- the contract -----------------------------------------------------------------
     @property
@@ -238,49 +304,22 @@ class ArrowShard(Shard):
 
 
 class _ArrowReader(ShardReader):
-    """Copies row ranges out of the memory-mapped record batches. Batch objects are
-    views of the map; they are fetched once and shared by the pool threads (reading
-    a memory map needs no file position)."""
+    """Reads row ranges of the record batches with positional reads into the
+    caller's arrays; safe to call from many threads at once (each read has its own
+    ``BatchSlicer``; the descriptor has no shared position)."""
 
     def __init__(self, shard: ArrowShard, plans: dict[str, _Plan]) -> None:
         self._shard = shard
         self._plans = plans
         self._lock = threading.Lock()
-        self._opened: _Opened | None = _Opened(shard.path)
-        try:
-            schema = self._opened.schema
-            self._index = {name: schema.get_field_index(name) for name in plans}
-            self._batches: list[pa.RecordBatch | None] = [None] * (len(shard._batch_bounds) - 1)
-            if self._opened.stream:  # no index to reach batch i: walk the messages once (views, no data read)
-                streamed = list(self._opened.batches())
-                if len(streamed) != len(self._batches):
-                    raise CorruptInputError(f"{shard.path}: the file changed since it was opened (record batches)")
-                for i, batch in enumerate(streamed):
-                    for name in plans:
-                        self._check(name, batch.column(self._index[name]), i, 0)
-                    self._batches[i] = batch
-        except BaseException:
-            self._opened.close()
-            raise
-        if not self._opened.stream and self._opened.num_batches != len(self._batches):
+        self._dictionaries: dict[tuple[str, tuple[int, ...]], pa.Array] = {}
+        self._fields = {name: shard._field_index[name] for name in plans}
+        self._types = {name: shard._index.schema.field(name).type for name in plans}
+        self._direct = {name: _reads_directly(plan) for name, plan in plans.items()}
+        self._source: ByteSource | None = ByteSource(shard.location, getattr(shard, "retry", None))
+        if shard.location.is_local and self._source.size() != shard._index.size:
             self.close()
-            raise CorruptInputError(f"{shard.path}: the file changed since it was opened (record batch count)")
-
-    def _batch(self, i: int) -> pa.RecordBatch:
-        """Record batch ``i``, its opened columns checked (nulls, list lengths) the first
-        time it is used, so that each read only copies."""
-        with self._lock:
-            if self._opened is None:
-                raise ValueError(f"reader of {self._shard.path} is closed")
-            batch = self._batches[i]
-            if batch is not None:
-                return batch
-            batch = self._opened.batch(i)
-            for name in self._plans:
-                self._check(name, batch.column(self._index[name]), i, 0)
-            if not self._shard.compressed:  # a view of the map: keep it; a decompressed copy: drop it
-                self._batches[i] = batch
-            return batch
+            raise CorruptInputError(f"{shard.path}: the file changed since it was opened (its size)")
 
     def read_into(self, start: int, stop: int, out: Mapping[str, np.ndarray]) -> None:
         shard = self._shard
@@ -291,27 +330,70 @@ class _ArrowReader(ShardReader):
                 raise SchemaError(f"{shard.path}: column {name!r} was not opened by this reader")
             if len(target) != stop - start:
                 raise ValueError(f"{shard.path}: out[{name!r}] has {len(target)} rows, expected {stop - start}")
+        source = self._source
+        if source is None:
+            raise ValueError(f"reader of {shard.path} is closed")
         bounds = shard._batch_bounds
         row = start
         while row < stop:
             i = shard.batch_of(row)
             base = int(bounds[i])
             end = min(stop, int(bounds[i + 1]))
-            batch = self._batch(i)
-            if batch.num_rows != int(bounds[i + 1]) - base:
-                raise CorruptInputError(
-                    f"{shard.path} record batch {i}: {batch.num_rows} rows, expected {int(bounds[i + 1]) - base} "
-                    "(the file changed since it was opened)"
-                )
+            s = BatchSlicer(source, shard._index.batches[i], shard._where(i))
             for name, target in out.items():
-                column = batch.column(self._index[name]).slice(row - base, end - row)
-                copy_column(column, self._plans[name], target[row - start : end - start],
-                            shard._categories.get(name), shard.path, name, row)
+                self._read_column(s, i, name, row - base, end - base, target[row - start : end - start], row)
             row = end
 
+    def _read_column(self, s: BatchSlicer, i: int, name: str, a: int, b: int, target: np.ndarray, row: int) -> None:
+        """Rows ``[a, b)`` of record batch ``i``'s column ``name`` into ``target``."""
+        shard, plan, t = self._shard, self._plans[name], self._types[name]
+        at = shard.cursor(i, self._fields[name])
+        if self._direct[name] == "fixed" and target.flags.c_contiguous:
+            if read_fixed_into(s, t, at, a, b, target.reshape(-1).view(np.uint8).data):
+                return
+        elif self._direct[name] == "variable":
+            found = read_variable(s, t, at, a, b)
+            if found is not None:
+                _write_variable(target, *found, shard.path, name, row)
+                return
+        try:
+            nulls = s.nulls(at.node, shard._layouts[self._fields[name]][0])
+            column = read_array(s, t, Cursor(at.node, at.buffer, at.view), a, b)
+        except (pa.ArrowException, ValueError) as e:
+            raise CorruptInputError(f"{s.what}: cannot read column {name!r} rows {a}:{b} ({e})") from e
+        if plan.kind == "dict":
+            column = self._with_dictionary(i, name, column)
+        if nulls or any(plan.checked_lengths):
+            self._check(name, column, i, a)
+        categories = shard._categories.get(name) if isinstance(column, pa.DictionaryArray) else None
+        copy_column(column, plan, target, categories, shard.path, name, row)
+
+    def _with_dictionary(self, i: int, name: str, indices: pa.Array) -> pa.Array:
+        """The indices alone when batch ``i`` uses the categories' dictionary; else a
+        dictionary array of its own dictionary, for ``copy_column`` to re-code."""
+        shard = self._shard
+        key = shard.dictionary_key(name, i)
+        if shard._first_batch is None or key == shard.dictionary_key(name, shard._first_batch):
+            return indices
+        with self._lock:
+            dictionary = self._dictionaries.get((name, key))
+        if dictionary is None:
+            source = self._source
+            if source is None:
+                raise ValueError(f"reader of {shard.path} is closed")
+            found = shard.dictionary(source, name, i)
+            if isinstance(found, str):
+                raise SchemaError(f"{shard._where(i)}: column {name!r}: {found}")
+            dictionary = found
+            with self._lock:
+                if len(self._dictionaries) >= _DICTIONARY_CACHE:
+                    self._dictionaries.pop(next(iter(self._dictionaries)))
+                self._dictionaries[(name, key)] = dictionary
+        return pa.DictionaryArray.from_arrays(indices, dictionary)
+
     def _check(self, name: str, column: pa.Array, batch: int, offset: int) -> None:
-        """Nulls and list lengths of a record batch's column, once per batch: one
-        vectorised pass over its offsets (null counts come from the IPC metadata)."""
+        """Nulls and list lengths of rows of a record batch's column: one vectorised
+        pass over their offsets (null counts come from the IPC metadata)."""
         plan, path = self._plans[name], self._shard.path
         chunked = pa.chunked_array([column])
         nulls = _count_nulls(chunked, leaves=plan.fill is None)
@@ -326,151 +408,84 @@ class _ArrowReader(ShardReader):
 
     def close(self) -> None:
         with self._lock:
-            opened, self._opened = self._opened, None
-            self._batches = []
-        if opened is not None:
-            opened.close()
+            source, self._source = self._source, None
+            self._dictionaries = {}
+        if source is not None:
+            source.close()
 
 
-class _Opened:
-    """A memory-mapped IPC file and its reader; a context manager."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        try:
-            self._map = pa.memory_map(path, "r")
-        except FileNotFoundError as e:
-            raise SourceNotFoundError(f"no such file: {path}") from e
-        except (pa.ArrowException, OSError) as e:
-            raise CorruptInputError(f"{path}: cannot map the file ({e})") from e
-        try:
-            self.size = self._map.size()
-            head = bytes(self._map.read_at(len(_FILE_MAGIC), 0)) if self.size >= len(_FILE_MAGIC) else b""
-            self._map.seek(0)
-            self._whole = self._map.read_buffer(self.size) if self.size else None  # a view: no copy
-            self._map.seek(0)
-            self.stream = head != _FILE_MAGIC
-            self._reader = pa.ipc.open_stream(self._map) if self.stream else pa.ipc.open_file(self._map)
-            self.schema = self._reader.schema
-        except (pa.ArrowException, OSError, ValueError) as e:
-            self.close()
-            raise CorruptInputError(f"{path}: not a valid Arrow IPC file or stream ({e})") from e
-        except BaseException:
-            self.close()
-            raise
-
-    @property
-    def num_batches(self) -> int:
-        return self._reader.num_record_batches
-
-    def batches(self):  # type: ignore[no-untyped-def]
-        """Every record batch in order (the stream is read once, message by message)."""
-        try:
-            if self.stream:
-                yield from self._reader
-            else:
-                for i in range(self._reader.num_record_batches):
-                    yield self._reader.get_batch(i)
-        except (pa.ArrowException, OSError) as e:
-            raise CorruptInputError(f"{self.path}: unreadable record batch ({e})") from e
-
-    def batch(self, i: int) -> pa.RecordBatch:
-        try:
-            return self._reader.get_batch(i)
-        except (pa.ArrowException, OSError) as e:
-            raise CorruptInputError(f"{self.path} record batch {i}: {e}") from e
-
-    def is_view(self, batch: pa.RecordBatch) -> bool:
-        """Whether the batch's buffers lie inside the memory map (uncompressed)."""
-        if self._whole is None:
-            return True
-        lo, hi = self._whole.address, self._whole.address + self._whole.size
-        for column in batch.columns:
-            for buf in _all_buffers(column):
-                if buf is not None and buf.size and not lo <= buf.address < hi:
-                    return False
-        return True
-
-    def close(self) -> None:
-        self._reader = None
-        self._whole = None
-        self._map.close()
-
-    def __enter__(self) -> _Opened:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def _storage(t: pa.DataType) -> pa.DataType:
+    return t.storage_type if isinstance(t, pa.BaseExtensionType) else t
 
 
-def _all_buffers(arr: pa.Array) -> list[pa.Buffer | None]:
-    found = list(arr.buffers())
-    if pa.types.is_dictionary(arr.type):
-        found += arr.dictionary.buffers()
-    return found
+def _reads_directly(plan: _Plan) -> str | None:
+    """How a column is read where its record batch has no nulls, without an Arrow array
+    built: ``"fixed"``, its bytes straight into the caller's array (fixed-width, not
+    booleans, no list whose length the type does not fix); ``"variable"``, its offsets
+    and values into a variable-length target (strings, binary, lists of numbers). A
+    cast column is decoded and cast (``copy_column``): its bytes are not the delivered ones."""
+    if plan.cast is not None or plan.leaf_is_bool or plan.storage != plan.spec.dtype:
+        return None
+    if plan.kind in ("primitive", "fsb", "fsl") and not any(plan.checked_lengths):
+        return "fixed"
+    return "variable" if plan.kind in ("text", "ragged") else None
 
 
-def _metadata_nulls(arr: pa.Array) -> int:
-    """Nulls of a column and of its list children, from the counts the IPC metadata
-    stores for whole arrays (``.values``, not sliced children, so nothing is scanned)."""
-    total = arr.null_count
-    while pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
-        arr = arr.values
-        total += arr.null_count
-    return total
+def _write_variable(target, offsets: np.ndarray, values: np.ndarray, path: str, name: str, row: int) -> None:  # type: ignore[no-untyped-def]
+    """``target.write`` (a ``VariableTarget``), a row too large for its share of the
+    budget named as ``copy_column`` names it."""
+    from ..columns import RowTooLarge
+    from ..errors import BudgetError
+
+    try:
+        target.write(offsets, values)
+    except RowTooLarge as e:
+        raise BudgetError(
+            f"{path}: column {name!r} row {row + e.row} holds {e.nbytes:,} bytes of values, more than the "
+            f"{e.limit:,} bytes its share of memory_limit holds; raise memory_limit or exclude the column"
+        ) from None
 
 
-def _values_per_row(arr: pa.Array) -> float:
-    """Leaf values per row of a list column, from the first and last offsets of
-    each variable level (a constant length gives an integer)."""
-    rows = len(arr)
-    per_row = 1.0
-    while pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
-        if pa.types.is_fixed_size_list(arr.type):
-            per_row *= arr.type.list_size
-            arr = arr.flatten()
-            continue
-        offsets = arr.offsets
-        n = len(arr)
-        values = offsets[n].as_py() - offsets[0].as_py()
-        per_row *= values / n if n else 0
-        arr = arr.flatten()
-    return per_row if rows else 0.0
+def _span(s: BatchSlicer, k: int, a: int, b: int, wide: bool) -> int:
+    """Values between offsets ``a`` and ``b`` of offsets buffer ``k`` (two entries read)."""
+    return int(s.offsets(k, b, b, wide)[0]) - int(s.offsets(k, a, a, wide)[0])
 
 
-def _value_nbytes(arr: pa.Array) -> int | None:
-    """Bytes of the values of a string/binary or single-level list column (from its
-    first and last offsets), ``None`` for other types."""
-    t = arr.type
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
-        n = len(arr)
-        offsets = np.frombuffer(arr.buffers()[1], np.int64 if t in (pa.large_string(), pa.large_binary()) else np.int32,
-                                count=arr.offset + n + 1)[arr.offset :]
-        return int(offsets[-1] - offsets[0])
-    if (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_primitive(t.value_type):
-        offsets = arr.offsets
-        width = max(1, t.value_type.bit_width // 8)
-        return int(offsets[len(arr)].as_py() - offsets[0].as_py()) * width
-    if str(t) in ("string_view", "binary_view"):
-        return int(arr.nbytes)
-    return None
+def _level_counts(s: BatchSlicer, t: pa.DataType, at: Cursor, a: int, b: int) -> list[int]:
+    """Values at each list level under rows ``[a, b)`` of a list column (its first and
+    last offsets per variable level; fixed-size levels multiply)."""
+    counts = []
+    buffer = at.buffer
+    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        if pa.types.is_fixed_size_list(t):
+            a, b = a * t.list_size, b * t.list_size
+            buffer += 1
+        else:
+            wide = pa.types.is_large_list(t)
+            a, b = int(s.offsets(buffer + 1, a, a, wide)[0]), int(s.offsets(buffer + 1, b, b, wide)[0])
+            buffer += 2
+        counts.append(b - a)
+        t = _storage(t.value_type)
+    return counts
 
 
-def _varies(arr: pa.Array) -> bool:
-    """Whether the rows of a single-level list array differ in length (reads its offsets)."""
-    lengths = np.diff(arr.offsets.to_numpy())
-    return bool(lengths.size) and bool((lengths != lengths[0]).any())
-
-
-def _first_row_lengths(row: pa.Array, t: pa.DataType) -> list[int]:
-    """The length of every list level in the one-row array ``row``."""
-    lengths = []
-    arr = row
-    for _ in _list_levels(t)[0]:
-        child = arr.flatten()
-        lengths.append(len(child) // max(len(arr), 1))
-        arr = child
+def _first_row_lengths(s: BatchSlicer, t: pa.DataType, at: Cursor) -> list[int]:
+    """The length of every list level in row 0."""
+    lengths, before = [], 1
+    for count in _level_counts(s, t, at, 0, 1):
+        lengths.append(count // max(before, 1))
+        before = count
     return lengths
+
+
+def _varies(s: BatchSlicer, t: pa.DataType, at: Cursor) -> bool:
+    """Whether the rows of a single-level list column differ in length in this batch
+    (reads its offsets)."""
+    if len(_list_levels(t)[0]) != 1 or pa.types.is_fixed_size_list(t):
+        return False
+    offsets = s.offsets(at.buffer + 1, 0, s.layout.num_rows, pa.types.is_large_list(t))
+    lengths = np.diff(offsets)
+    return bool(lengths.size) and bool((lengths != lengths[0]).any())
 
 
 def _null_message(path: str, name: str, batch: int, nulls: int) -> str:

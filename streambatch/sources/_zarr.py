@@ -16,6 +16,11 @@ Layout
     ``shard.ignored`` with the reason and logged; they never block the others, and
     asking for one by name is an error (``RowCountError`` for another length).
 
+Strings
+    Variable-length string and bytes arrays are ``str``/``bytes`` columns, read
+    as Parquet's are (:mod:`._zarr_strings`); fixed-width ``U``/``S`` arrays are
+    fixed-width columns of that dtype.
+
 Read units
     ``unit_bounds`` follows the chunk grid along axis 0; for sharded Zarr 3
     arrays that is the grid of inner chunks (zarr reads one inner chunk of a
@@ -86,6 +91,7 @@ from ..errors import CorruptInputError, RemoteReadError, RowCountError, SchemaEr
 from ._base import ColumnSpec, NotAColumn, Shard, ShardReader
 from ._fs import FileSystemPath
 from ._retry import RetryPolicy, acall_with_retry, call_with_retry, is_transient
+from ._zarr_strings import copy_strings, sampled_row_nbytes, string_plan, string_type
 
 __all__ = ["ZarrShard"]
 
@@ -206,8 +212,16 @@ class ZarrShard(Shard):
         self.num_rows, self.ignored = _row_axis(self.path, found)
         self.unreadable: dict[str, str] = {}
         self._arrays = {}
+        self._text: dict[str, Any] = {}  # variable-length string/bytes columns -> their read plan
         for name, array in found.items():
             if name in self.ignored:
+                continue
+            if string_type(array) is not None:
+                plan = string_plan(name, array)
+                if isinstance(plan, str):
+                    self.unreadable[name] = plan
+                else:
+                    self._arrays[name], self._text[name] = array, plan
                 continue
             reason = _unreadable_reason(name, array)
             if reason is None:
@@ -219,7 +233,8 @@ class ZarrShard(Shard):
                 "%s: not columns, left out: %s", self.path, "; ".join(f"{n!r}: {r}" for n, r in self.ignored.items())
             )
         self.columns: dict[str, ColumnSpec] = {
-            name: ColumnSpec(array.dtype, tuple(array.shape[1:])) for name, array in self._arrays.items()
+            name: self._text[name].spec if name in self._text else ColumnSpec(array.dtype, tuple(array.shape[1:]))
+            for name, array in self._arrays.items()
         }
         if not self._arrays:  # nothing to read rows from: units are one row range
             self.chunk_rows: dict[str, int] = {}
@@ -245,6 +260,16 @@ class ZarrShard(Shard):
         self.check_columns(columns)
         return _ZarrReader(self, {name: self._arrays[name] for name in columns})
 
+    def variable_row_nbytes(self, name: str) -> int:
+        """Bytes of values per row of a variable-length string/bytes array: the largest
+        mean of up to three of its chunks along axis 0, decoded here (Zarr metadata
+        holds no sizes; see :mod:`._zarr_strings`). Cached."""
+        cache = self.__dict__.setdefault("_variable_nbytes", {})
+        if name not in cache:
+            reader = _ZarrReader(self, {name: self._arrays[name]})
+            cache[name] = sampled_row_nbytes(self._arrays[name], lambda a, b: reader.decode(name, a, b))
+        return cache[name]
+
     def describe_rows(self, start: int, stop: int) -> str:
         step = int(self._bounds[1]) if len(self._bounds) > 1 and self._bounds[1] > 0 else 1
         return f"{self.path} rows {start}:{stop} (unit {start // step} along axis 0)"
@@ -267,8 +292,12 @@ class _ZarrReader(ShardReader):
         self._closed = False
         self._remote = not shard.location.is_local
         self._retry: RetryPolicy | None = getattr(shard, "retry", None)
+        self._text = {name: shard._text[name] for name in arrays if name in shard._text}
 
-    def read_into(self, start: int, stop: int, out: Mapping[str, np.ndarray]) -> None:
+    def read_into(self, start: int, stop: int, out: Mapping[str, Any]) -> None:
+        """Rows ``[start, stop)`` into ``out``: a fixed-width array is decoded straight
+        into its ``out`` array; a string/bytes array (whose ``out`` is a variable-length
+        target) into a NumPy array of strings first, then copied (``copy_strings``)."""
         if self._closed:
             raise ValueError(f"reader of {self._shard.path} is closed")
         shard = self._shard
@@ -278,6 +307,10 @@ class _ZarrReader(ShardReader):
             array = self._arrays.get(name)
             if array is None:
                 raise SchemaError(f"{shard.path}: array {name!r} was not opened by this reader")
+            if name in self._text:
+                if len(target) != stop - start:
+                    raise ValueError(f"{shard.path}: out[{name!r}] has {len(target)} rows, expected {stop - start}")
+                continue
             spec = shard.columns[name]
             expected = (stop - start, *spec.shape)
             if target.shape != expected or target.dtype != spec.dtype:
@@ -287,11 +320,22 @@ class _ZarrReader(ShardReader):
                 )
         if stop <= start:
             return
-        if self._remote and len(out) > 1:
-            self._read_arrays_together(start, stop, out)
-            return
-        for name, target in out.items():
+        decoded = {name: np.empty(stop - start, self._arrays[name].dtype) if name in self._text else target
+                   for name, target in out.items()}
+        if self._remote and len(decoded) > 1:
+            self._read_arrays_together(start, stop, decoded)
+        else:
+            for name, target in decoded.items():
+                self._read_array_retried(name, self._arrays[name], start, stop, target)
+        for name in self._text.keys() & out.keys():
+            copy_strings(decoded[name], self._text[name], out[name], shard.path, name, start)
+
+    def decode(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` of array ``name`` as the NumPy array zarr decodes them to."""
+        target = np.empty((stop - start, *self._arrays[name].shape[1:]), self._arrays[name].dtype)
+        if stop > start:
             self._read_array_retried(name, self._arrays[name], start, stop, target)
+        return target
 
     def _read_arrays_together(self, start: int, stop: int, out: Mapping[str, np.ndarray]) -> None:
         """Remote stores: every array's rows ``[start, stop)`` in one gather on zarr's
@@ -621,12 +665,14 @@ def _row_axis(url: str, arrays: dict[str, Any]) -> tuple[int, dict[str, NotAColu
 
 
 def _unreadable_reason(name: str, array: Any) -> str | None:
-    """Why an array on the row axis cannot fill a fixed-size NumPy batch, or ``None``."""
+    """Why an array on the row axis cannot fill a batch, or ``None`` (variable-length
+    strings and bytes are read: see :mod:`._zarr_strings`)."""
     dtype = np.dtype(array.dtype)
     if dtype.hasobject or dtype.kind == "T" or dtype.itemsize == 0:
         zarr_type = getattr(array.metadata, "data_type", None) or getattr(array.metadata, "dtype", None)
         return (
-            f"dtype {dtype} (Zarr data type {zarr_type}): variable-length values (strings) are not "
-            f"delivered yet; exclude it with exclude=[{name!r}], or store fixed-width 'S<n>'/'U<n>' or codes"
+            f"dtype {dtype} (Zarr data type {zarr_type}): Python objects other than variable-length strings "
+            f"('string', vlen-utf8) or bytes (vlen-bytes) are not read; exclude it with exclude=[{name!r}], "
+            "or store strings, fixed-width 'S<n>'/'U<n>' or codes"
         )
     return None
