@@ -490,7 +490,11 @@ def _waiter(
             loaded = reads.loaded
             if loaded >= last or keys[b - 1] < load[loaded]:
                 return b
-            # rows [a, c) need only loaded pieces
+            need = min(plan.pieces_holding(float(keys[b - 1])), last)
+            if need <= reads.admitted:  # all in flight (the usual case): wait for them
+                reads.wait_loaded(need)
+                return b
+            # the ring is too full to admit them: rows [a, c) need only loaded pieces
             c = a + int(np.searchsorted(keys[a:b], load[loaded], side="left"))
             if c > a:
                 return c
