@@ -166,6 +166,46 @@ def test_set_epoch_during_a_live_iteration_is_not_undone(dataset_factory):
     it.close()
 
 
+def test_only_the_newest_iterator_moves_the_state(dataset_factory):
+    """state_dict() follows the consumer of the newest iterator: a newer iter(),
+    load_state_dict and set_epoch each detach the older iterators, which still run."""
+    path = dataset_factory("npy", n=500)
+    loader = _loader(path)
+    fresh = loader.state_dict()
+    old = iter(loader)
+    next(old), next(old)
+    new = iter(loader)  # starts where the consumer of `old` stopped
+    next(old)
+    assert loader.state_dict()["history"][-1][1] == 2
+    next(new)
+    assert loader.state_dict()["history"][-1][1] == 3
+    loader.load_state_dict(fresh)
+    next(new)
+    assert loader.state_dict()["history"][-1][1] == 0
+    loader.set_epoch(2)
+    assert loader.epoch == 2
+    assert len(list(new)) > 0 and loader.epoch == 2  # finishing a detached iterator's epoch changes nothing
+    old.close()
+
+
+def test_the_state_outlives_the_iterator_that_delivered_it(dataset_factory):
+    """A plain for loop left with break drops its iterator; the position it reached stays."""
+    import gc
+
+    path = dataset_factory("npy", n=500)
+    loader = _loader(path)
+    reference = ids_of(collect(_loader(path)))
+    head = []
+    for k, batch in enumerate(loader):
+        head.append(batch)
+        if k == 2:
+            break
+    gc.collect()
+    assert loader.state_dict()["history"][-1][1] == 3
+    assert np.array_equal(ids_of(head + collect(loader)), reference)
+    assert loader.epoch == 1
+
+
 def test_the_state_keeps_what_decides_the_order_in_one_sub_dict(dataset_factory):
     path = dataset_factory("npy", n=500)
     loader = _loader(path)
