@@ -18,6 +18,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,6 +41,9 @@ __all__ = ["Batch", "EpochIterator"]
 
 #: column -> a numpy array, a ``Ragged`` (variable-length lists) or, with ``pad=``, padded arrays
 Batch = dict[str, Any]
+
+#: rows ``[lo, hi)`` of a plan's emission stream (see :mod:`streambatch.resume`)
+Stream = tuple[EpochPlan, int, int]
 
 #: batch groups assembled ahead of the consumer (counted in the budget's batches in flight)
 _READY_GROUPS = 2
@@ -119,8 +123,9 @@ class EpochIterator(Iterator[Batch]):
         )
         streams = [(plans[s.rank], s.lo, s.hi) for s in remaining]
         stop = threading.Event()
-        producer = _emit(streams, dataset, ring, pool, cache, budget, filler, stop, loader.batch_size)
-        self._batches = BackgroundIterator(producer, _READY_GROUPS, stop, f"streambatch-batcher-{id(self):x}")
+        producer = _EpochProducer(dataset, ring, pool, cache, budget, filler, stop, loader.batch_size)
+        name = f"streambatch-batcher-{id(self):x}"
+        self._batches = BackgroundIterator(producer.produce(streams), _READY_GROUPS, stop, name)
         self._resources.batches = self._batches
 
     def __next__(self) -> Batch:
@@ -160,107 +165,141 @@ class EpochIterator(Iterator[Batch]):
         self.close()
 
 
-def _emit(
-    streams: list[tuple[EpochPlan, int, int]],
-    dataset: Dataset,
-    ring: RowRing,
-    pool: ReaderPool,
-    cache: ReaderCache,
-    budget: Budget,
-    filler: BatchFiller,
-    stop: threading.Event,
-    batch_size: int,
-) -> Iterator[list[Batch]]:
-    """The producer side: for each stream slice ``(plan, lo, hi)``, the segments of
-    its window shuffle from row ``lo`` to ``hi``, gathered into batches that run
-    across slice boundaries, handed over in groups (never held back across a
-    wait for reads, so the first batch is not delayed).
+@dataclass(eq=False)
+class _EpochProducer:
+    """The producer side, run on the batcher thread: for each stream slice
+    ``(plan, lo, hi)``, the segments of its window shuffle from row ``lo`` to
+    ``hi``, gathered into batches that run across slice boundaries, handed over
+    in groups (never held back across a wait for reads, so the first batch is
+    not delayed).
 
     Resuming mid-stream, every live piece holds rows of the very next batch, so
     the whole window must be read before the ring can serve it. When every shard
     is random access (``.npy``), the first batch is instead read row by row,
     straight from the files, while the window loads in the pool."""
-    direct_ok = all(s.unit_bounds is None for s in dataset.shards)
-    try:
-        for plan, lo, hi in streams:
-            if filler.finished:
-                return
-            shuffle = WindowShuffle(plan, budget.max_segment_ticks)
-            reads = PieceReads(plan, dataset, ring, pool, cache, budget, stop)
-            tick, skip = shuffle.locate(lo)
-            stop_piece = plan.pieces_needed(shuffle.locate(hi)[0] + 1) if hi < plan.num_rows else plan.num_pieces
-            reads.start_at(shuffle.first_live_piece(tick), stop_piece)
-            left = hi - lo
-            direct = batch_size if (direct_ok and tick > 0) else 0
-            for segment in shuffle.segments(tick):
-                reads.admit()
-                positions, keys = segment.positions, segment.keys
-                if skip:
-                    positions, keys, skip = positions[skip:], keys[skip:], 0
-                if positions.size > left:
-                    positions, keys = positions[:left], keys[:left]
-                left -= positions.size
-                if direct:
-                    head, positions, keys = positions[:direct], positions[direct:], keys[direct:]
-                    direct -= head.size
-                    done = list(filler.fill_rows(_read_rows(plan, head, ring, cache)))
-                    if done:
-                        yield done
-                    if not positions.size:
-                        if filler.finished or left == 0:
-                            break
-                        reads.release(segment.first_live)  # the segment was read directly: its pieces are done
-                        continue
-                group: list[Batch] = []
-                for batch in filler.fill(positions, _waiter(plan, reads, positions, keys, segment, filler)):
-                    group.append(batch)
-                    if len(group) == budget.batch_group:
-                        yield group
-                        group = []
-                        # pieces whose every row is emitted free their slots now, not at the
-                        # segment's end: reads keep flowing instead of coming in bursts
-                        reads.release(plan.first_live_piece(keys[filler.taken - 1]))
-                    reads.admit()
-                if group:
-                    yield group
-                if filler.finished or left == 0:
-                    break
-                reads.release(segment.first_live)
-            reads.drain()
-    finally:
-        pool.close()
+
+    dataset: Dataset
+    ring: RowRing
+    pool: ReaderPool
+    cache: ReaderCache
+    budget: Budget
+    filler: BatchFiller
+    stop: threading.Event
+    batch_size: int
+
+    def produce(self, streams: list[Stream]) -> Iterator[list[Batch]]:
+        """Every batch group of ``streams``, in order; the pool is closed when the
+        generator ends or is closed."""
+        try:
+            for plan, lo, hi in streams:
+                if self.filler.finished:
+                    return
+                yield from self._stream(plan, lo, hi)
+        finally:
+            self.pool.close()
+
+    def _stream(self, plan: EpochPlan, lo: int, hi: int) -> Iterator[list[Batch]]:
+        """The batch groups of rows ``[lo, hi)`` of ``plan``'s stream, segment by
+        segment; each segment's pieces are released once its rows are out."""
+        shuffle = WindowShuffle(plan, self.budget.max_segment_ticks)
+        reads = PieceReads(plan, self.dataset, self.ring, self.pool, self.cache, self.budget, self.stop)
+        tick, skip = shuffle.locate(lo)
+        stop_piece = plan.pieces_needed(shuffle.locate(hi)[0] + 1) if hi < plan.num_rows else plan.num_pieces
+        reads.start_at(shuffle.first_live_piece(tick), stop_piece)
+        left = hi - lo
+        # rows still to read directly: the first batch of a resume mid-stream
+        direct = self.batch_size if (self._random_access() and tick > 0) else 0
+        for segment in shuffle.segments(tick):
+            reads.admit()
+            positions, keys = _clipped(segment, skip, left)
+            skip = 0
+            left -= positions.size
+            if direct:
+                head, positions, keys = positions[:direct], positions[direct:], keys[direct:]
+                direct -= head.size
+                done = self._read_direct(plan, head)
+                if done:
+                    yield done
+                if not positions.size:
+                    if self.filler.finished or left == 0:
+                        break
+                    reads.release(segment.first_live)  # the segment was read directly: its pieces are done
+                    continue
+            yield from self._segment(plan, reads, segment, positions, keys)
+            if self.filler.finished or left == 0:
+                break
+            reads.release(segment.first_live)
+        reads.drain()
+
+    def _random_access(self) -> bool:
+        """Every shard reads single rows cheaply (no streamed read units)."""
+        return all(s.unit_bounds is None for s in self.dataset.shards)
+
+    def _read_direct(self, plan: EpochPlan, positions: np.ndarray) -> list[Batch]:
+        """The batches completed by the rows at ``positions``, read straight from
+        the files instead of through the ring."""
+        return list(self.filler.fill_rows(_read_rows(plan, positions, self.ring, self.cache)))
+
+    def _segment(
+        self, plan: EpochPlan, reads: PieceReads, segment: Segment, positions: np.ndarray, keys: np.ndarray
+    ) -> Iterator[list[Batch]]:
+        """The batches of one segment's rows (``positions``, their ``keys``),
+        gathered as their pieces load, handed over ``batch_group`` at a time."""
+        group: list[Batch] = []
+        for batch in self.filler.fill(positions, self._waiter(plan, reads, segment, positions, keys)):
+            group.append(batch)
+            if len(group) == self.budget.batch_group:
+                yield group
+                group = []
+                # pieces whose every row is emitted free their slots now, not at the
+                # segment's end: reads keep flowing instead of coming in bursts
+                reads.release(plan.first_live_piece(keys[self.filler.taken - 1]))
+            reads.admit()
+        if group:
+            yield group
+
+    def _waiter(
+        self, plan: EpochPlan, reads: PieceReads, segment: Segment, positions: np.ndarray, keys: np.ndarray
+    ) -> Callable[[int, int], int]:
+        """``ready(a, b)`` for :meth:`BatchFiller.fill`: rows are gathered as soon as
+        their pieces are loaded, so the first batch waits for its own rows only; and
+        a ring that holds a single read unit still runs: the rows of a loaded piece
+        are gathered first, then (every row of it emitted) the next piece is read."""
+        filler = self.filler
+        load = plan.load
+        last = min(segment.pieces_needed, reads.stop_piece)
+
+        def emitted() -> int:
+            # every row of the pieces below this one is out: those of the rest of the
+            # segment are not, nor those with keys beyond it
+            rest = positions[filler.taken :]
+            later = plan.first_live_piece(segment.tick_hi)
+            return min(int(plan.piece_of(rest).min()), later) if rest.size else later
+
+        def ready(a: int, b: int) -> int:
+            while True:
+                loaded = reads.loaded
+                if loaded >= last or keys[b - 1] < load[loaded]:
+                    return b
+                # rows [a, c) need only loaded pieces
+                c = a + int(np.searchsorted(keys[a:b], load[loaded], side="left"))
+                if c > a:
+                    return c
+                # the fewest pieces that let row a out (a ring of one unit may hold no more)
+                reads.wait_loaded(min(plan.pieces_holding(float(keys[a])), last), emitted)
+
+        return ready
 
 
-def _waiter(
-    plan: EpochPlan, reads: PieceReads, positions: np.ndarray, keys: np.ndarray, segment: Segment, filler: BatchFiller
-) -> Callable[[int, int], int]:
-    """``ready(a, b)`` for :meth:`BatchFiller.fill`: rows are gathered as soon as
-    their pieces are loaded, so the first batch waits for its own rows only; and
-    a ring that holds a single read unit still runs: the rows of a loaded piece
-    are gathered first, then (every row of it emitted) the next piece is read."""
-    load = plan.load
-    last = min(segment.pieces_needed, reads.stop_piece)
-
-    def emitted() -> int:
-        # every row of the pieces below this one is out: those of the rest of the
-        # segment are not, nor those with keys beyond it
-        rest = positions[filler.taken :]
-        later = plan.first_live_piece(segment.tick_hi)
-        return min(int(plan.piece_of(rest).min()), later) if rest.size else later
-
-    def ready(a: int, b: int) -> int:
-        while True:
-            loaded = reads.loaded
-            if loaded >= last or keys[b - 1] < load[loaded]:
-                return b
-            # rows [a, c) need only loaded pieces
-            c = a + int(np.searchsorted(keys[a:b], load[loaded], side="left"))
-            if c > a:
-                return c
-            # the fewest pieces that let row a out (a ring of one unit may hold no more)
-            reads.wait_loaded(min(plan.pieces_holding(float(keys[a])), last), emitted)
-
-    return ready
+def _clipped(segment: Segment, skip: int, left: int) -> tuple[np.ndarray, np.ndarray]:
+    """The segment's positions and keys without its first ``skip`` rows, and at
+    most ``left`` of them."""
+    positions, keys = segment.positions, segment.keys
+    if skip:
+        positions, keys = positions[skip:], keys[skip:]
+    if positions.size > left:
+        positions, keys = positions[:left], keys[:left]
+    return positions, keys
 
 
 def _read_rows(plan: EpochPlan, positions: np.ndarray, ring: RowRing, cache: ReaderCache) -> Batch:
