@@ -6,9 +6,11 @@ positions) -> prefetch pool (reads pieces into ring slots) -> batching (gathers
 ring rows into fixed-size batches), handing batches over a queue of
 ``_READY_GROUPS`` groups.
 
-The iterator is the consumer side: it owns the threads, the ring and the open
+The iterator is the consumer side. It owns the threads, the ring and the open
 files, and releases them when the epoch ends, on ``close()``, when the loop is
-left early or when it is garbage collected.
+left early or when it is garbage collected; and it owns its position, an
+``EpochCursor`` the loader reads (never the other way round: nothing here calls
+the loader back, and nothing the loader holds keeps an iterator's threads alive).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +39,7 @@ from .sources._handles import ReaderCache
 if TYPE_CHECKING:
     from .loader import Loader
 
-__all__ = ["Batch", "EpochIterator"]
+__all__ = ["Batch", "EpochCursor", "EpochIterator"]
 
 #: column -> a numpy array, a ``Ragged`` (variable-length lists) or, with ``pad=``, padded arrays
 Batch = dict[str, Any]
@@ -48,11 +50,40 @@ Stream = tuple[EpochPlan, int, int]
 #: batch groups assembled ahead of the consumer (counted in the budget's batches in flight)
 _READY_GROUPS = 2
 
-
 #: bumped in a forked child, whose copies of live iterators have no threads
 _forks_seen = [0]
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: _forks_seen.__setitem__(0, _forks_seen[0] + 1))
+
+
+class EpochCursor:
+    """Where one iterator's consumer is: ``epoch``, the epoch's ``history``
+    ``((world_size, batches), ...)`` as the iterator started (oldest first, the
+    last entry the current world), the batches delivered in the current world,
+    and whether the epoch ran to its end.
+
+    The iterator that owns it is its only writer, once per batch, from the
+    consumer's thread. The loader holds its newest iterator's cursor and reads
+    it (``state_dict()``, ``len()``, ``epoch``, the next ``iter()``); the cursor
+    references neither, so holding it keeps no iterator, thread or buffer alive
+    once the iterator is dropped, and the position it reached stays readable.
+    """
+
+    __slots__ = ("batches_delivered", "epoch", "finished", "history")
+
+    def __init__(self, epoch: int, history: Sequence[tuple[int, int]]) -> None:
+        self.epoch = int(epoch)
+        self.history: tuple[tuple[int, int], ...] = tuple((int(w), int(b)) for w, b in history)
+        self.batches_delivered = self.history[-1][1]
+        self.finished = False
+
+    def position(self) -> tuple[int, list[tuple[int, int]]]:
+        """``(epoch, history)`` the consumer has reached; once the epoch is
+        finished, the next epoch from its beginning, in the current world."""
+        world = self.history[-1][0]
+        if self.finished:
+            return self.epoch + 1, [(world, 0)]
+        return self.epoch, [*self.history[:-1], (world, self.batches_delivered)]
 
 
 def _max_open_readers(dataset: Dataset, num_threads: int) -> int:
@@ -88,26 +119,37 @@ class _Resources:
         self.cache.close()
 
 
-class EpochIterator(Iterator[Batch]):
-    """One pass over one epoch; owns the reader threads, the ring and open files."""
+def _streams(loader: Loader, cursor: EpochCursor) -> tuple[list[Stream], Iterator[int]]:
+    """What is left of the epoch at ``cursor``: the stream slices this rank
+    still emits, and the sizes of the batches they make."""
+    history = list(cursor.history)
+    start_batch = cursor.batches_delivered
+    base_world = history[0][0]
+    slices = loader._slices(history)
+    total = sum(s.rows for s in slices)
+    remaining = advance(slices, start_batch * loader.batch_size)
+    plans = {r: loader.plan(cursor.epoch, rank=r, world_size=base_world) for r in {s.rank for s in remaining}}
+    streams = [(plans[s.rank], s.lo, s.hi) for s in remaining]
+    return streams, batch_sizes(total, loader.batch_size, loader.drop_last, start_batch)
 
-    def __init__(self, loader: Loader, epoch: int, history: list[tuple[int, int]], generation: int) -> None:
-        self._loader = loader
-        self._generation = generation
-        self.epoch = epoch
-        self._history = [tuple(h) for h in history]
-        start_batch = self._history[-1][1]
-        self.batches_delivered = start_batch
+
+class EpochIterator(Iterator[Batch]):
+    """One pass over one epoch; owns the reader threads, the ring and open files,
+    and its position (an :class:`EpochCursor`: the batches its consumer has received).
+
+    Made by ``iter(loader)``, which keeps no reference to the iterator that would
+    keep it alive: dropped without ``close()``, its threads stop when it is
+    collected. In a forked child, ``next()`` raises ``RuntimeError``."""
+
+    def __init__(self, loader: Loader, cursor: EpochCursor) -> None:
+        self._cursor = cursor
         self._forks = _forks_seen[0]
         self._stopped = False
         self._ready: deque[Batch] = deque()
+        self._pad = loader.pad
+        streams, sizes = _streams(loader, cursor)
         budget = loader.budget
         dataset = loader.dataset
-        base_world = self._history[0][0]
-        slices = loader._slices(self._history)
-        total = sum(s.rows for s in slices)
-        remaining = advance(slices, start_batch * loader.batch_size)
-        plans = {r: loader.plan(epoch, rank=r, world_size=base_world) for r in {s.rank for s in remaining}}
         ring = RowRing(budget.column_kinds(dataset), budget.ring_rows, budget.arena_bytes)
         pool = ReaderPool(loader.num_threads)
         cache = ReaderCache(
@@ -115,18 +157,23 @@ class EpochIterator(Iterator[Batch]):
         )
         self._resources = _Resources(pool, cache)
         self._finalizer = weakref.finalize(self, self._resources.close)
-        self._pad = loader.pad
-        filler = BatchFiller(
-            ring,
-            batch_sizes(total, loader.batch_size, loader.drop_last, start_batch),
-            contiguous=not loader.shuffle,
-        )
-        streams = [(plans[s.rank], s.lo, s.hi) for s in remaining]
+        filler = BatchFiller(ring, sizes, contiguous=not loader.shuffle)
         stop = threading.Event()
         producer = _EpochProducer(dataset, ring, pool, cache, budget, filler, stop, loader.batch_size)
         name = f"streambatch-batcher-{id(self):x}"
         self._batches = BackgroundIterator(producer.produce(streams), _READY_GROUPS, stop, name)
         self._resources.batches = self._batches
+
+    @property
+    def epoch(self) -> int:
+        """The epoch this iterator produces."""
+        return self._cursor.epoch
+
+    @property
+    def batches_delivered(self) -> int:
+        """Batches of the current world's share received so far (those delivered
+        before a resume included)."""
+        return self._cursor.batches_delivered
 
     def __next__(self) -> Batch:
         if self._stopped:
@@ -143,13 +190,12 @@ class EpochIterator(Iterator[Batch]):
                 batch = _padded(batch, self._pad)
         except StopIteration:
             self.close()
-            self._loader._delivered(self._generation, self.epoch, self._history, self.batches_delivered, finished=True)
+            self._cursor.finished = True
             raise
         except BaseException:
             self.close()
             raise
-        self.batches_delivered += 1
-        self._loader._delivered(self._generation, self.epoch, self._history, self.batches_delivered, finished=False)
+        self._cursor.batches_delivered += 1
         return batch
 
     def close(self) -> None:

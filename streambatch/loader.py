@@ -4,11 +4,11 @@ A ``Loader`` checks its options eagerly, opens the dataset (metadata only),
 splits ``memory_limit`` into the budget and derives each epoch's plan from it;
 it is cheap and holds no threads. It knows the position its consumer has
 reached (``epoch``, ``len()``, ``state_dict``/``load_state_dict``,
-``set_epoch``).
+``set_epoch``) by asking its newest iterator's cursor.
 
 Each ``iter(loader)`` makes an :class:`~streambatch.epoch.EpochIterator`, the
 epoch engine (:mod:`streambatch.epoch`): it runs the stages, owns the threads,
-the ring and the open files.
+the ring and the open files, and records the batches its consumer received.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 from ._units import parse_bytes
 from .budget import Budget, plan_budget
 from .distributed import resolve_rank_and_world_size
-from .epoch import EpochIterator
+from .epoch import EpochCursor, EpochIterator
 from .errors import EmptyDatasetError, PoorShuffleWarning
 from .plan import EpochPlan, Remainder, make_plan, rows_per_rank
 from .resume import StreamSlice, rank_slices
@@ -152,11 +152,11 @@ class Loader:
                 PoorShuffleWarning,
                 stacklevel=2,
             )
-        self._epoch = 0
-        # [(world_size, batches delivered), ...] of the epoch so far, oldest first:
-        # where the next iterator starts, and what state_dict() reports
-        self._history: list[tuple[int, int]] = [(self.world_size, 0)]
-        self._generation = 0
+        # the position: the newest iterator's cursor, or (before the first iter(), after
+        # set_epoch or load_state_dict) one no iterator moves. Where the next iterator
+        # starts and what state_dict() reports; an older iterator moves only its own
+        self._cursor = EpochCursor(0, [(self.world_size, 0)])
+        # live iterators, for close(): weak, so a dropped iterator's finalizer can run
         self._iterators: weakref.WeakSet[EpochIterator] = weakref.WeakSet()
 
     # -- sizes ---------------------------------------------------------------
@@ -174,7 +174,7 @@ class Loader:
         from the start of the current world: after an elastic resume, the batches
         of this world's share of what was left (those already delivered in this
         world included)."""
-        rows = sum(s.rows for s in self._slices(self._history))
+        rows = sum(s.rows for s in self._slices(self._cursor.position()[1]))
         full, rest = divmod(rows, self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
@@ -189,15 +189,13 @@ class Loader:
     @property
     def epoch(self) -> int:
         """The epoch the next ``iter(loader)`` will produce."""
-        return self._epoch
+        return self._cursor.position()[0]
 
     def set_epoch(self, epoch: int) -> None:
         """Produce ``epoch`` next, from its beginning (a new permutation per epoch)."""
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
-        self._epoch = int(epoch)
-        self._history = [(self.world_size, 0)]
-        self._generation += 1  # live iterators no longer move the loader's position
+        self._cursor = EpochCursor(int(epoch), [(self.world_size, 0)])  # live iterators no longer move it
 
     def plan(self, epoch: int | None = None, *, rank: int | None = None, world_size: int | None = None) -> EpochPlan:
         """The pieces a rank reads in ``epoch`` of a fresh run (default: this rank,
@@ -206,34 +204,25 @@ class Loader:
         return make_plan(
             self.dataset,
             params,
-            self._epoch if epoch is None else epoch,
+            self.epoch if epoch is None else epoch,
             self.rank if rank is None else rank,
             self.world_size if world_size is None else world_size,
         )
 
     def __iter__(self) -> EpochIterator:
-        self._generation += 1  # the newest iterator is the one state_dict() follows
-        iterator = EpochIterator(self, self._epoch, list(self._history), self._generation)
+        """A new pass from the current position; from now on ``state_dict()``
+        follows this iterator's consumer, no longer an older iterator's."""
+        # taken over before the iterator is built, so a failed iter() detaches older ones too
+        self._cursor = EpochCursor(*self._cursor.position())
+        iterator = EpochIterator(self, self._cursor)
         self._iterators.add(iterator)
         return iterator
-
-    def _delivered(
-        self, generation: int, epoch: int, history: list[tuple[int, int]], batches: int, finished: bool
-    ) -> None:
-        if generation != self._generation:
-            return  # set_epoch, load_state_dict or a newer iterator took over
-        if finished:
-            self._epoch = epoch + 1
-            self._history = [(self.world_size, 0)]
-        else:
-            self._epoch = epoch
-            self._history = [*history[:-1], (history[-1][0], batches)]
 
     # -- resume --------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """What the consumer has received, as a small JSON-safe dict."""
-        history = [list(h) for h in self._history]
-        return LoaderState(self._epoch, history, self.rank, order_params(self)).to_dict()
+        epoch, history = self._cursor.position()
+        return LoaderState(epoch, [list(h) for h in history], self.rank, order_params(self)).to_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue exactly where the saved loader's consumer stopped.
@@ -247,9 +236,7 @@ class Loader:
         history = [(int(w), int(b)) for w, b in saved.history]
         if history[-1][0] != self.world_size:
             history.append((self.world_size, 0))
-        self._epoch = saved.epoch
-        self._history = history
-        self._generation += 1
+        self._cursor = EpochCursor(saved.epoch, history)  # live iterators no longer move it
 
     # -- lifecycle -----------------------------------------------------------
     def close(self) -> None:
