@@ -283,7 +283,10 @@ class _EpochProducer:
 
     def _read_direct(self, plan: EpochPlan, positions: np.ndarray) -> list[Batch]:
         """The batches completed by the rows at ``positions``, read straight from
-        the files instead of through the ring."""
+        the files instead of through the ring; none for no rows (a segment may be
+        empty: a window tick can hold no row)."""
+        if not positions.size:
+            return []
         return list(self.filler.fill_rows(_read_rows(plan, positions, self.ring, self.cache)))
 
     def _segment(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from contextlib import closing
 
 import numpy as np
 import pytest
 
 import streambatch as sb
 from streambatch.state import order_params
-from tests.conftest import collect, ids_of
+from tests.conftest import collect, ids_of, write_dataset
 
 LIMIT = "256KiB"
 
@@ -145,6 +146,31 @@ def test_a_state_from_another_dataset_or_seed_is_refused(dataset_factory):
         _loader(a).load_state_dict({**state, "format_version": 99})
     with pytest.raises(sb.StateMismatchError, match="history"):
         _loader(a).load_state_dict({**state, "history": [[0, 1]]})
+
+
+@pytest.mark.filterwarnings("ignore::streambatch.PoorShuffleWarning")  # a ring of one unit, on purpose
+def test_a_resume_whose_first_batch_meets_an_empty_segment(tmp_path):
+    """Found by test_properties: resuming an ``.npy`` epoch reads its first batch
+    straight from the files, segment by segment, and a segment may hold no row;
+    that read of no rows raised ``ValueError: need at least one array to
+    concatenate``. A world of 2 stopped after one batch, resumed as a world of 1."""
+    n = 169
+    x = np.zeros((n, 64), np.float32)
+    x[:, 0] = np.arange(n)
+    path = write_dataset("npy", tmp_path, {"id": np.arange(n, dtype=np.int64), "x": x}, 1, 1)
+    options = dict(batch_size=43, seed=142894, memory_limit="96KiB", num_threads=2)
+    before, states = [], []
+    for rank in range(2):
+        loader = sb.Loader(path, rank=rank, world_size=2, **options)
+        with closing(iter(loader)) as it:
+            before.append(next(it)["id"])
+        states.append(loader.state_dict())
+    state = states[0]
+    resumed = sb.Loader(path, rank=0, world_size=1, **options)
+    resumed.load_state_dict(state)
+    rows = np.concatenate(before + [b["id"] for b in resumed])
+    assert np.array_equal(np.unique(rows), np.arange(n))
+    assert rows.size == n + 1  # 169 rows padded to 2 x 85, as the uninterrupted job
 
 
 def test_len_after_an_elastic_resume_counts_this_worlds_batches(dataset_factory):
