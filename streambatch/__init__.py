@@ -9,6 +9,7 @@ NumPy minibatches, with a hard bound on memory and exact resumption.
 from importlib import metadata as _metadata
 
 from ._units import parse_bytes
+from .epoch import EpochIterator
 from .errors import (
     BudgetError,
     CastError,
@@ -26,7 +27,7 @@ from .errors import (
     StreambatchError,
     UnknownColumnError,
 )
-from .loader import EpochIterator, Loader
+from .loader import Loader
 from .ragged import Ragged
 from .sources import ColumnSpec, Dataset, open_dataset
 from .sources._retry import RetryPolicy

@@ -110,6 +110,26 @@ def test_an_iterator_dropped_without_close_stops_its_threads_when_collected(data
     assert _open_files_under(tmp_path) == []
 
 
+def test_a_dropped_iterator_is_freed_by_reference_counting_alone(data, tmp_path):
+    """No reference cycle holds an iterator (the loader reads its position from a
+    cursor, never holds the iterator): its threads stop as soon as it is dropped."""
+    import weakref
+
+    loader = _loader(data)
+    it = iter(loader)
+    next(it)
+    alive = weakref.ref(it)
+    gc.disable()
+    try:
+        del it
+        assert alive() is None, "something still references the dropped iterator"
+    finally:
+        gc.enable()
+    assert _wait_for_no_threads(5.0) == []
+    assert _open_files_under(tmp_path) == []
+    assert loader.state_dict()["history"][-1][1] == 1
+
+
 def test_an_exception_in_the_loop_body_inside_with_stops_everything(data, tmp_path):
     with pytest.raises(RuntimeError, match="raised by the loop body"), _loader(data) as loader:
         it = iter(loader)  # a live reference, as a traceback would keep

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from contextlib import closing
 
 import numpy as np
 import pytest
 
 import streambatch as sb
 from streambatch.state import order_params
-from tests.conftest import collect, ids_of
+from tests.conftest import collect, ids_of, write_dataset
 
 LIMIT = "256KiB"
 
@@ -147,6 +148,31 @@ def test_a_state_from_another_dataset_or_seed_is_refused(dataset_factory):
         _loader(a).load_state_dict({**state, "history": [[0, 1]]})
 
 
+@pytest.mark.filterwarnings("ignore::streambatch.PoorShuffleWarning")  # a ring of one unit, on purpose
+def test_a_resume_whose_first_batch_meets_an_empty_segment(tmp_path):
+    """Found by test_properties: resuming an ``.npy`` epoch reads its first batch
+    straight from the files, segment by segment, and a segment may hold no row;
+    that read of no rows raised ``ValueError: need at least one array to
+    concatenate``. A world of 2 stopped after one batch, resumed as a world of 1."""
+    n = 169
+    x = np.zeros((n, 64), np.float32)
+    x[:, 0] = np.arange(n)
+    path = write_dataset("npy", tmp_path, {"id": np.arange(n, dtype=np.int64), "x": x}, 1, 1)
+    options = dict(batch_size=43, seed=142894, memory_limit="96KiB", num_threads=2)
+    before, states = [], []
+    for rank in range(2):
+        loader = sb.Loader(path, rank=rank, world_size=2, **options)
+        with closing(iter(loader)) as it:
+            before.append(next(it)["id"])
+        states.append(loader.state_dict())
+    state = states[0]
+    resumed = sb.Loader(path, rank=0, world_size=1, **options)
+    resumed.load_state_dict(state)
+    rows = np.concatenate(before + [b["id"] for b in resumed])
+    assert np.array_equal(np.unique(rows), np.arange(n))
+    assert rows.size == n + 1  # 169 rows padded to 2 x 85, as the uninterrupted job
+
+
 def test_len_after_an_elastic_resume_counts_this_worlds_batches(dataset_factory):
     path = dataset_factory("npy", n=1000)
     _, state = _run_world(path, 2, batches=4, batch_size=10)
@@ -164,6 +190,46 @@ def test_set_epoch_during_a_live_iteration_is_not_undone(dataset_factory):
     next(it)
     assert loader.epoch == 5 and loader.state_dict()["history"][-1][1] == 0
     it.close()
+
+
+def test_only_the_newest_iterator_moves_the_state(dataset_factory):
+    """state_dict() follows the consumer of the newest iterator: a newer iter(),
+    load_state_dict and set_epoch each detach the older iterators, which still run."""
+    path = dataset_factory("npy", n=500)
+    loader = _loader(path)
+    fresh = loader.state_dict()
+    old = iter(loader)
+    next(old), next(old)
+    new = iter(loader)  # starts where the consumer of `old` stopped
+    next(old)
+    assert loader.state_dict()["history"][-1][1] == 2
+    next(new)
+    assert loader.state_dict()["history"][-1][1] == 3
+    loader.load_state_dict(fresh)
+    next(new)
+    assert loader.state_dict()["history"][-1][1] == 0
+    loader.set_epoch(2)
+    assert loader.epoch == 2
+    assert len(list(new)) > 0 and loader.epoch == 2  # finishing a detached iterator's epoch changes nothing
+    old.close()
+
+
+def test_the_state_outlives_the_iterator_that_delivered_it(dataset_factory):
+    """A plain for loop left with break drops its iterator; the position it reached stays."""
+    import gc
+
+    path = dataset_factory("npy", n=500)
+    loader = _loader(path)
+    reference = ids_of(collect(_loader(path)))
+    head = []
+    for k, batch in enumerate(loader):
+        head.append(batch)
+        if k == 2:
+            break
+    gc.collect()
+    assert loader.state_dict()["history"][-1][1] == 3
+    assert np.array_equal(ids_of(head + collect(loader)), reference)
+    assert loader.epoch == 1
 
 
 def test_the_state_keeps_what_decides_the_order_in_one_sub_dict(dataset_factory):
