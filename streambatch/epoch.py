@@ -152,9 +152,13 @@ class EpochIterator(Iterator[Batch]):
         dataset = loader.dataset
         ring = RowRing(budget.column_kinds(dataset), budget.ring_rows, budget.arena_bytes)
         pool = ReaderPool(loader.num_threads)
-        cache = ReaderCache(
-            dataset, max_open=_max_open_readers(dataset, loader.num_threads), resident=budget.resident_columns
-        )
+        try:
+            cache = ReaderCache(
+                dataset, max_open=_max_open_readers(dataset, loader.num_threads), resident=budget.resident_columns
+            )
+        except BaseException:
+            pool.close()  # no finalizer owns the pool's threads yet
+            raise
         self._resources = _Resources(pool, cache)
         self._finalizer = weakref.finalize(self, self._resources.close)
         filler = BatchFiller(ring, sizes, contiguous=not loader.shuffle)
