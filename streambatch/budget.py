@@ -56,7 +56,7 @@ from .errors import BudgetError
 from .plan import RAMP, PlanParams
 from .sources import Dataset
 
-__all__ = ["Budget", "plan_budget"]
+__all__ = ["READY_GROUPS", "Budget", "batches_in_flight", "plan_budget"]
 
 _INDEX_BYTES_PER_ROW = 24
 _TARGET_WINDOW_PIECES = 2048
@@ -85,6 +85,16 @@ _MAX_GROUP = 8
 #: tracemalloc on 1.05 M pieces (a 104 GB sparse .npy dataset at 256 MiB).
 _PLAN_BYTES_PER_PIECE = 160
 _PLAN_SHARE = 4
+
+
+#: Batch groups assembled ahead of the consumer (the epoch's hand-over queue).
+READY_GROUPS = 2
+
+
+def batches_in_flight(group: int) -> int:
+    """Batches alive at once: ``READY_GROUPS`` groups handed over, one being assembled,
+    and the consumer's current batch and the one it is done with."""
+    return (READY_GROUPS + 1) * group + 2
 
 
 def batch_group_size(batch_nbytes: int, memory_limit: int) -> int:
@@ -232,7 +242,7 @@ def _split(
     unit_bytes = unit_rows * row_nbytes
     scratch = min(int(memory_limit * _SCRATCH_SHARE), _DECODES_IN_FLIGHT * 2 * unit_bytes) if unit_rows else 0
     group = batch_group_size(batch_size * row_nbytes, memory_limit)
-    batch_bytes = (3 * group + 2) * batch_size * row_nbytes
+    batch_bytes = batches_in_flight(group) * batch_size * row_nbytes
     random_rows = sum(s.num_rows for s in dataset.shards if s.unit_bounds is None)
     resident, resident_bytes = _resident_columns(dataset, random_rows, memory_limit) if shuffle else ((), 0)
     ring_bytes = memory_limit - scratch - batch_bytes - resident_bytes
@@ -302,7 +312,7 @@ def _split(
         needed = _smallest_memory_limit(dataset, memory_limit, batch_size, shuffle) if advise else 0
         raise BudgetError(
             f"memory_limit={format_bytes(memory_limit)} is too small for this dataset: it must hold "
-            f"{3 * group + 2} batches of {batch_size} rows ({format_bytes(batch_bytes)}) and a read unit of "
+            f"{batches_in_flight(group)} batches of {batch_size} rows ({format_bytes(batch_bytes)}) and a read unit of "
             f"{unit} rows ({format_bytes(unit * row_nbytes)}){' plus decode scratch' if unit_rows else ''}; "
             f"use memory_limit >= {format_bytes(needed)}"
             + (", or rewrite the data in smaller chunks with `streambatch convert`" if unit_rows else "")

@@ -4,7 +4,7 @@ The producer runs the stages in order on a batcher thread: plan (the stream
 slices of this epoch and rank) -> window shuffle (row order, computed on
 positions) -> prefetch pool (reads pieces into ring slots) -> batching (gathers
 ring rows into fixed-size batches), handing batches over a queue of
-``_READY_GROUPS`` groups.
+``budget.READY_GROUPS`` groups.
 
 The iterator is the consumer side. It owns the threads, the ring and the open
 files, and releases them when the epoch ends, on ``close()``, when the loop is
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .batching import BatchFiller, batch_sizes
-from .budget import Budget
+from .budget import READY_GROUPS, Budget
 from .plan import EpochPlan
 from .prefetch import BackgroundIterator, ReaderPool
 from .reading import PieceReads
@@ -47,8 +47,6 @@ Batch = dict[str, Any]
 #: rows ``[lo, hi)`` of a plan's emission stream (see :mod:`streambatch.resume`)
 Stream = tuple[EpochPlan, int, int]
 
-#: batch groups assembled ahead of the consumer (counted in the budget's batches in flight)
-_READY_GROUPS = 2
 
 #: bumped in a forked child, whose copies of live iterators have no threads
 _forks_seen = [0]
@@ -165,7 +163,7 @@ class EpochIterator(Iterator[Batch]):
         stop = threading.Event()
         producer = _EpochProducer(dataset, ring, pool, cache, budget, filler, stop, loader.batch_size)
         name = f"streambatch-batcher-{id(self):x}"
-        self._batches = BackgroundIterator(producer.produce(streams), _READY_GROUPS, stop, name)
+        self._batches = BackgroundIterator(producer.produce(streams), READY_GROUPS, stop, name)
         self._resources.batches = self._batches
 
     @property
