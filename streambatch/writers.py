@@ -182,6 +182,7 @@ class ParquetWriter:
         self.row_group_rows = int(row_group_rows)
         self.row_group_bytes = int(row_group_bytes) if row_group_bytes else None
         self._fixed_row_nbytes = sum(s.row_nbytes for s in self.specs.values() if not s.variable)
+        lists = [n for n, s in self.specs.items() if s.kind == "list"]
         self._writer = pq.ParquetWriter(
             path,
             self.schema,
@@ -189,6 +190,10 @@ class ParquetWriter:
             write_page_checksum=True,
             filesystem=filesystem,
             write_statistics=False,
+            # no dictionary for list values (token ids): in ~128 KiB row groups the dictionary
+            # page of many distinct values outweighs the data (measured 100k rows of 500 int32
+            # tokens: 246 MB and 5.7 s with it, 203 MB and 2.6 s without)
+            use_dictionary=[n for n in self.specs if n not in lists] if lists else True,
         )
         self._carry: dict[str, np.ndarray | Ragged] | None = None  # rows of the row group not yet complete
         self._carry_nbytes = 0

@@ -21,7 +21,6 @@ from ._inputs import Part
 from ._options import DEFAULT_SHARD_SIZE, MAX_CHUNK_ROWS, ConvertOptions, chunk_target_bytes, default_chunk_rows
 from ._shards import ShardTask
 from ._shuffle import bucket_dir, plan_buckets
-from ._values import row_limit
 
 __all__ = ["Layout", "bucket_capacities", "layout", "plan_tasks", "scatter_block_rows"]
 
@@ -93,7 +92,7 @@ def plan_tasks(
         chunk_rows=shape.chunk_rows,
         chunk_bytes=shape.chunk_bytes,
         compression=o.compression,
-        max_row_nbytes=row_limit(o.memory_limit),
+        memory_limit=o.memory_limit,
     )
     # read blocks of whole row groups where groups are cut by rows (so the writer carries
     # no rows over); by bytes, any block (the writer carries the rest of a group)

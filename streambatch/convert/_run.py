@@ -25,7 +25,6 @@ from ._options import ConvertOptions, ConvertResult
 from ._resume import Claim, after_failure, claim_dest
 from ._shards import ConvertWriteError, ShardTask, remove_path, write_shard
 from ._shuffle import scatter_to_buckets
-from ._values import row_limit
 
 __all__ = ["convert"]
 
@@ -219,7 +218,7 @@ class _Conversion:
                 o.seed,
                 _planning.scatter_block_rows(o, shape.row_nbytes),
                 on_rows=(lambda n: None) if bar is None else bar.scatter,
-                max_row_nbytes=row_limit(o.memory_limit),
+                memory_limit=o.memory_limit,
             )
         except OSError as e:
             if isinstance(e, ConvertWriteError):

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import StreambatchError
 from ..sources import ColumnSpec
 from ._inputs import InputReader, Part
-from ._values import Value, held_kinds, load_rows, take
+from ._values import Value, held_kinds, load_rows, row_limit, take_pieces, take_values
 
 __all__ = ["ConvertWriteError", "ShardTask", "shard_name", "write_shard"]
 
@@ -40,8 +40,8 @@ class ShardTask:
     shuffle buckets ``(directory, rows, bucket id)`` whose permuted rows, in order,
     make up the shard (``seed`` decides each permutation). ``chunk_bytes``: Parquet
     row groups are cut at that many bytes (``_planning.Layout``).
-    ``max_row_nbytes``: the most bytes of values one variable-length row may hold
-    (``_values.row_limit``)."""
+    ``memory_limit`` bounds a variable-length row (``_values.row_limit``) and the
+    pieces its permutation is taken in (``_values.take_pieces``); 0: no bound."""
 
     index: int
     dest: str
@@ -57,7 +57,7 @@ class ShardTask:
     buckets: tuple[tuple[str, int, int], ...] = ()
     seed: int = 0
     chunk_bytes: int | None = None
-    max_row_nbytes: int = 0
+    memory_limit: int = 0
 
     @property
     def specs(self) -> dict[str, ColumnSpec]:
@@ -128,20 +128,22 @@ def _write(task: ShardTask, tmp: str) -> dict[str, int]:
 
 
 def _range_blocks(task: ShardTask) -> Iterator[dict[str, Value]]:
-    with InputReader(task.parts, task.specs, task.max_row_nbytes) as reader:
+    with InputReader(task.parts, task.specs, row_limit(task.memory_limit) if task.memory_limit else 0) as reader:
         for a in range(task.start, task.stop, task.block_rows):
             yield reader.read(a, min(task.stop, a + task.block_rows))
 
 
 def _bucket_blocks(task: ShardTask) -> Iterator[dict[str, Value]]:
-    """Each bucket's rows, permuted through the columns' kinds, in blocks."""
+    """Each bucket's rows, permuted through the columns' kinds, in blocks of at most
+    ``block_rows`` rows (and of bounded values: ``_values.take_pieces``)."""
     specs = task.specs
     kinds = held_kinds(specs)
+    max_values = take_values(task.memory_limit) if task.memory_limit else 1 << 62
     for directory, rows, bucket in task.buckets:
         data = {n: load_rows(directory, n, s, rows) for n, s in specs.items()}
         order = np.random.default_rng(np.random.SeedSequence([task.seed, 2, bucket])).permutation(rows)
         for a in range(0, rows, task.block_rows):
-            yield take(kinds, data, order[a : a + task.block_rows])
+            yield from take_pieces(kinds, data, order[a : a + task.block_rows], max_values)
         del data
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
@@ -46,6 +46,8 @@ __all__ = [
     "row_limit",
     "staging_files",
     "take",
+    "take_pieces",
+    "take_values",
 ]
 
 #: One column's rows in a block.
@@ -75,6 +77,31 @@ def held_kinds(columns: Mapping[str, ColumnSpec]) -> dict[str, ColumnKind]:
 def take(kinds: Mapping[str, ColumnKind], block: Mapping[str, Value], indices: np.ndarray) -> dict[str, Value]:
     """The rows of ``block`` at ``indices``, in that order, through each column's kind."""
     return {name: kinds[name].take(value, indices) for name, value in block.items()}
+
+
+def take_pieces(
+    kinds: Mapping[str, ColumnKind], block: Mapping[str, Value], indices: np.ndarray, max_values: int
+) -> Iterator[dict[str, Value]]:
+    """The rows of ``block`` at ``indices``, in that order, as consecutive blocks whose
+    variable-length columns hold about ``max_values`` values at most (a piece ends at
+    the row that crosses a multiple of it): a ``Ragged``'s take builds int64 index
+    arrays of its values' size (about 24 bytes a value at its peak), so its pieces
+    bound that memory (:func:`take_values`). Fixed-size columns only: one piece."""
+    counts = [block[n].lengths[indices] for n, k in kinds.items() if k.variable and n in block]  # type: ignore[union-attr]
+    if not counts or not indices.size:
+        yield take(kinds, block, indices)
+        return
+    held = np.sum(counts, axis=0)
+    before = np.cumsum(held) - held  # values of the rows before each row
+    cuts = np.flatnonzero(np.diff(before // max(1, max_values))) + 1
+    for piece in np.split(indices, cuts):
+        yield take(kinds, block, piece)
+
+
+def take_values(memory_limit: int) -> int:
+    """Values of variable-length rows one piece of :func:`take_pieces` holds: its
+    index arrays then take about a tenth of ``memory_limit``."""
+    return max(1 << 12, int(memory_limit) // 256)
 
 
 class RowsTarget(VariableTarget):
