@@ -136,7 +136,7 @@ def _add_convert(commands) -> None:
     c.add_argument("--format", required=True, choices=("parquet", "npy", "zarr"), help="output shard format")
     c.add_argument("--columns", default=None, metavar="A,B", help="comma-separated columns to keep (default: all)")
     c.add_argument("--exclude", default=None,
-                   help="comma-separated columns to leave out (e.g. strings, which convert cannot read)")
+                   help="comma-separated columns to leave out (e.g. strings, which npy and zarr output cannot store)")
     _add_cast(c)
     size = c.add_mutually_exclusive_group()
     size.add_argument("--shard-size", default=None, metavar="BYTES",

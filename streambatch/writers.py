@@ -1,7 +1,15 @@
 """Writers of the loader-friendly layouts, shared by ``streambatch demo`` and
 ``streambatch convert``: Parquet with tensor columns as FixedSizeBinary (dtype
 and shape in the field metadata; measured 4x faster to read here than
-FixedSizeList), Zarr v3 chunked along rows, and one ``.npy`` per column."""
+FixedSizeList), Zarr v3 chunked along rows, and one ``.npy`` per column.
+
+Variable-length columns (``ColumnSpec.variable``: strings, binary, ragged lists)
+are written by the Parquet writer only, as ``large_string``, ``large_binary`` and
+``large_list<T>``, built from a block's offsets and values buffers (no per-row
+Python). A block holds such a column as a :class:`~streambatch.Ragged` -- of the
+UTF-8 / raw bytes for strings and binary -- or as the batch value the loader
+delivers (a ``StringDType`` array, an object array of ``bytes``). Zarr and npy
+output refuse them by name (:func:`refuse_unstorable`)."""
 
 from __future__ import annotations
 
@@ -13,35 +21,74 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import SchemaError
+from .ragged import Ragged
+from .sources import ColumnSpec
 from .sources._tensor import tensor_metadata
 
-__all__ = ["NpyWriter", "ParquetWriter", "ZarrWriter", "arrow_column", "arrow_field", "refuse_variable"]
+__all__ = [
+    "NpyWriter",
+    "ParquetWriter",
+    "ZarrWriter",
+    "arrow_column",
+    "arrow_field",
+    "as_ragged",
+    "refuse_unstorable",
+]
 
 
 #: numpy kinds a scalar Parquet column stores as the matching Arrow primitive type.
 _PRIMITIVE_KINDS = "biufmM"
 
+#: Why an output format cannot store a variable-length column of each kind.
+_CANNOT_STORE = {
+    "npy": {
+        kind: "a .npy file holds fixed-size rows only" for kind in ("str", "bytes", "list")
+    },
+    "zarr": {
+        # zarr 3 itself writes strings (VariableLengthUTF8), but streambatch's Zarr source
+        # does not read them back yet: a store the Loader cannot load is no output
+        "str": "streambatch's Zarr source does not read variable-length strings back yet",
+        "bytes": "Zarr has no variable-length binary data type",
+        "list": "Zarr has no variable-length list data type",
+    },
+}
 
-def refuse_variable(columns: Mapping[str, object], output: str) -> None:
-    """A variable-length column (strings, binary, ragged lists: ``ColumnSpec.variable``)
-    cannot be written by these writers, whose rows are fixed-size: refused by name,
-    with the remedy. (Loading such columns is supported; converting them is not yet.)"""
-    from .sources import ColumnSpec
 
+def refuse_unstorable(columns: Mapping[str, ColumnSpec], output: str) -> None:
+    """Refuse, by name and with the remedy, a variable-length column (strings,
+    binary, ragged lists: ``ColumnSpec.variable``) that ``output`` cannot store:
+    Parquet stores them all; npy and Zarr none."""
+    reasons = _CANNOT_STORE.get(output, {})
     for name, spec in columns.items():
-        if isinstance(spec, ColumnSpec) and spec.variable:
+        if spec.variable and spec.kind in reasons:
             raise SchemaError(
-                f"column {name!r} is variable-length {spec!r}: {output} output of streambatch convert stores "
-                f"fixed-size rows only; exclude it (--exclude {name}) and read it from the source with the Loader"
+                f"column {name!r} is variable-length {spec!r}: {output} output cannot store it "
+                f"({reasons[spec.kind]}); choose Parquet output (--format parquet), which stores it, "
+                f"or exclude it (--exclude {name})"
             )
 
 
-def arrow_field(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> pa.Field:
+def _spec(spec: ColumnSpec | tuple[np.dtype, tuple[int, ...]]) -> ColumnSpec:
+    return spec if isinstance(spec, ColumnSpec) else ColumnSpec(*spec)
+
+
+def arrow_field(name: str, dtype: np.dtype, shape: tuple[int, ...], kind: str = "fixed") -> pa.Field:
     """A primitive field for scalar rows of a native-order number, bool or datetime;
     FixedSizeBinary with dtype/shape metadata for tensors and for every other
     fixed-size dtype (big-endian, complex, ``S``/``U`` strings, structured), which
-    Arrow has no primitive type for: the bytes are kept and read back as they are."""
+    Arrow has no primitive type for: the bytes are kept and read back as they are.
+    Variable-length kinds: ``large_string`` (``"str"``), ``large_binary``
+    (``"bytes"``) and ``large_list<T>`` of ``dtype`` values (``"list"``)."""
     dtype = np.dtype(dtype)
+    if kind == "str":
+        return pa.field(name, pa.large_string(), nullable=False)
+    if kind == "bytes":
+        return pa.field(name, pa.large_binary(), nullable=False)
+    if kind == "list":
+        if dtype.kind not in _PRIMITIVE_KINDS or not dtype.isnative:
+            raise SchemaError(f"column {name!r}: lists of {dtype} values have no Arrow type; Parquet cannot store it")
+        return pa.field(name, pa.large_list(pa.field("item", pa.from_numpy_dtype(dtype), nullable=False)),
+                        nullable=False)
     if dtype.hasobject or dtype.itemsize == 0:
         raise SchemaError(f"column {name!r}: dtype {dtype} is not a fixed-size value; Parquet output cannot store it")
     if dtype.fields is not None:
@@ -55,8 +102,48 @@ def arrow_field(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> pa.Field:
     return pa.field(name, pa.binary(width), nullable=False, metadata=tensor_metadata(dtype, shape))
 
 
-def arrow_column(values: np.ndarray, field: pa.Field) -> pa.Array:
-    """Wrap ``values`` (rows first) as an Arrow array of ``field``'s type, without copying."""
+def as_ragged(values: Ragged | np.ndarray, kind: str) -> Ragged:
+    """A variable-length column's block value as a ``Ragged``: itself for lists; for
+    strings (a ``StringDType`` or ``str`` array) and binary (an object array of
+    ``bytes``) the UTF-8 / raw bytes of every row, through Arrow (no per-row Python).
+    A ``Ragged`` is taken as it is (for strings and binary: of ``uint8``)."""
+    if isinstance(values, Ragged):
+        return values
+    if kind == "list":
+        raise TypeError(f"a list column's block value must be a Ragged, got {type(values).__name__}")
+    arrow_type = pa.large_string() if kind == "str" else pa.large_binary()
+    arr = pa.array(np.asarray(values), type=arrow_type)
+    if arr.null_count:
+        raise SchemaError(f"a {kind} column holds {arr.null_count} None value(s); Parquet output stores no nulls")
+    n = len(arr)
+    offsets = np.frombuffer(arr.buffers()[1], np.int64, count=arr.offset + n + 1)[arr.offset :]
+    data = arr.buffers()[2]
+    raw = np.frombuffer(data, np.uint8) if data is not None else np.empty(0, np.uint8)
+    base = int(offsets[0])
+    return Ragged(raw[base : int(offsets[-1])], offsets - base)
+
+
+def _variable_array(values: Ragged, field: pa.Field) -> pa.Array:
+    """An Arrow array of ``field``'s variable-length type over ``values``' buffers."""
+    offsets = np.ascontiguousarray(values.offsets, dtype=np.int64)
+    if pa.types.is_large_list(field.type):
+        items = pa.array(np.ascontiguousarray(values.values), type=field.type.value_type)
+        return pa.LargeListArray.from_arrays(pa.array(offsets), items, type=field.type)
+    data = np.ascontiguousarray(values.values).view(np.uint8)
+    arr = pa.Array.from_buffers(field.type, len(values), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    arr.validate()  # offsets within the data; not the UTF-8 (what was read as strings was already checked)
+    return arr
+
+
+def arrow_column(values: np.ndarray | Ragged, field: pa.Field) -> pa.Array:
+    """Wrap ``values`` (rows first) as an Arrow array of ``field``'s type, without
+    copying; a variable-length field takes a ``Ragged`` (see :func:`as_ragged`)."""
+    t = field.type
+    if pa.types.is_large_list(t) or pa.types.is_large_string(t) or pa.types.is_large_binary(t):
+        kind = "list" if pa.types.is_large_list(t) else "str" if pa.types.is_large_string(t) else "bytes"
+        return _variable_array(as_ragged(values, kind), field)
+    if isinstance(values, Ragged):
+        raise TypeError(f"column {field.name!r} of Arrow type {t} takes a NumPy array, got a Ragged")
     values = np.ascontiguousarray(values)
     if not pa.types.is_fixed_size_binary(field.type):
         return pa.array(values, type=field.type)
@@ -65,19 +152,37 @@ def arrow_column(values: np.ndarray, field: pa.Field) -> pa.Array:
 
 
 class ParquetWriter:
-    """Append row blocks to one Parquet file in row groups of ``row_group_rows``,
-    with page checksums so bit rot is detectable on read."""
+    """Append row blocks to one Parquet file, with page checksums so bit rot is
+    detectable on read. ``columns`` maps names to ``ColumnSpec`` (or ``(dtype,
+    shape)`` for fixed-size rows).
+
+    Row groups are cut across blocks (the rows after the last whole group wait for
+    the next block): each holds ``row_group_rows`` rows, or, with
+    ``row_group_bytes``, ends at the first row that brings it to that many bytes
+    of row data (fixed rows, plus the values and an 8-byte offset of every
+    variable-length row) or to ``row_group_rows`` rows, whichever comes first;
+    the last group holds what is left. The groups depend on the rows only, never
+    on how they were split into blocks.
+
+    ``values_per_row`` gives, per variable-length column, the largest per-row mean
+    of any row group written of its values (list items; bytes of a string or
+    binary), rounded up: what a reader's memory budget reserves per row."""
 
     def __init__(
         self,
         path: str | os.PathLike[str],
-        columns: Mapping[str, tuple[np.dtype, tuple[int, ...]]],
+        columns: Mapping[str, ColumnSpec | tuple[np.dtype, tuple[int, ...]]],
         row_group_rows: int,
         compression: str | None = None,
         filesystem=None,
+        row_group_bytes: int | None = None,
     ) -> None:
-        self.schema = pa.schema([arrow_field(n, d, s) for n, (d, s) in columns.items()])
-        self.row_group_rows = row_group_rows
+        self.specs = {n: _spec(s) for n, s in columns.items()}
+        self.schema = pa.schema([arrow_field(n, s.dtype, s.shape, s.kind) for n, s in self.specs.items()])
+        self.row_group_rows = int(row_group_rows)
+        self.row_group_bytes = int(row_group_bytes) if row_group_bytes else None
+        self._fixed_row_nbytes = sum(s.row_nbytes for s in self.specs.values() if not s.variable)
+        lists = [n for n, s in self.specs.items() if s.kind == "list"]
         self._writer = pq.ParquetWriter(
             path,
             self.schema,
@@ -85,17 +190,105 @@ class ParquetWriter:
             write_page_checksum=True,
             filesystem=filesystem,
             write_statistics=False,
+            # no dictionary for list values (token ids): in ~128 KiB row groups the dictionary
+            # page of many distinct values outweighs the data (measured 100k rows of 500 int32
+            # tokens: 246 MB and 5.7 s with it, 203 MB and 2.6 s without)
+            use_dictionary=[n for n in self.specs if n not in lists] if lists else True,
         )
+        self._carry: dict[str, np.ndarray | Ragged] | None = None  # rows of the row group not yet complete
+        self._carry_nbytes = 0
+        self.values_per_row = {n: 0 for n, s in self.specs.items() if s.variable}
         self.rows = 0
 
-    def write(self, block: Mapping[str, np.ndarray]) -> None:
-        arrays = [arrow_column(block[f.name], f) for f in self.schema]
+    def write(self, block: Mapping[str, np.ndarray | Ragged]) -> None:
+        block = {n: as_ragged(block[n], s.kind) if s.variable else block[n] for n, s in self.specs.items()}
+        n = len(next(iter(block.values())))
+        sizes = self._row_nbytes(block, n)
+        start = 0
+        carry = self._carry
+        if carry is not None:  # complete the waiting row group first
+            held = len(next(iter(carry.values())))
+            end = self._group_end(sizes, 0, held, self._carry_nbytes)
+            if end is None:
+                self._carry = {k: _joined(carry[k], block[k]) for k in block}
+                self._carry_nbytes += int(sizes.sum())
+                return
+            self._write_groups({k: _joined(carry[k], block[k][:end]) for k in block}, [held + end])
+            self._carry, self._carry_nbytes, start = None, 0, end
+        ends: list[int] = []
+        while (end := self._group_end(sizes, ends[-1] if ends else start, 0, 0)) is not None:
+            ends.append(end)
+        if ends:
+            self._write_groups({k: v[start : ends[-1]] for k, v in block.items()}, [e - start for e in ends])
+            start = ends[-1]
+        if start < n:
+            self._carry = {k: _owned(v[start:]) for k, v in block.items()}
+            self._carry_nbytes = int(sizes[start:].sum())
+
+    def _row_nbytes(self, block: Mapping[str, np.ndarray | Ragged], n: int) -> np.ndarray:
+        """Bytes of each row of ``block`` as row groups count them (zeros: by rows only)."""
+        sizes = np.zeros(n, np.int64)
+        if self.row_group_bytes is None:
+            return sizes
+        sizes += self._fixed_row_nbytes
+        for name, spec in self.specs.items():
+            if spec.variable:
+                value = block[name]
+                assert isinstance(value, Ragged)  # made so by write()
+                sizes += 8 + value.lengths * value.values.dtype.itemsize
+        return sizes
+
+    def _group_end(self, sizes: np.ndarray, start: int, rows: int, nbytes: int) -> int | None:
+        """Where the row group that holds ``rows`` rows of ``nbytes`` bytes before
+        ``sizes[start]`` ends in ``sizes`` (exclusive), or ``None`` if not within it."""
+        last = start + self.row_group_rows - rows - 1  # the row that fills it by rows
+        if self.row_group_bytes is not None:
+            cumulative = np.cumsum(sizes[start : last + 1])
+            full = int(np.searchsorted(cumulative, self.row_group_bytes - nbytes, side="left"))
+            last = min(last, start + full)
+        return last + 1 if last < sizes.size else None
+
+    def _write_groups(self, rows: Mapping[str, np.ndarray | Ragged], ends: list[int]) -> None:
+        """Write ``rows`` as the row groups ending at ``ends`` (the last is ``len(rows)``)."""
+        arrays = [arrow_column(rows[f.name], f) for f in self.schema]
         table = pa.Table.from_arrays(arrays, schema=self.schema)
-        self._writer.write_table(table, row_group_size=self.row_group_rows)
+        if self.row_group_bytes is None:  # whole groups of row_group_rows (the last may be short): one call
+            ends = [*range(self.row_group_rows, table.num_rows, self.row_group_rows), table.num_rows]
+            self._writer.write_table(table, row_group_size=self.row_group_rows)
+        else:
+            for a, b in zip([0, *ends[:-1]], ends):
+                self._writer.write_table(table.slice(a, b - a), row_group_size=b - a)
+        bounds = np.asarray([0, *ends], np.int64)
+        for name in self.values_per_row:
+            value = rows[name]
+            assert isinstance(value, Ragged)  # made so by write()
+            counts = np.diff(value.offsets[bounds])
+            means = -(-counts // np.maximum(1, np.diff(bounds)))
+            self.values_per_row[name] = max(self.values_per_row[name], int(means.max(initial=0)))
         self.rows += table.num_rows
 
     def close(self) -> None:
-        self._writer.close()
+        try:
+            carry, self._carry = self._carry, None
+            if carry is not None:
+                self._write_groups(carry, [len(next(iter(carry.values())))])
+        finally:
+            self._writer.close()
+
+
+def _owned(value: np.ndarray | Ragged) -> np.ndarray | Ragged:
+    """A copy that holds no view of the block it was sliced from."""
+    if isinstance(value, Ragged):
+        return Ragged(value.values.copy(), value.offsets)
+    return np.array(value)
+
+
+def _joined(a: np.ndarray | Ragged, b: np.ndarray | Ragged) -> np.ndarray | Ragged:
+    if isinstance(a, Ragged):
+        assert isinstance(b, Ragged)  # internal: one column's values are of one kind
+        return Ragged.concatenate([a, b])
+    assert isinstance(b, np.ndarray)
+    return np.concatenate([a, b])
 
 
 class ZarrWriter:
@@ -104,13 +297,14 @@ class ZarrWriter:
     def __init__(
         self,
         path: str,
-        columns: Mapping[str, tuple[np.dtype, tuple[int, ...]]],
+        columns: Mapping[str, ColumnSpec | tuple[np.dtype, tuple[int, ...]]],
         num_rows: int,
         chunk_rows: int,
         compression: str | None = None,
     ) -> None:
         import zarr
 
+        refuse_unstorable({n: _spec(s) for n, s in columns.items()}, "zarr")
         for name, (dtype, _) in columns.items():
             dtype = np.dtype(dtype)
             if not dtype.isnative and dtype.itemsize > 1:  # zarr 3 reads it back in native order
@@ -164,8 +358,9 @@ class NpyWriter:
     plain writes (no memory map, so writing never holds the file in RSS)."""
 
     def __init__(
-        self, directory: str, columns: Mapping[str, tuple[np.dtype, tuple[int, ...]]], num_rows: int
+        self, directory: str, columns: Mapping[str, ColumnSpec | tuple[np.dtype, tuple[int, ...]]], num_rows: int
     ) -> None:
+        refuse_unstorable({n: _spec(s) for n, s in columns.items()}, "npy")
         os.makedirs(directory, exist_ok=True)
         self.num_rows = num_rows = int(num_rows)
         self._files = {}

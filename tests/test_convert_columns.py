@@ -74,14 +74,19 @@ def test_a_duckdb_fixed_length_list_is_converted_into_every_output_format(tmp_pa
     np.testing.assert_array_equal(got["v"], np.stack([i, i + 0.5, -i], axis=1))
 
 
-def test_convert_refuses_an_unreadable_column_by_name_and_exclude_leaves_it_out(tmp_path, capsys):
+def test_convert_stores_strings_in_parquet_refuses_them_by_name_in_npy_and_exclude_leaves_them_out(tmp_path, capsys):
     src = pandas_file(tmp_path)
     dest = str(tmp_path / "out")
-    assert cli.main(["convert", src, dest, "--format", "parquet", "--quiet", "--exclude", "score"]) == 1
-    err = capsys.readouterr().err  # strings are loaded, but no output format stores them yet
-    assert "'text'" in err and "variable-length (str)" in err and "--exclude text" in err
+    assert cli.main(["convert", src, dest, "--format", "parquet", "--quiet", "--exclude", "score"]) == 0
+    got = read_back(dest)
+    assert sorted(got) == ["emb", "id", "text"]
+    assert isinstance(got["text"].dtype, np.dtypes.StringDType) and got["text"].tolist() == [f"t{i}" for i in range(N)]
+    npy = str(tmp_path / "out-npy")
+    assert cli.main(["convert", src, npy, "--format", "npy", "--quiet", "--exclude", "score"]) == 1
+    err = capsys.readouterr().err  # npy output has no variable-length rows
+    assert "'text'" in err and "variable-length (str)" in err and "--exclude text" in err and "--format parquet" in err
     dest = str(tmp_path / "out-excluded")  # (a refused conversion leaves its journal in the first DEST)
-    assert cli.main(["convert", src, dest, "--format", "parquet", "--quiet", "--exclude", "text,score"]) == 0
+    assert cli.main(["convert", src, dest, "--format", "npy", "--quiet", "--exclude", "text,score"]) == 0
     got = read_back(dest)
     assert sorted(got) == ["emb", "id"]
     np.testing.assert_array_equal(got["emb"], np.arange(N * 4, dtype=np.float32).reshape(N, 4))

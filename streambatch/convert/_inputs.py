@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import CorruptInputError, SchemaError, UnknownColumnError
 from ..sources import ColumnSpec, Dataset, open_dataset
 from ..sources._fs import resolve
+from ._values import RowsTarget, Value, held_spec
 
 if TYPE_CHECKING:  # imported where used: importing streambatch.convert stays light
     import pyarrow as pa
@@ -72,11 +73,14 @@ Part = DatasetPart | RawPart
 
 class InputReader:
     """Reads global row ranges of the concatenated ``parts``; a context manager
-    that closes every handle it opened."""
+    that closes every handle it opened. A variable-length column's rows arrive as a
+    ``Ragged`` (:mod:`._values`); one whose values exceed ``max_row_nbytes`` is a
+    ``BudgetError`` naming the file, column and row (0: no limit)."""
 
-    def __init__(self, parts: Sequence[Part], columns: Mapping[str, ColumnSpec]) -> None:
+    def __init__(self, parts: Sequence[Part], columns: Mapping[str, ColumnSpec], max_row_nbytes: int = 0) -> None:
         self.parts = list(parts)
         self.columns = dict(columns)
+        self.max_row_nbytes = int(max_row_nbytes)
         self.offsets = np.concatenate([[0], np.cumsum([p.num_rows for p in self.parts], dtype=np.int64)])
         self._opened: dict[int, Any] = {}  # part index -> (dataset, {shard index: reader})
 
@@ -92,20 +96,27 @@ class InputReader:
             for reader in readers.values():
                 reader.close()
 
-    def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        """Rows ``[start, stop)`` of every column, as fresh arrays."""
-        out = {n: np.empty((stop - start, *s.shape), dtype=s.dtype) for n, s in self.columns.items()}
+    def read(self, start: int, stop: int) -> dict[str, Value]:
+        """Rows ``[start, stop)`` of every column, as fresh arrays (``Ragged`` for
+        variable-length columns)."""
+        n = stop - start
+        out: dict[str, Any] = {
+            name: RowsTarget.open(n, held_spec(s).dtype, self.max_row_nbytes)
+            if s.variable
+            else np.empty((n, *s.shape), dtype=s.dtype)
+            for name, s in self.columns.items()
+        }
         row = start
         while row < stop:
             i = int(np.searchsorted(self.offsets, row, side="right")) - 1
             end = min(stop, int(self.offsets[i + 1]))
             local = row - int(self.offsets[i])
-            target = {n: a[row - start : end - start] for n, a in out.items()}
+            target = {name: a[row - start : end - start] for name, a in out.items()}
             self._read_part(i, local, local + end - row, target)
             row = end
-        return out
+        return {name: a.ragged() if isinstance(a, RowsTarget) else a for name, a in out.items()}
 
-    def _read_part(self, i: int, start: int, stop: int, out: dict[str, np.ndarray]) -> None:
+    def _read_part(self, i: int, start: int, stop: int, out: dict[str, Any]) -> None:
         part = self.parts[i]
         if isinstance(part, RawPart):
             for name, target in out.items():
@@ -143,8 +154,9 @@ def columns_excluding(
     cast: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """The columns of the first source (or ``columns``) without ``exclude``: what
-    ``convert --exclude`` keeps, so that a column convert cannot read (a string, a
-    ragged list) can be left out by name; ``cast`` as ``convert --cast`` reads them.
+    ``convert --exclude`` keeps, so that a column convert cannot read or the output
+    cannot store (a null-holding column, strings into npy) can be left out by name;
+    ``cast`` as ``convert --cast`` reads them.
     An unknown name is an ``UnknownColumnError``."""
     first = sources[0]
     if is_csv_source(first):
@@ -170,12 +182,16 @@ def open_parts(
     staged: bool,
     storage_options: Mapping[str, Any],
     cast: Mapping[str, str] | None = None,
-) -> tuple[list[Part], dict[str, ColumnSpec]]:
+) -> tuple[list[Part], dict[str, ColumnSpec], dict[str, int]]:
     """The part each source becomes (a CSV file is staged under ``stage`` unless
-    ``staged`` already), and the columns they share (``SchemaError`` if not), with
-    ``cast`` applied (Parquet and Arrow inputs; a CSV input with a cast is refused)."""
+    ``staged`` already), the columns they share (``SchemaError`` if not), with
+    ``cast`` applied (Parquet and Arrow inputs; a CSV input with a cast is refused),
+    and the bytes a row of each column takes in memory: for a variable-length
+    column the largest estimate of any input (``Dataset.column_row_nbytes``, the
+    largest per-row mean of any read unit, from footers and headers)."""
     parts: list[Part] = []
     common: dict[str, ColumnSpec] | None = None
+    row_nbytes: dict[str, int] = {}
     so = tuple(sorted(storage_options.items()))
     casts = tuple((cast or {}).items())
     for i, source in enumerate(sources):
@@ -201,6 +217,8 @@ def open_parts(
             ds = part.open(columns)
             specs = dict(ds.columns)
             part = replace(part, num_rows=ds.num_rows)
+            for name in specs:
+                row_nbytes[name] = max(row_nbytes.get(name, 0), ds.column_row_nbytes(name))
         if common is None:
             common = specs
         elif specs != common:
@@ -208,7 +226,7 @@ def open_parts(
         parts.append(part)
     if common is None:
         raise ValueError("sources is empty: give at least one input path")
-    return parts, common
+    return parts, common, {name: max(row_nbytes.get(name, 0), spec.row_nbytes) for name, spec in common.items()}
 
 
 def largest_unit_rows(parts: Sequence[Part]) -> int:

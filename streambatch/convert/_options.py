@@ -14,9 +14,11 @@ __all__ = [
     "DEFAULT_COMPRESSION",
     "DEFAULT_SHARD_SIZE",
     "FORMATS",
+    "MAX_CHUNK_ROWS",
     "ConvertError",
     "ConvertOptions",
     "ConvertResult",
+    "chunk_target_bytes",
     "default_chunk_rows",
 ]
 
@@ -36,6 +38,8 @@ DEFAULT_SHARD_SIZE = "256MiB"
 #: Target bytes of one Parquet row group / Zarr chunk (see default_chunk_rows).
 _CHUNK_TARGET_BYTES = 128 << 10
 _SHUFFLED_CHUNK_TARGET_BYTES = 1 << 20
+#: The most rows of one Parquet row group / Zarr chunk that convert chooses itself.
+MAX_CHUNK_ROWS = 65536
 
 
 class ConvertError(StreambatchError, ValueError):
@@ -52,8 +56,14 @@ def default_chunk_rows(row_nbytes: int, shuffled: bool = False) -> int:
     data), at a cost in loader rows/s (0.41 M vs 1.07 M) -- docs/convert.md.
     ``--shuffle`` output is already a full permutation, so the loader can read it
     in order (score 1.0 at any chunk size) and larger chunks only add speed."""
-    target = _SHUFFLED_CHUNK_TARGET_BYTES if shuffled else _CHUNK_TARGET_BYTES
-    return int(min(65536, max(64, target // max(1, row_nbytes))))
+    return int(min(MAX_CHUNK_ROWS, max(64, chunk_target_bytes(shuffled) // max(1, row_nbytes))))
+
+
+def chunk_target_bytes(shuffled: bool = False) -> int:
+    """Bytes of row data a row group / chunk aims at: what :func:`default_chunk_rows`
+    divides by the bytes of a row, and where a Parquet row group of variable-length
+    rows is cut (by their actual bytes) when ``chunk_rows`` is not given."""
+    return _SHUFFLED_CHUNK_TARGET_BYTES if shuffled else _CHUNK_TARGET_BYTES
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from .._units import parse_bytes
 from ..errors import EmptyDatasetError
 from ..sources import ColumnSpec
 from ..sources._fs import resolve
-from ..writers import refuse_variable
+from ..writers import refuse_unstorable
 from . import _inputs, _planning
 from ._dest import open_dest
 from ._execute import progress_bar, run_dask, run_processes
@@ -158,14 +158,14 @@ class _Conversion:
 
     def _convert(self, header: dict[str, Any], done: dict[int, dict[str, Any]], started: float) -> ConvertResult:
         staged = bool(done.pop(-1, None))
-        parts, columns = _inputs.open_parts(
+        parts, columns, column_nbytes = _inputs.open_parts(
             self.sources, self.options.columns, self.stage, staged, self.storage_options, dict(self.options.cast)
         )
-        refuse_variable(columns, self.options.shard_format)  # strings/ragged lists: loadable, not yet convertible
+        refuse_unstorable(columns, self.options.shard_format)  # e.g. strings into npy: named, with the remedy
         total = sum(p.num_rows for p in parts)
         if total == 0:
             raise EmptyDatasetError(f"the inputs {self.sources} hold zero rows")
-        shape = _planning.layout(total, columns, self.options)
+        shape = _planning.layout(total, columns, self.options, column_nbytes)
         shard_rows = shape.shard_rows
         bar = progress_bar(self.progress, total, shape.row_nbytes)
         try:
@@ -218,6 +218,7 @@ class _Conversion:
                 o.seed,
                 _planning.scatter_block_rows(o, shape.row_nbytes),
                 on_rows=(lambda n: None) if bar is None else bar.scatter,
+                memory_limit=o.memory_limit,
             )
         except OSError as e:
             if isinstance(e, ConvertWriteError):

@@ -11,7 +11,7 @@ import errno
 import hashlib
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import StreambatchError
 from ..sources import ColumnSpec
 from ._inputs import InputReader, Part
+from ._values import Value, held_kinds, load_rows, row_limit, take_pieces, take_values
 
 __all__ = ["ConvertWriteError", "ShardTask", "shard_name", "write_shard"]
 
@@ -37,12 +38,15 @@ class ShardTask:
 
     ``start``/``stop`` select input rows (unshuffled), or ``buckets`` lists the
     shuffle buckets ``(directory, rows, bucket id)`` whose permuted rows, in order,
-    make up the shard (``seed`` decides each permutation)."""
+    make up the shard (``seed`` decides each permutation). ``chunk_bytes``: Parquet
+    row groups are cut at that many bytes (``_planning.Layout``).
+    ``memory_limit`` bounds a variable-length row (``_values.row_limit``) and the
+    pieces its permutation is taken in (``_values.take_pieces``); 0: no bound."""
 
     index: int
     dest: str
     shard_format: str
-    columns: tuple[tuple[str, str, tuple[int, ...]], ...]
+    columns: tuple[tuple[str, ColumnSpec], ...]
     rows: int
     chunk_rows: int
     block_rows: int
@@ -52,10 +56,12 @@ class ShardTask:
     stop: int = 0
     buckets: tuple[tuple[str, int, int], ...] = ()
     seed: int = 0
+    chunk_bytes: int | None = None
+    memory_limit: int = 0
 
     @property
     def specs(self) -> dict[str, ColumnSpec]:
-        return {n: ColumnSpec(np.dtype(d), s) for n, d, s in self.columns}
+        return dict(self.columns)
 
 
 def shard_name(index: int, shard_format: str) -> str:
@@ -69,11 +75,13 @@ def write_shard(task: ShardTask) -> dict[str, Any]:
     tmp = os.path.join(task.dest, TMP_PREFIX + name)
     remove_path(tmp)
     try:
-        _write(task, tmp)
+        values_per_row = _write(task, tmp)
         files = _files_of(tmp)
         for path in files:
             _fsync_file(os.path.join(tmp, path) if os.path.isdir(tmp) else tmp)
         entry = _entry(task, name, tmp, files)
+        if values_per_row:
+            entry["values_per_row"] = values_per_row
         _replace(tmp, final)
         fsync_dir(task.dest)
         return entry
@@ -89,14 +97,16 @@ def write_shard(task: ShardTask) -> dict[str, Any]:
         raise
 
 
-def _write(task: ShardTask, tmp: str) -> None:
+def _write(task: ShardTask, tmp: str) -> dict[str, int]:
+    """Write the shard to ``tmp``; returns, per variable-length column, the largest
+    per-row mean of values of any row group (the manifest's ``values_per_row``)."""
     from .. import writers
 
-    specs = {n: (s.dtype, s.shape) for n, s in task.specs.items()}
+    specs = task.specs
     compression = None if task.compression == "none" else task.compression
     if task.shard_format == "parquet":
-        writer: Any = _Aligned(
-            writers.ParquetWriter(tmp, specs, task.chunk_rows, compression=compression), task.chunk_rows
+        writer: Any = writers.ParquetWriter(
+            tmp, specs, task.chunk_rows, compression=compression, row_group_bytes=task.chunk_bytes
         )
     elif task.shard_format == "zarr":
         writer = writers.ZarrWriter(tmp, specs, task.rows, min(task.chunk_rows, task.rows), compression=compression)
@@ -114,64 +124,27 @@ def _write(task: ShardTask, tmp: str) -> None:
     written = writer.rows
     if written != task.rows:
         raise RuntimeError(f"shard {task.index}: wrote {written} rows, expected {task.rows}")
+    return dict(writer.values_per_row) if isinstance(writer, writers.ParquetWriter) else {}
 
 
-def _range_blocks(task: ShardTask) -> Iterator[dict[str, np.ndarray]]:
-    with InputReader(task.parts, task.specs) as reader:
+def _range_blocks(task: ShardTask) -> Iterator[dict[str, Value]]:
+    with InputReader(task.parts, task.specs, row_limit(task.memory_limit) if task.memory_limit else 0) as reader:
         for a in range(task.start, task.stop, task.block_rows):
             yield reader.read(a, min(task.stop, a + task.block_rows))
 
 
-def _bucket_blocks(task: ShardTask) -> Iterator[dict[str, np.ndarray]]:
+def _bucket_blocks(task: ShardTask) -> Iterator[dict[str, Value]]:
+    """Each bucket's rows, permuted through the columns' kinds, in blocks of at most
+    ``block_rows`` rows (and of bounded values: ``_values.take_pieces``)."""
     specs = task.specs
+    kinds = held_kinds(specs)
+    max_values = take_values(task.memory_limit) if task.memory_limit else 1 << 62
     for directory, rows, bucket in task.buckets:
-        data = {n: load_raw(os.path.join(directory, f"{n}.bin"), s, rows) for n, s in specs.items()}
+        data = {n: load_rows(directory, n, s, rows) for n, s in specs.items()}
         order = np.random.default_rng(np.random.SeedSequence([task.seed, 2, bucket])).permutation(rows)
         for a in range(0, rows, task.block_rows):
-            idx = order[a : a + task.block_rows]
-            yield {n: v[idx] for n, v in data.items()}
+            yield from take_pieces(kinds, data, order[a : a + task.block_rows], max_values)
         del data
-
-
-def load_raw(path: str, spec: ColumnSpec, rows: int) -> np.ndarray:
-    count = rows * int(np.prod(spec.shape, dtype=np.int64))
-    data = np.fromfile(path, dtype=spec.dtype, count=count) if rows else np.empty(0, spec.dtype)
-    if data.size != count:
-        raise OSError(errno.EIO, f"staging file {path} holds {data.size} values, expected {count}", path)
-    return data.reshape(rows, *spec.shape)
-
-
-class _Aligned:
-    """Passes rows to ``writer`` in multiples of ``chunk_rows`` (the remainder waits
-    for the next block), so row groups are exactly ``chunk_rows`` whatever the blocks."""
-
-    def __init__(self, writer: Any, chunk_rows: int) -> None:
-        self.writer = writer
-        self.chunk_rows = chunk_rows
-        self._carry: dict[str, np.ndarray] | None = None
-
-    @property
-    def rows(self) -> int:
-        return self.writer.rows
-
-    def write(self, block: Mapping[str, np.ndarray]) -> None:
-        if self._carry is not None:
-            block = {n: np.concatenate([self._carry[n], v]) for n, v in block.items()}
-            self._carry = None
-        n = len(next(iter(block.values())))
-        cut = n - n % self.chunk_rows
-        if cut:
-            self.writer.write({k: v[:cut] for k, v in block.items()})
-        if cut < n:
-            self._carry = {k: np.array(v[cut:]) for k, v in block.items()}
-
-    def close(self) -> None:
-        try:
-            if self._carry is not None:
-                carry, self._carry = self._carry, None
-                self.writer.write(carry)
-        finally:
-            self.writer.close()
 
 
 def _files_of(path: str) -> list[str]:

@@ -99,8 +99,13 @@ def read_manifest(location: FileSystemPath) -> dict[str, Any]:
 
 
 def manifest_columns(manifest: dict[str, Any], where: str) -> dict[str, ColumnSpec]:
+    """The schema's columns; a variable-length column's entry has a ``kind``
+    (``convert._manifest.column_entry``), a fixed-size one none."""
     try:
-        return {str(c["name"]): ColumnSpec(c["dtype"], tuple(c["shape"])) for c in manifest["schema"]["columns"]}
+        return {
+            str(c["name"]): ColumnSpec(c["dtype"], tuple(c["shape"]), c.get("kind", "fixed"))
+            for c in manifest["schema"]["columns"]
+        }
     except (KeyError, TypeError, ValueError) as e:
         raise CorruptInputError(f"{where}: malformed schema in the manifest ({e!r})") from e
 
@@ -144,12 +149,13 @@ def shards_from_manifest(location: FileSystemPath) -> list[Shard]:
             files = entry["files"]
             rows = int(entry["rows"])
             units = [int(u) for u in entry["unit_rows"]]
+            values_per_row = _values_per_row(entry, columns)
         except (KeyError, TypeError, ValueError) as e:
             raise CorruptInputError(f"{where}: shard {i} is malformed ({e!r})") from e
         for f in files:
             _check_file(location, root, f, where)
         shard_location = location.child(f"{root}/{shard_path}")
-        shard = _build_shard(shard_format, shard_location, columns, units)
+        shard = _build_shard(shard_format, shard_location, columns, units, values_per_row)
         if shard.num_rows != rows or sum(units) != rows:
             raise CorruptInputError(
                 f"{shard_location.url}: the manifest says {rows} rows, the shard holds {shard.num_rows}"
@@ -210,13 +216,28 @@ def _check_file(location: FileSystemPath, root: str, entry: Any, where: str) -> 
         )
 
 
+def _values_per_row(entry: dict[str, Any], columns: dict[str, ColumnSpec]) -> dict[str, int]:
+    """A shard's ``values_per_row``: per variable-length column, the largest per-row
+    mean of values (list items, bytes of strings) of any row group, which the
+    budget reserves per row; required for every such column."""
+    variable = [n for n, s in columns.items() if s.variable]
+    if not variable:
+        return {}
+    recorded = entry["values_per_row"]
+    return {name: int(recorded[name]) for name in variable}
+
+
 def _build_shard(
-    shard_format: str, location: FileSystemPath, columns: dict[str, ColumnSpec], units: list[int]
+    shard_format: str,
+    location: FileSystemPath,
+    columns: dict[str, ColumnSpec],
+    units: list[int],
+    values_per_row: dict[str, int],
 ) -> Shard:
     if shard_format == "parquet":
         from ._parquet import ParquetShard
 
-        return ParquetShard.from_manifest(location, columns, units, verify=True)
+        return ParquetShard.from_manifest(location, columns, units, verify=True, values_per_row=values_per_row)
     if shard_format == "zarr":
         from ._zarr import ZarrShard
 

@@ -283,6 +283,9 @@ class ParquetShard(Shard):
         row = _first_row(self.location, self.verify, metadata, name, groups[0])
         return row.dictionary
 
+    #: Variable-length column -> values per row a convert manifest records (``from_manifest``).
+    _recorded_values: Mapping[str, int] = MappingProxyType({})
+
     @classmethod
     def from_manifest(
         cls,
@@ -290,11 +293,16 @@ class ParquetShard(Shard):
         columns: Mapping[str, ColumnSpec],
         row_group_rows: list[int],
         verify: bool = True,
+        values_per_row: Mapping[str, int] | None = None,
     ) -> ParquetShard:
         """A shard described by a ``streambatch convert`` manifest, without reading
         the footer: columns and row-group sizes come from the manifest (whose
-        writer stores tensors as FixedSizeBinary with dtype/shape metadata). The
-        footer is read when a reader is opened, as for any file."""
+        writer stores tensors as FixedSizeBinary with dtype/shape metadata, and
+        variable-length columns as ``large_string``, ``large_binary`` and
+        ``large_list<T>``), and so does ``values_per_row``, each variable-length
+        column's largest per-row mean of values (list items, bytes) of any row
+        group, which :meth:`variable_row_nbytes` estimates from. The footer is read
+        when a reader is opened, as for any file."""
         from ..writers import arrow_field
 
         self = cls.__new__(cls)
@@ -312,9 +320,10 @@ class ParquetShard(Shard):
         self._categories = {}
         self._plans = {}
         self._fields = {}
+        self._recorded_values = dict(values_per_row or {})
         for name, spec in columns.items():
-            field = arrow_field(name, spec.dtype, spec.shape)
-            plan = _plan_for(field)
+            field = arrow_field(name, spec.dtype, spec.shape, spec.kind)
+            plan = (_ragged_plan(field.type) or "not a list of numbers") if spec.kind == "list" else _plan_for(field)
             if isinstance(plan, str):
                 raise SchemaError(f"{self.path}: manifest column {name!r} {spec}: {plan}")
             self._fields[name] = field
@@ -405,6 +414,9 @@ class ParquetShard(Shard):
             # a dictionary-encoded chunk stores each distinct string once: its uncompressed
             # size can be far below what the rows decode to, so decode a sample (one page)
             estimate = max(estimate, self._sampled_row_nbytes(name, dictionary_group))
+        recorded = self._recorded_values.get(name)  # a manifest's figure (no footer read)
+        if recorded is not None:
+            estimate = max(estimate, recorded * (plan.spec.dtype.itemsize if plan.kind == "ragged" else 1))
         cache[name] = estimate
         return estimate
 
