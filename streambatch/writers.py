@@ -45,9 +45,6 @@ _CANNOT_STORE = {
         kind: "a .npy file holds fixed-size rows only" for kind in ("str", "bytes", "list")
     },
     "zarr": {
-        # zarr 3 itself writes strings (VariableLengthUTF8), but streambatch's Zarr source
-        # does not read them back yet: a store the Loader cannot load is no output
-        "str": "streambatch's Zarr source does not read variable-length strings back yet",
         "bytes": "Zarr has no variable-length binary data type",
         "list": "Zarr has no variable-length list data type",
     },
@@ -304,8 +301,13 @@ class ZarrWriter:
     ) -> None:
         import zarr
 
-        refuse_unstorable({n: _spec(s) for n, s in columns.items()}, "zarr")
+        specs = {n: _spec(s) for n, s in columns.items()}
+        refuse_unstorable(specs, "zarr")
+        # strings: zarr 3's variable-length UTF-8 type, read back as StringDType
+        self._text = {n for n, spec in specs.items() if spec.variable and spec.kind == "str"}
         for name, (dtype, _) in columns.items():
+            if name in self._text:
+                continue
             dtype = np.dtype(dtype)
             if not dtype.isnative and dtype.itemsize > 1:  # zarr 3 reads it back in native order
                 raise SchemaError(
@@ -321,9 +323,9 @@ class ZarrWriter:
                 name,
                 shape=(num_rows, *shape),
                 chunks=(chunk_rows, *shape),
-                dtype=np.dtype(dtype),
+                dtype=str if name in self._text else np.dtype(dtype),
                 compressors=compressors,
-                fill_value=0,
+                fill_value="" if name in self._text else 0,
                 # write every chunk, even all-fill ones, so a missing chunk file always means damage
                 config={"write_empty_chunks": True},  # type: ignore[arg-type] # zarr's TypedDict: 'order' is optional
             )
@@ -334,11 +336,26 @@ class ZarrWriter:
     def write(self, block: Mapping[str, np.ndarray]) -> None:
         n = len(next(iter(block.values())))
         for name, array in self._arrays.items():
-            array[self.rows : self.rows + n] = block[name]
+            values = block[name]
+            if name in self._text:
+                values = _strings(values)
+            array[self.rows : self.rows + n] = values
         self.rows += n
 
     def close(self) -> None:
         pass
+
+
+def _strings(values: Ragged | np.ndarray) -> np.ndarray:
+    """A string column's block value as a ``StringDType`` array (a ``Ragged`` holds
+    each row's UTF-8 bytes)."""
+    if isinstance(values, Ragged):
+        offsets = np.asarray(values.offsets, dtype=np.int64)
+        arr = pa.LargeStringArray.from_buffers(
+            len(offsets) - 1, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(values.values))
+        )
+        return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.dtypes.StringDType())
+    return np.asarray(values, dtype=np.dtypes.StringDType())
 
 
 def _zarr_compressors(compression: str | None):

@@ -282,13 +282,28 @@ def test_row_groups_do_not_depend_on_how_rows_are_split_into_blocks(tmp_path, ro
 # --------------------------------------------------------------------------- refusals, memory
 
 
+@pytest.mark.parametrize("shuffle", [False, True], ids=["ordered", "shuffled"])
+def test_zarr_output_stores_strings_and_the_loader_reads_them_back(tmp_path, shuffle):
+    src = pyarrow_file(tmp_path).path
+    dest = str(tmp_path / "out")
+    convert([src], dest, "zarr", columns=["id", "text"], shuffle=shuffle, chunk_rows=64, progress=False)
+    expected = dict(zip(pq.read_table(src)["id"].to_pylist(), pq.read_table(src)["text"].to_pylist()))
+    with sb.Loader(dest, batch_size=50, shuffle=False) as loader:
+        assert loader.columns["text"].kind == "str"
+        batches = list(loader)
+    ids = np.concatenate([b["id"] for b in batches])
+    texts = np.concatenate([b["text"] for b in batches])
+    assert sorted(ids.tolist()) == sorted(expected)
+    assert texts.dtype == np.dtypes.StringDType()
+    assert [str(t) for t in texts] == [expected[i] for i in ids.tolist()]
+
+
 @pytest.mark.parametrize(
     ("shard_format", "column", "reason"),
     [
         ("npy", "text", "a .npy file holds fixed-size rows only"),
         ("npy", "tokens", "a .npy file holds fixed-size rows only"),
         ("npy", "blob", "a .npy file holds fixed-size rows only"),
-        ("zarr", "text", "Zarr source does not read variable-length strings back yet"),
         ("zarr", "tokens", "Zarr has no variable-length list data type"),
         ("zarr", "blob", "Zarr has no variable-length binary data type"),
     ],

@@ -149,7 +149,7 @@ def shards_from_manifest(location: FileSystemPath) -> list[Shard]:
             files = entry["files"]
             rows = int(entry["rows"])
             units = [int(u) for u in entry["unit_rows"]]
-            values_per_row = _values_per_row(entry, columns)
+            values_per_row = _values_per_row(entry, columns) if shard_format == "parquet" else {}
         except (KeyError, TypeError, ValueError) as e:
             raise CorruptInputError(f"{where}: shard {i} is malformed ({e!r})") from e
         for f in files:
@@ -217,9 +217,10 @@ def _check_file(location: FileSystemPath, root: str, entry: Any, where: str) -> 
 
 
 def _values_per_row(entry: dict[str, Any], columns: dict[str, ColumnSpec]) -> dict[str, int]:
-    """A shard's ``values_per_row``: per variable-length column, the largest per-row
-    mean of values (list items, bytes of strings) of any row group, which the
-    budget reserves per row; required for every such column."""
+    """A Parquet shard's ``values_per_row``: per variable-length column, the largest
+    per-row mean of values (list items, bytes of strings) of any row group, which the
+    budget reserves per row; required for every such column (a Zarr shard estimates
+    its strings from its chunks, as any Zarr store)."""
     variable = [n for n, s in columns.items() if s.variable]
     if not variable:
         return {}
