@@ -53,13 +53,9 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import CorruptInputError, SchemaError, SourceNotFoundError
+from ._arrow_copy import _check_list_lengths, _count_nulls, copy_column
 from ._arrow_index import BatchLayout, field_layout, index_file
-from ._arrow_ranges import BatchSlicer, ByteSource, Cursor, read_array, read_fixed_into, read_variable
-from ._base import ColumnSpec, Shard, ShardReader
-from ._fs import FileSystemPath
-from ._parquet import (
-    _check_list_lengths,
-    _count_nulls,
+from ._arrow_plans import (
     _has_variable_list,
     _is_text,
     _list_levels,
@@ -68,10 +64,12 @@ from ._parquet import (
     _ragged_plan,
     _variable_reason,
     cast_plans,
-    copy_column,
     plans_to_read,
     unreadable_reason,
 )
+from ._arrow_ranges import BatchSlicer, ByteSource, Cursor, read_array, read_fixed_into, read_variable
+from ._base import ColumnSpec, Shard, ShardReader
+from ._fs import FileSystemPath
 
 __all__ = ["ArrowShard", "huggingface_shards"]
 

@@ -60,7 +60,7 @@ def string_plan(name: str, array: Any) -> Any:
     plan, so the spec is the one Parquet gives), or the reason it cannot be read."""
     import pyarrow as pa
 
-    from ._parquet import _plan_for
+    from ._arrow_plans import _plan_for
 
     kind = string_type(array)
     if array.ndim != 1:
@@ -91,7 +91,7 @@ def copy_strings(values: np.ndarray, plan: Any, target: Any, path: str, name: st
     """Decoded strings (or ``bytes``) into a variable-length ``target``, through the
     Arrow copy Parquet's strings take; a ``None`` among them (an object array) is a
     ``SchemaError`` naming the row."""
-    from ._parquet import copy_column
+    from ._arrow_copy import copy_column
 
     arrow = _arrow(values, plan.spec.kind)
     if arrow.null_count:
