@@ -76,7 +76,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CorruptInputError
-from ._retry import call_with_retry, independent_retries, read_exactly, redact
+from ._retry import call_with_retry, check_stopped, independent_retries, read_exactly, redact
 
 try:  # POSIX; elsewhere only the atomic renames protect the entries (still correct)
     import fcntl
@@ -450,6 +450,7 @@ class FileCache:
                 except BlockingIOError:
                     if not wait or time.monotonic() >= deadline:
                         break
+                    check_stopped()  # the loader was closed: stop waiting for another's download
                     time.sleep(_LOCK_POLL)
             yield held
         finally:
