@@ -367,6 +367,29 @@ def test_cache_parameters_are_validated(tmp_path):
     assert sb.Loader(local, batch_size=10, cache_dir=tmp_path / "c", cache_limit="1MiB").dataset.num_rows == 300
 
 
+def test_streamed_row_groups_are_read_from_the_cache(tmp_path, s3_endpoint, requests):
+    """Row groups too large for the budget's pieces are streamed through a file
+    object; with ``cache_dir`` that file is the local copy (before, fsspec's file
+    over S3, every epoch): epoch 2 sends no request, and the batches equal local."""
+    n = 400_000  # two 200,000-row groups (9.6 MB each): streamed at 16 MiB
+    local = write_dataset("parquet", tmp_path / "src-stream", make_columns(n), 200_000, 1)
+    url = f"s3://{BUCKET}/cache-stream"
+    upload(local, s3fs.S3FileSystem(skip_instance_cache=True, **s3_endpoint[1]), url)
+
+    def loader(source, **kw) -> sb.Loader:
+        return sb.Loader(source, batch_size=500, memory_limit="16MiB", seed=4, num_threads=4, **kw)
+
+    expected = [_epoch(loader(local), e) for e in (0, 1)]
+    with loader(url, storage_options=s3_endpoint[1], cache_dir=tmp_path / "cache") as cached:
+        assert cached.budget.stream_bytes > 0 and cached.budget.streamed_units == 2
+        np.testing.assert_array_equal(_epoch(cached, 0), expected[0])
+        assert _stats(cached)["downloads"] == 1
+        requests.clear()
+        np.testing.assert_array_equal(_epoch(cached, 1), expected[1])
+    assert sum(requests.values()) == 0, dict(requests)
+    assert len(_entries(tmp_path / "cache")) == 1 and not _temporaries(tmp_path / "cache")
+
+
 def test_a_converted_parquet_footer_is_fetched_once_without_a_cache(tmp_path, s3_endpoint, requests):
     """A converted dataset's Parquet shards carry no footer (the manifest describes
     them): it is read once per shard, not once per epoch, so epoch 2 sends only

@@ -876,13 +876,25 @@ class _RangeFile:
 
 
 def _open(
-    location: FileSystemPath, verify: bool, metadata: pq.FileMetaData | None = None, buffer_size: int = 0
+    location: FileSystemPath,
+    verify: bool,
+    metadata: pq.FileMetaData | None = None,
+    buffer_size: int = 0,
+    cached: bool = False,
 ) -> tuple[pq.ParquetFile, _RawFile]:
     """A ``ParquetFile`` and the file under it, which the caller closes: a native
-    ``OSFile`` for local paths (reads without the GIL), an fsspec file otherwise.
-    Opening the file ourselves means a footer that fails to parse cannot leave
-    a descriptor behind in pyarrow's half-built reader."""
-    raw = pa.OSFile(location.path, "r") if location.is_local else location.fs.open(location.path, "rb")
+    ``OSFile`` for local paths (reads without the GIL), an fsspec file otherwise;
+    ``cached``: the local copy of a remote file when it has a cache (downloaded
+    first if needed; pass its ``metadata``). Opening the file ourselves means a
+    footer that fails to parse cannot leave a descriptor behind in pyarrow's
+    half-built reader."""
+    raw: Any = None
+    if location.is_local:
+        raw = pa.OSFile(location.path, "r")
+    elif cached and location.cache is not None:
+        raw = location.cache.open(location)  # None: not cached (too large, disk full)
+    if raw is None:
+        raw = _open_remote(location, buffer_size)
     try:
         # pre_buffer=False: with pyarrow's default, every open reader keeps the raw bytes of
         # the last row group it read (one row group per handle, per thread and file) until
@@ -896,6 +908,21 @@ def _open(
     except BaseException:
         raw.close()
         raise
+
+
+def _open_remote(location: FileSystemPath, buffer_size: int) -> IO[bytes]:
+    """fsspec's file object for a remote file; reading it through a buffer of
+    ``buffer_size`` (a stream): with no cache of its own, so each read pyarrow
+    makes (a 64 KiB buffer fill, or a whole page) is one request and nothing is
+    held but what the budget counts. fsspec's default read-ahead would hold a
+    block of its own per stream -- 50 MiB on s3fs -- and, with the columns of a
+    row group read in turn, fetch it again at every switch."""
+    if not buffer_size:
+        return location.fs.open(location.path, "rb")
+    try:
+        return location.fs.open(location.path, "rb", block_size=buffer_size, cache_type="none")
+    except TypeError:  # a filesystem whose open takes no cache options
+        return location.fs.open(location.path, "rb")
 
 
 def _read_footer(location: FileSystemPath, verify: bool) -> tuple[pq.FileMetaData, pa.Schema]:
