@@ -24,8 +24,8 @@ Invariants: at most ``decode_slots`` decodes at once, and ``held <=
 scratch_bytes``, except that a unit the scratch cannot hold is read alone,
 and that an admitted piece never waits for bytes fetched ahead for later
 pieces (they cannot be decoded before it: waiting would deadlock), which can
-pass the limit by one unit. Fetching ahead leaves room for one admitted
-unit's fetch and decode.
+pass the limit by one unit. A fetch, ahead or not, leaves room for a decode;
+fetch-ahead jobs run on at most half the pool's threads.
 
 Faults: a failed fetch-ahead job keeps its error, and the read job of that
 piece raises it, so the consumer sees the same error, at the same place in
@@ -109,12 +109,14 @@ class UnitReads:
         self._frontier = 0
         self._ahead: dict[int, _Ahead] = {}
         self._jobs_ahead = 0  # fetch-ahead jobs queued or running
+        # at most half the pool fetches ahead: the read jobs the consumer waits for are not queued behind them
+        self._max_jobs_ahead = pool.num_threads // 2
 
     # ------------------------------------------------------------ fetch ahead
     def ahead(self, first: int, end: int) -> None:
         """Fetch ahead the units of pieces ``first`` (the next piece to admit) to
-        ``end`` (exclusive), in order, as far as the scratch allows, with at most
-        one fetch-ahead job per pool thread at a time."""
+        ``end`` (exclusive), in order, as far as the scratch allows, with fetch-ahead
+        jobs on at most half the pool's threads at a time."""
         fetchable = self._fetchable
         if fetchable is None:
             return
@@ -124,7 +126,7 @@ class UnitReads:
                 return
             self._frontier = p = max(self._frontier, first)
             last = min(end, first + _MAX_AHEAD_PIECES)
-            while p < last and self._jobs_ahead < self._pool.num_threads:
+            while p < last and self._jobs_ahead < self._max_jobs_ahead:
                 if fetchable[p]:
                     estimate = int(plan.stop[p] - plan.start[p]) * self._row_nbytes
                     if self._held + estimate + self._decoded > self._limit:  # leave room for a decode
@@ -154,18 +156,18 @@ class UnitReads:
             sizes = reader.fetch_nbytes([start], [stop])
             if sizes is None:
                 return None
-            self._resize(entry, int(sizes[0]))
+            self._resize(piece, entry, int(sizes[0]))
             return reader.fetch([start], [stop])[0]
         finally:
             self._cache.release(index)
 
-    def _resize(self, entry: _Ahead, nbytes: int) -> None:
+    def _resize(self, piece: int, entry: _Ahead, nbytes: int) -> None:
         with self._room:
             if self._closed:
                 return
             delta, entry.nbytes = nbytes - entry.nbytes, nbytes
             self._hold(delta)
-            if any(e is entry for e in self._ahead.values()):
+            if self._ahead.get(piece) is entry:  # not taken by its read job yet
                 self._held_ahead += delta
             self._room.notify_all()
 

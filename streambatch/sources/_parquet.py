@@ -622,10 +622,14 @@ class _ParquetReader(ShardReader):
         known = shard.__dict__.get("_remote_footer")
         if known is not None:
             return known
-        location = shard.location
-        size = location.size()  # no request when the cache (or a manifest) knows it
-        metadata = shard._metadata if shard._metadata is not None else _fetch_footer(location, size, self._retry)
-        return shard.__dict__.setdefault("_remote_footer", (metadata, size))
+        with _FOOTER_LOCKS[(id(shard) >> 4) % len(_FOOTER_LOCKS)]:  # one request when many threads start at once
+            known = shard.__dict__.get("_remote_footer")
+            if known is not None:
+                return known
+            location = shard.location
+            size = location.size()  # no request when the cache (or a manifest) knows it
+            metadata = shard._metadata if shard._metadata is not None else _fetch_footer(location, size, self._retry)
+            return shard.__dict__.setdefault("_remote_footer", (metadata, size))
 
     def _fetch_groups(self, groups: list[int], names: list[str]) -> list[_FetchedRowGroup]:
         """The column chunks of ``names`` in each row group of ``groups``: every byte
@@ -741,6 +745,8 @@ class _ParquetReader(ShardReader):
 _MAX_GAP = 1 << 20
 #: Bytes of a remote file's end read first for its footer (most footers fit).
 _FOOTER_READ = 64 << 10
+#: Locks for reading a remote footer once per shard (striped: a shard is pickled, a lock is not).
+_FOOTER_LOCKS = tuple(threading.Lock() for _ in range(64))
 
 
 def _chunk_ranges(group: pq.RowGroupMetaData, leaves: list[int]) -> list[tuple[int, int]]:
