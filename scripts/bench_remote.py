@@ -6,9 +6,12 @@ Not a test. The data are local files read through ``slow://``, an asynchronous
 fsspec filesystem (like s3fs, gcsfs and HTTP) that sleeps ``--latency-ms``
 before serving each request, so what is measured is how well the loader
 overlaps requests: ``.npy`` ranges are fetched concurrently per read job
-(``cat_ranges``), a Parquet row group is one request per pool thread, and zarr
-fetches the chunks of a read concurrently. Each configuration reads one
-shuffled epoch (batch 256) in the same process, page cache warm.
+(``cat_ranges``); Parquet row groups and Zarr chunks are fetched outside the
+decode slots, and ahead of the pieces admitted to the ring, as far as the
+decode scratch allows (``streambatch.fetch``). Each configuration reads one
+shuffled epoch (batch 256) in the same process, page cache warm; ``--repeat``
+reads it several times and reports the median (the machine may be shared).
+"in flight" is the mean number of requests waiting on the 20 ms latency.
 
     python scripts/bench_remote.py                         # 300k rows (~156 MB) per format
     python scripts/bench_remote.py --rows 50000 --formats npy   # quick look
@@ -56,6 +59,20 @@ class SlowLocalFS(AsyncFileSystem):
     root_marker = "/"
     latency = 0.02
     requests = 0
+    in_flight = 0
+    #: integral of ``in_flight`` over time since ``reset_counts`` (request-seconds)
+    in_flight_seconds = 0.0
+    _since = 0.0
+
+    @classmethod
+    def reset_counts(cls) -> None:
+        cls.requests, cls.in_flight_seconds, cls._since = 0, 0.0, time.perf_counter()
+
+    @classmethod
+    def _tick(cls, change: int) -> None:  # on the filesystem's one event loop: no lock needed
+        now = time.perf_counter()
+        cls.in_flight_seconds += cls.in_flight * (now - cls._since)
+        cls._since, cls.in_flight = now, cls.in_flight + change
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -67,9 +84,14 @@ class SlowLocalFS(AsyncFileSystem):
         return "/" + path.lstrip("/") if path else "/"
 
     async def _delay(self):
-        type(self).requests += 1
+        cls = type(self)
+        cls.requests += 1
         if self.latency:
-            await asyncio.sleep(self.latency)
+            cls._tick(+1)
+            try:
+                await asyncio.sleep(self.latency)
+            finally:
+                cls._tick(-1)
 
     async def _cat_file(self, path, start=None, end=None, **kwargs):
         await self._delay()
@@ -132,14 +154,23 @@ def write_data(root: str, rows: int, chunk_rows: int) -> dict[str, str]:
     return paths
 
 
-def epoch_rate(source: str, threads: int, memory_limit: str) -> tuple[float, int]:
+def epoch_rate(source: str, threads: int, memory_limit: str) -> tuple[float, float]:
+    """Rows/s of one shuffled epoch, and the mean requests in flight on ``slow://``."""
     loader = sb.Loader(source, batch_size=BATCH, memory_limit=memory_limit, seed=0, num_threads=threads)
+    SlowLocalFS.reset_counts()
     start = time.perf_counter()
     rows = 0
     for batch in loader:
         rows += len(batch["label"])
     elapsed = time.perf_counter() - start
-    return rows / elapsed, rows
+    SlowLocalFS._tick(0)
+    return rows / elapsed, SlowLocalFS.in_flight_seconds / elapsed
+
+
+def median_rate(source: str, threads: int, memory_limit: str, repeat: int) -> tuple[float, float]:
+    """``epoch_rate`` of ``repeat`` runs: the median rate and the in-flight mean of that run."""
+    runs = sorted(epoch_rate(source, threads, memory_limit) for _ in range(repeat))
+    return runs[len(runs) // 2]
 
 
 def cache_rates(paths: dict[str, str], args: argparse.Namespace) -> list[str]:
@@ -225,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
     parser.add_argument("--data-dir", default=None, help="default: a temporary directory")
     parser.add_argument("--cache", action="store_true", help="measure cache_dir against moto S3 instead")
+    parser.add_argument("--repeat", type=int, default=1, help="epochs per configuration: the median is reported")
     args = parser.parse_args(argv)
 
     root = args.data_dir or tempfile.mkdtemp(prefix="sb-bench-remote-")
@@ -240,21 +272,23 @@ def main(argv: list[str] | None = None) -> int:
     ms = f"{args.latency_ms:g} ms"
     lines = [
         "| format | threads | local rows/s | slow:// 0 ms rows/s "
-        f"| slow:// {ms} rows/s | {ms} vs 0 ms | requests/epoch |",
-        "|---|---|---|---|---|---|---|",
+        f"| slow:// {ms} rows/s | {ms} vs 0 ms | requests/epoch | in flight ({ms}) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for fmt in args.formats:
         path = paths[fmt]
         epoch_rate(path, 2, args.memory_limit)  # warm the page cache
         for threads in args.threads:
-            local, _ = epoch_rate(path, threads, args.memory_limit)
+            local, _ = median_rate(path, threads, args.memory_limit, args.repeat)
             SlowLocalFS.latency = 0.0
-            fast, _ = epoch_rate(f"slow://{path}", threads, args.memory_limit)
+            fast, _ = median_rate(f"slow://{path}", threads, args.memory_limit, args.repeat)
             SlowLocalFS.latency = args.latency_ms / 1000
-            SlowLocalFS.requests = 0
-            slow, _ = epoch_rate(f"slow://{path}", threads, args.memory_limit)
+            slow, flight = median_rate(f"slow://{path}", threads, args.memory_limit, args.repeat)
             requests = SlowLocalFS.requests
-            line = f"| {fmt} | {threads} | {local:,.0f} | {fast:,.0f} | {slow:,.0f} | {slow / fast:.2f}x | {requests} |"
+            line = (
+                f"| {fmt} | {threads} | {local:,.0f} | {fast:,.0f} | {slow:,.0f} | {slow / fast:.2f}x "
+                f"| {requests} | {flight:.1f} |"
+            )
             print(line, flush=True)
             lines.append(line)
     print("\n" + "\n".join(lines))

@@ -7,8 +7,11 @@ to be re-raised in the consumer's thread.
 
 Shutdown cancels first and joins second (a join before cancelling deadlocks
 when a job is blocked on slow storage): ``close()`` sets the stop event, fails
-every queued job, then joins each thread with a timeout. Threads are daemons,
-so a read stuck in the kernel can never keep the interpreter alive.
+every queued job, then joins each thread with a timeout. Jobs run under the
+stop event (:func:`~streambatch.sources._retry.stopped_by`), so a job waiting
+between retries, or for a request on an asynchronous filesystem, gives up at
+once instead of holding ``close()`` for its remaining attempts. Threads are
+daemons, so a read stuck in the kernel can never keep the interpreter alive.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
+
+from .sources._retry import Stopped, stopped_by
 
 __all__ = ["BackgroundIterator", "ReaderPool", "Stopped"]
 
@@ -78,6 +83,11 @@ class ReaderPool:
 
 
 def _work(jobs: queue.SimpleQueue[Any], stop: threading.Event) -> None:
+    with stopped_by(stop):
+        _run_jobs(jobs, stop)
+
+
+def _run_jobs(jobs: queue.SimpleQueue[Any], stop: threading.Event) -> None:
     while True:
         item = jobs.get()
         if item is None:
@@ -97,10 +107,6 @@ def _work(jobs: queue.SimpleQueue[Any], stop: threading.Event) -> None:
         del future, fn, item  # drop references to ring slots before blocking again
 
 
-class Stopped(Exception):
-    """Raised inside a producer when its consumer has gone away."""
-
-
 class BackgroundIterator:
     """Runs an iterator on a named daemon thread, handing its items over a queue
     of at most ``depth`` ready items, so the consumer's own work (a training
@@ -115,7 +121,9 @@ class BackgroundIterator:
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(1, depth))
         self._stop = stop
         self._done = False
-        self._thread = threading.Thread(target=_produce, args=(items, self._queue, stop), name=name, daemon=True)
+        self._thread = threading.Thread(
+            target=_produce_until_stopped, args=(items, self._queue, stop), name=name, daemon=True
+        )
         self._thread.start()
 
     def get(self) -> Any:
@@ -143,6 +151,11 @@ class BackgroundIterator:
                 break
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
+
+
+def _produce_until_stopped(items: Iterator[Any], out: queue.Queue[tuple[str, Any]], stop: threading.Event) -> None:
+    with stopped_by(stop):  # reads the producer makes itself (direct .npy rows) stop with it
+        _produce(items, out, stop)
 
 
 def _produce(items: Iterator[Any], out: queue.Queue[tuple[str, Any]], stop: threading.Event) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 
 from .budget import Budget
 from .errors import ReaderError, StreambatchError
+from .fetch import UnitReads
 from .plan import EpochPlan
 from .prefetch import ReaderPool, Stopped
 from .ring import RowRing
@@ -66,8 +67,8 @@ class PieceReads:
         self.stop_piece = plan.num_pieces
         self.job_end = _job_ends(plan.offsets, budget.job_rows)
         self.streams = _Streams(plan, dataset, cache, stop)
-        self._read_piece = _piece_reader(plan, dataset, ring, cache, self.streams, threading.BoundedSemaphore(
-            budget.decode_slots(pool.num_threads)))
+        self.units = UnitReads(plan, dataset, cache, pool, budget, stop)
+        self._read_piece = _piece_reader(plan, dataset, ring, cache, self.streams, self.units)
 
     def start_at(self, first_live: int, stop_piece: int) -> None:
         """Read from piece ``first_live`` on, and nothing from ``stop_piece`` on."""
@@ -85,6 +86,7 @@ class PieceReads:
                     _result(future, self.stop)
         finally:
             self.streams.close()
+            self.units.close()  # units fetched ahead and not read
             self.ring.clear()  # the rows of this plan are emitted or abandoned
 
     def admit(self, need: int = 0) -> None:
@@ -94,6 +96,7 @@ class PieceReads:
         ring's ``arena_bytes``, except for pieces ``< need`` (the segment being
         emitted needs them; without them it could never proceed)."""
         offsets, n = self.offsets, self.stop_piece
+        self.units.ahead(self.admitted, n)  # units after the admitted ones, fetched ahead as memory allows
         ring = self.ring
         capacity = ring.capacity
         while self.admitted < n and len(self.jobs) < _MAX_JOBS_AHEAD:
@@ -277,7 +280,7 @@ def _piece_reader(
     ring: RowRing,
     cache: ReaderCache,
     streams: _Streams,
-    decode: threading.BoundedSemaphore,
+    units: UnitReads,
 ) -> Callable[[np.ndarray], None]:
     """The job body run in pool threads: read ``pieces`` (increasing indices, as
     :func:`_split_by_stream` groups them) into their ring slots.
@@ -309,10 +312,9 @@ def _piece_reader(
                 try:
                     if shard.unit_bounds is None:
                         _read_run(reader, ring, plan, k, run_end)
-                    else:
-                        with decode:
-                            for piece in range(k, run_end):
-                                _read_unit(reader, ring, plan, piece)
+                    else:  # fetched outside the decode slots, decoded inside them
+                        units.read(reader, list(range(k, run_end)),
+                                   lambda source, piece: _read_unit(source, ring, plan, piece))
                 finally:
                     cache.release(index)
             except StreambatchError:

@@ -28,7 +28,7 @@ from fsspec.asyn import AsyncFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 from fsspec.spec import AbstractBufferedFile
 
-__all__ = ["ALL_KINDS", "FlakyFS", "HangFS", "upload"]
+__all__ = ["ALL_KINDS", "FlakyFS", "HangFS", "LatencyFS", "upload"]
 
 _METADATA_NAMES = ("zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata")
 _internal = threading.local()
@@ -265,3 +265,44 @@ class _LocalRangeFile(AbstractBufferedFile):
 
 
 fsspec.register_implementation("hang", HangFS, clobber=True)
+
+
+class LatencyFS(HangFS):
+    """``latency:///abs/path``: local files behind an asynchronous filesystem whose
+    data requests each wait ``latency`` seconds (uniform in ``[0, latency)`` with
+    ``jitter``), as object storage does; counts the data requests in flight at
+    once (``peak``) and in all (``requests``)."""
+
+    protocol = ("latency",)
+    latency: ClassVar[float] = 0.02
+    jitter: ClassVar[bool] = False
+    seed: ClassVar[int] = 0
+    in_flight: ClassVar[int] = 0
+    peak: ClassVar[int] = 0
+    requests: ClassVar[int] = 0
+    _rng: ClassVar[random.Random] = random.Random(0)
+
+    @classmethod
+    def configure(cls, latency: float = 0.02, jitter: bool = False, seed: int = 0) -> None:  # type: ignore[override]
+        cls.latency, cls.jitter, cls.in_flight, cls.peak, cls.requests = latency, jitter, 0, 0, 0
+        cls._rng = random.Random(seed)
+        HangFS.configure.__func__(cls)  # type: ignore[attr-defined]  # never hang
+
+    @classmethod
+    def _strip_protocol(cls, path: str) -> str:
+        path = path[len("latency://") :] if path.startswith("latency://") else path
+        return "/" + path.lstrip("/") if path else "/"
+
+    async def _cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
+        cls = type(self)
+        cls.in_flight += 1  # one event loop: no lock needed
+        cls.requests += 1
+        cls.peak = max(cls.peak, cls.in_flight)
+        try:
+            await asyncio.sleep(cls._rng.uniform(0, cls.latency) if cls.jitter else cls.latency)
+            return self._read(self._strip_protocol(path), start, end)
+        finally:
+            cls.in_flight -= 1
+
+
+fsspec.register_implementation("latency", LatencyFS, clobber=True)

@@ -29,9 +29,13 @@ N = 1200
 #: are still fetching after the first batch.
 BIG = 60_000
 PATIENT = RetryPolicy(max_attempts=8, base_delay=0.001, max_delay=0.01)
-#: A reader blocked on a silent server gives up after 3 x 0.3 s: the bound on
-#: ``close()`` (its retries do not see the stop; the pool joins each thread).
+#: A reader blocked on a silent server gives up after 3 x 0.3 s.
 BOUNDED = RetryPolicy(max_attempts=3, base_delay=0.001, timeout=0.3)
+#: A reader on a silent server would go on for 20 x 5 s, or (no timeout) until the
+#: server answers: ``close()`` must not wait for it (its request is cancelled, its
+#: retries see the stop).
+PATIENT_TIMEOUTS = RetryPolicy(max_attempts=20, base_delay=0.001, timeout=5.0)
+UNBOUNDED = RetryPolicy(max_attempts=20, base_delay=0.001, timeout=None)
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 
 
@@ -216,6 +220,26 @@ def test_close_returns_within_2s_while_a_read_is_blocked(fmt, server):
     while any(t.name.startswith("streambatch-") for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not [t.name for t in threading.enumerate() if t.name.startswith("streambatch-")]
+
+
+@pytest.mark.parametrize("policy", [PATIENT_TIMEOUTS, UNBOUNDED], ids=["timeout-5s-x20", "no-timeout"])
+@pytest.mark.parametrize("fmt", ["parquet", "npy"])
+def test_close_returns_within_2s_while_a_patient_retry_waits_on_a_silent_server(fmt, policy, server):
+    """The server goes silent after the first batch; the readers' requests would be
+    retried for 100 s (or wait for ever): ``close()`` cancels them and returns
+    within 2 s, and within 2 s more no streambatch thread is left."""
+    _, url = _sources(server, BIG)[fmt]
+    loader = _loader(url, retry=policy)
+    with loader:
+        iterator = iter(loader)
+        _block_reads_after_first_batch(server, iterator)
+        started = time.monotonic()
+        iterator.close()
+        assert time.monotonic() - started < 2
+        deadline = time.monotonic() + 2
+        while any(t.name.startswith("streambatch-") for t in threading.enumerate()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not [t.name for t in threading.enumerate() if t.name.startswith("streambatch-")]
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "npy"])

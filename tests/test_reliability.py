@@ -28,10 +28,14 @@ from streambatch.errors import CorruptInputError, ReaderError, SchemaError
 from streambatch.sources._retry import (
     RetryPolicy,
     ShortReadError,
+    Stopped,
+    acall_with_retry,
     call_with_retry,
     is_transient,
     redact,
+    run_on_loop,
     secrets_of,
+    stopped_by,
 )
 from tests.conftest import FORMATS, ids_of, make_columns, write_dataset
 from tests.remote_fixtures import FlakyFS, upload
@@ -253,6 +257,72 @@ def test_call_with_retry_counts_attempts_and_backs_off():
     assert all(0.5 * 2 ** (k - 1) <= jittered.delay(k) <= 2 ** (k - 1) for k in range(1, 4))
 
 
+def test_a_stopped_retry_loop_sends_no_new_attempt_and_its_wait_ends_at_once():
+    """Once the pool's stop event is set, the wait between attempts ends (here it
+    would have been 10 s) and no attempt follows: ``Stopped``."""
+    stop = threading.Event()
+    calls = []
+
+    def fn():
+        calls.append(1)
+        raise ConnectionResetError(errno.ECONNRESET, "reset")
+
+    policy = RetryPolicy(max_attempts=5, base_delay=10.0, jitter=False)
+    timer = threading.Timer(0.2, stop.set)
+    timer.start()
+    started = time.monotonic()
+    with stopped_by(stop), pytest.raises(Stopped):
+        call_with_retry(fn, policy, "x")
+    assert time.monotonic() - started < 1.0 and calls == [1]
+    with stopped_by(stop), pytest.raises(Stopped):  # already stopped: not even a first attempt
+        call_with_retry(fn, policy, "x")
+    assert calls == [1]
+    call_with_retry(lambda: calls.append(2), policy, "x")  # outside the block the event does not apply
+    assert calls == [1, 2]
+
+
+def test_a_stopped_async_retry_and_a_request_on_a_loop_are_cancelled():
+    """``acall_with_retry`` (zarr's store) stops like ``call_with_retry``, and a request
+    waited for with ``run_on_loop`` is cancelled on its loop when the stop is set."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    cancelled = []
+
+    async def silent():
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append(1)
+            raise
+
+    async def failing():
+        raise ConnectionResetError(errno.ECONNRESET, "reset")
+
+    try:
+        stop = threading.Event()
+        threading.Timer(0.2, stop.set).start()
+        started = time.monotonic()
+        with stopped_by(stop), pytest.raises(Stopped):
+            run_on_loop(silent(), loop)
+        assert time.monotonic() - started < 1.0
+        deadline = time.monotonic() + 2
+        while not cancelled and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert cancelled == [1]
+        policy = RetryPolicy(max_attempts=5, base_delay=10.0, jitter=False)
+        with stopped_by(stop), pytest.raises(Stopped):  # stopped: no attempt is sent
+            run_on_loop(acall_with_retry(failing, policy, "x"), loop)
+        with pytest.raises(TimeoutError):
+            run_on_loop(silent(), loop, timeout=0.05)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
 def test_call_with_retry_exhausted_chains_the_last_cause():
     causes = []
 
@@ -423,6 +493,33 @@ def test_close_returns_quickly_while_reads_are_slow(fmt, flaky, flaky_dataset):
     while any(t.name.startswith("streambatch-") for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not [t.name for t in threading.enumerate() if t.name.startswith("streambatch-reader")]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_close_returns_quickly_while_readers_wait_between_retries(fmt, flaky, flaky_dataset):
+    """After the first batch every data request fails and the policy waits 15-30 s
+    before each new attempt: ``close()`` ends those waits (the retries see the
+    pool's stop event), returns within 2 s, and no reader thread outlives it."""
+    _, url = flaky_dataset(fmt, n=60_000, shards=2)  # 2.9 MB: more than the budget holds
+    loader = _loader(url, retry=RetryPolicy(max_attempts=5, base_delay=30.0, max_delay=30.0), num_threads=4)
+    iterator = iter(loader)
+    next(iterator)
+    flaky.configure("always")
+    deadline = time.monotonic() + 0.5
+    while flaky.injected == 0 and time.monotonic() < deadline:  # reads in flight, or fetched ahead, fail
+        time.sleep(0.01)
+    for _ in range(100):  # or else: batches already read, whose slots go to new reads, which fail
+        if flaky.injected:
+            break
+        next(iterator)
+        time.sleep(0.01)
+    assert flaky.injected > 0  # a reader is now waiting to retry
+    elapsed = run_with_deadline(iterator.close, 2.0)
+    print(f"\nclose() with readers waiting between retries took {elapsed:.2f} s")
+    deadline = time.monotonic() + 2.0
+    while any(t.name.startswith("streambatch-") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("streambatch-")]
 
 
 def test_break_during_slow_reads_with_loader_close(flaky, flaky_dataset):

@@ -21,7 +21,16 @@ import numpy as np
 
 from ..errors import RowCountError, SchemaError, UnknownColumnError
 
-__all__ = ["COLUMN_KINDS", "VARIABLE_INDEX_NBYTES", "ColumnSpec", "NotAColumn", "RowStream", "Shard", "ShardReader"]
+__all__ = [
+    "COLUMN_KINDS",
+    "VARIABLE_INDEX_NBYTES",
+    "ColumnSpec",
+    "FetchedUnit",
+    "NotAColumn",
+    "RowStream",
+    "Shard",
+    "ShardReader",
+]
 
 
 #: What a row of a column is: a fixed-size array (``"fixed"``), or of variable size:
@@ -114,6 +123,19 @@ class RowStream(abc.ABC):
         """Release the stream's handles and buffers; idempotent."""
 
 
+class FetchedUnit(abc.ABC):
+    """The fetched, still encoded bytes of one read unit (:meth:`ShardReader.fetch`)."""
+
+    #: bytes held (what ``fetch_nbytes`` said, or more once known)
+    nbytes: int
+
+    @abc.abstractmethod
+    def read_into(self, start: int, stop: int, out: Mapping[str, np.ndarray]) -> None:
+        """Decode rows ``[start, stop)`` (the unit's rows) into ``out``, as
+        :meth:`ShardReader.read_into` would, with no request unless the bytes
+        turn out damaged (then they are fetched again, as a retried read)."""
+
+
 class ShardReader(abc.ABC):
     """Open handles on one shard. ``read_into`` is called concurrently from
     several pool threads, each with its own disjoint ``out`` arrays."""
@@ -131,6 +153,20 @@ class ShardReader(abc.ABC):
             n = stop - start
             self.read_into(start, stop, {c: a[done : done + n] for c, a in out.items()})
             done += n
+
+    def fetch_nbytes(self, starts: list[int], stops: list[int]) -> list[int] | None:
+        """Bytes :meth:`fetch` would hold for each unit ``[starts[i], stops[i])`` (for the
+        budget's fetch term, before the requests are sent), or ``None`` when this
+        reader fetches nothing ahead of its decodes (local files): then
+        :meth:`read_into` reads the units itself."""
+        return None
+
+    def fetch(self, starts: list[int], stops: list[int]) -> list[FetchedUnit]:
+        """The bytes of each unit ``[starts[i], stops[i])``, fetched (requests in flight
+        together where the storage allows) but not decoded: the caller decodes each
+        with its ``read_into``, in a decode slot. Formats whose ``fetch_nbytes`` is not
+        ``None`` implement it."""
+        raise NotImplementedError(f"{type(self).__name__} fetches nothing ahead")
 
     def open_stream(self, start: int, stop: int, rows_per_read: int) -> RowStream:
         """A stream over rows ``[start, stop)`` of one unit, with handles of its own
@@ -196,6 +232,12 @@ class Shard(abc.ABC):
     #: Column name -> the dtype it is delivered as (``open_dataset(cast=...)``); ``columns``
     #: already gives the delivered spec.
     cast: Mapping[str, np.dtype] = _EMPTY
+
+    @property
+    def fetches_units(self) -> bool:
+        """Units are fetched before they are decoded (remote bytes, ``ShardReader.fetch``),
+        so their bytes can be fetched ahead of the reads that decode them."""
+        return False
 
     @property
     @abc.abstractmethod

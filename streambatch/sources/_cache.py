@@ -76,7 +76,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CorruptInputError
-from ._retry import call_with_retry, independent_retries, read_exactly, redact
+from ._retry import ShortReadError, call_with_retry, check_stopped, independent_retries, read_exactly, redact
 
 try:  # POSIX; elsewhere only the atomic renames protect the entries (still correct)
     import fcntl
@@ -196,6 +196,28 @@ class FileCache:
             except _TruncatedEntry:
                 self._reject(path, ident.key, "shorter than when it was checked")
         logger.info("%s: its cache entry kept disappearing (evicted by others): read remotely", location.url)
+        with self._lock:
+            self.stats["bypassed"] += 1
+        return None
+
+    def open(self, location: FileSystemPath) -> _EntryFile | None:
+        """A read-only file object over the local copy of the remote file (downloaded
+        first if needed), of the remote file's size: for readers that read through a
+        file (streamed Parquet row groups). ``None`` when the file is not cached (too
+        large, disk full): the caller opens it remotely. A read that comes back short
+        (the entry was cut while in use) removes the entry and raises a transient
+        ``ShortReadError``: a retry opens the file again, which downloads it again."""
+        for _attempt in range(3):
+            entry = self._entry(location)
+            if entry is None:
+                return None
+            path, ident = entry
+            try:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except FileNotFoundError:  # evicted by another process since it was checked
+                self._forget(ident.key)
+                continue
+            return _EntryFile(self, fd, path, ident)
         with self._lock:
             self.stats["bypassed"] += 1
         return None
@@ -450,10 +472,59 @@ class FileCache:
                 except BlockingIOError:
                     if not wait or time.monotonic() >= deadline:
                         break
+                    check_stopped()  # the loader was closed: stop waiting for another's download
                     time.sleep(_LOCK_POLL)
             yield held
         finally:
             os.close(fd)  # releases the lock
+
+
+class _EntryFile:
+    """A cache entry opened as a read-only file of the remote file's size (the
+    trailer is not part of it), read with ``pread``; one reader at a time."""
+
+    def __init__(self, cache: FileCache, fd: int, path: str, ident: _Identity) -> None:
+        self._cache, self._fd, self._path, self._ident = cache, fd, path, ident
+        self._pos = 0
+        self.closed = False
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def size(self) -> int:
+        return self._ident.size
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = (0, self._pos, self._ident.size)[whence] + offset
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        if self.closed:
+            raise ValueError(f"{self._path}: read of a closed cache entry")
+        lo, hi = _bounds(self._pos, None if n is None or n < 0 else self._pos + n, self._ident.size)
+        data = os.pread(self._fd, hi - lo, lo) if hi > lo else b""
+        while len(data) < hi - lo:
+            more = os.pread(self._fd, hi - lo - len(data), lo + len(data))
+            if not more:
+                self._cache._reject(self._path, self._ident.key, "shorter than when it was checked")
+                raise ShortReadError(f"{self._path}: cache entry cut short at byte {lo + len(data)}: read again")
+            data += more
+        self._pos = hi
+        return data
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self._fd)
 
 
 class _ChecksumMismatch(Exception):

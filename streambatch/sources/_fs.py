@@ -7,6 +7,12 @@ sent through :func:`~._retry.call_with_retry` with the path's ``RetryPolicy``,
 like data reads: a transient failure is sent again, a permanent one (not found,
 permission) is raised at once naming the URL.
 
+On an asynchronous filesystem (s3fs, gcsfs, HTTP) each request is fsspec's
+coroutine, run on the filesystem's event loop and waited for by
+:func:`~._retry.run_on_loop`: cancelled when ``RetryPolicy.timeout`` expires,
+and when the pool of the calling thread stops, so a request to a server that
+went silent never holds ``close()``.
+
 ``exists``/``isdir`` ask ``info`` and classify what it raises, rather than
 calling fsspec's ``exists``/``isdir``, which turn *any* exception (a connection
 reset included) into ``False``, so a file that exists could be reported
@@ -15,6 +21,7 @@ missing after one failed request.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,7 +30,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from ..errors import SourceNotFoundError
-from ._retry import RetryPolicy, call_with_retry, redact, secrets_of
+from ._retry import RetryPolicy, call_with_retry, redact, run_on_loop, secrets_of
 
 if TYPE_CHECKING:
     from ._cache import FileCache
@@ -99,14 +106,19 @@ class FileSystemPath:
         """The policy's per-request timeout (``RetryPolicy.timeout``), if any."""
         return None if self.retry is None else self.retry.timeout
 
-    def _bounded(self, method: str) -> dict[str, Any]:
-        """``timeout=`` for ``fs.<method>`` when it is the synchronous wrapper fsspec
-        makes of an async filesystem's coroutine (set on the instance), whose
-        ``timeout`` cancels the request when it expires; else nothing."""
-        timeout = self.timeout
-        if timeout is None or self.is_local or method not in vars(self.fs):
-            return {}
-        return {"timeout": timeout}
+    def _request(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``fs.<method>(*args, **kwargs)``, one request. When fsspec made that method
+        from a coroutine (an asynchronous filesystem: the synchronous wrapper is set
+        on the instance), the coroutine itself runs on the filesystem's loop, bounded
+        by ``timeout`` and cancelled if the calling thread's pool stops; a
+        synchronous filesystem's call cannot be cancelled and runs as it is."""
+        fs = self.fs
+        if not self._is_async(method):
+            return getattr(fs, method)(*args, **kwargs)
+        return run_on_loop(getattr(fs, f"_{method}")(*args, **kwargs), fs.loop, self.timeout)
+
+    def _is_async(self, method: str) -> bool:
+        return not self.is_local and method in vars(self.fs) and hasattr(self.fs, f"_{method}")
 
     def cat_file(self, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` in one request (bounded by ``timeout``; not retried here).
@@ -120,7 +132,7 @@ class FileSystemPath:
 
     def remote_cat_file(self, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` from the storage itself, never the cache."""
-        return self.fs.cat_file(self.path, start=start, end=end, **self._bounded("cat_file"))
+        return self._request("cat_file", self.path, start=start, end=end)
 
     def cat_ranges(self, starts: list[int], ends: list[int]) -> list[Any]:
         """Several ranges in one call (concurrent on async filesystems); a failed
@@ -130,14 +142,24 @@ class FileSystemPath:
             cached = self.cache.cat_ranges(self, list(starts), list(ends))
             if cached is not None:
                 return cached
+        if self._is_async("cat_file"):
+            # one gather of fsspec's coroutines rather than its ``_cat_ranges``, whose
+            # requests outlive a cancelled call (it waits on tasks it does not cancel)
+            fs, path = self.fs, self.path
+
+            async def gather() -> list[Any]:
+                reads = (fs._cat_file(path, start=s, end=e) for s, e in zip(starts, ends))
+                return await asyncio.gather(*reads, return_exceptions=True)
+
+            return run_on_loop(gather(), fs.loop, self.timeout)
         paths = [self.path] * len(starts)
-        return self.fs.cat_ranges(paths, starts, ends, on_error="return", **self._bounded("cat_ranges"))
+        return self._request("cat_ranges", paths, starts, ends, on_error="return")
 
     def info(self) -> dict[str, Any]:
         """fsspec's ``info`` of the path (``FileNotFoundError`` when it is absent)."""
         if self.is_local:
             return self.fs.info(self.path)
-        return self.call(lambda: self.fs.info(self.path, **self._bounded("info")), "metadata")
+        return self.call(lambda: self._request("info", self.path), "metadata")
 
     def exists(self) -> bool:
         if self.is_local:
@@ -162,11 +184,11 @@ class FileSystemPath:
         known = None if self.cache is None else self.cache.known_size(self)
         if known is not None:  # identified by the cache (or a manifest): no request
             return known
-        return int(self.call(lambda: self.fs.size(self.path, **self._bounded("size")), "size"))
+        return int(self.call(lambda: self._request("size", self.path), "size"))
 
     def ls(self) -> list[dict[str, Any]]:
         """The entries directly under this directory, with details."""
-        return self.call(lambda: self.fs.ls(self.path, detail=True, **self._bounded("ls")), "listing")
+        return self.call(lambda: self._request("ls", self.path, detail=True), "listing")
 
     def read_bytes(self, limit: int | None = None) -> bytes:
         """The file's bytes (its first ``limit`` bytes), read whole in one retried
@@ -209,8 +231,7 @@ def resolve(
 
 def expand_glob(location: FileSystemPath) -> list[FileSystemPath]:
     """Every path a glob pattern matches, sorted; a clear error when none does."""
-    glob = location.fs.glob
-    matches = sorted(location.call(lambda: glob(location.path, **location._bounded("glob")), "glob"))
+    matches = sorted(location.call(lambda: location._request("glob", location.path), "glob"))
     if not matches:
         raise SourceNotFoundError(f"glob {location.url!r} matched no files")
     return [location.child(m) for m in matches]

@@ -83,7 +83,7 @@ import math
 import threading
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import IO, TypeAlias
+from typing import IO, Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -103,9 +103,9 @@ from ._arrow_plans import (
     plans_to_read,
     unreadable_reason,
 )
-from ._base import ColumnSpec, RowStream, Shard, ShardReader
+from ._base import ColumnSpec, FetchedUnit, RowStream, Shard, ShardReader
 from ._fs import FileSystemPath
-from ._retry import RetryPolicy, call_with_retry, read_exactly
+from ._retry import RetryPolicy, ShortReadError, call_with_retry, check_stopped, is_transient, read_exactly
 
 __all__ = ["ParquetShard"]
 
@@ -333,6 +333,11 @@ class ParquetShard(Shard):
     streams_units = True
 
     @property
+    def fetches_units(self) -> bool:
+        """A remote file's row groups are fetched, then decoded from memory."""
+        return not self.location.is_local
+
+    @property
     def unit_bounds(self) -> np.ndarray:
         """Row offsets of the row groups; 0-row groups give equal neighbours."""
         return self._bounds
@@ -545,7 +550,6 @@ class _ParquetReader(ShardReader):
         self._handles: dict[int, tuple[pq.ParquetFile, _RawFile]] = {}
         self._closed = False
         self._retry: RetryPolicy | None = getattr(shard, "retry", None)
-        self._remote: tuple[pq.FileMetaData, int] | None = None  # (footer, file size) of a remote file
 
     def _handle(self) -> pq.ParquetFile:
         key = threading.get_ident()
@@ -568,9 +572,12 @@ class _ParquetReader(ShardReader):
             raise ValueError(f"{self._shard.path}: {len(starts)} starts but {len(stops)} stops")
         self._read_ranges(list(zip(np.asarray(starts).tolist(), np.asarray(stops).tolist(), strict=True)), out)
 
-    def _read_ranges(self, ranges: list[tuple[int, int]], out: Mapping[str, np.ndarray]) -> None:
+    def _read_ranges(
+        self, ranges: list[tuple[int, int]], out: Mapping[str, np.ndarray], fetched: _FetchedRowGroup | None = None
+    ) -> None:
         """Rows of every range, concatenated, into ``out``: validate, split the ranges
-        at row-group bounds, then decode each touched row group once, in file order."""
+        at row-group bounds, then decode each touched row group once, in file order
+        (``fetched``: from those bytes, for the row group they hold)."""
         shard = self._shard
         total = 0
         for start, stop in ranges:
@@ -597,18 +604,21 @@ class _ParquetReader(ShardReader):
             done += stop - start
         names = list(out)
         for group in sorted(pieces):
-            table = self._decode(group, names)
+            table = self._decode(group, names, fetched if fetched is not None and fetched.group == group else None)
             for offset, length, position in pieces[group]:
                 self._copy(table, offset, length, out, position, int(bounds[group]))
 
-    def _decode(self, group: int, names: list[str]) -> pa.Table:
-        """Row group ``group`` of ``names``, checked for its row count and for nulls."""
+    def _decode(self, group: int, names: list[str], fetched: _FetchedRowGroup | None = None) -> pa.Table:
+        """Row group ``group`` of ``names``, checked for its row count and for nulls;
+        decoded from ``fetched`` when given, else read (a remote one fetched first)."""
         path = self._shard.path
         try:
-            if self._shard.location.is_local:
+            if fetched is not None and set(names) <= set(fetched.names):
+                table = self._decode_fetched(fetched, names)
+            elif self._shard.location.is_local:
                 table = self._handle().read_row_group(group, columns=names, use_threads=False)
             else:
-                table = self._decode_remote(group, names)
+                table = self._decode_fetched(self._fetch_groups([group], names)[0], names)
         except (*_TRANSIENT_OS_ERRORS, RemoteReadError):
             raise
         except MemoryError:
@@ -645,59 +655,106 @@ class _ParquetReader(ShardReader):
                 "varying lengths, or exclude the column"
             ))
 
-    # -- remote (fsspec) files: one retried request per row group --------------
+    # -- remote (fsspec) files: fetched, then decoded from memory ------------
+    def fetch_nbytes(self, starts: list[int], stops: list[int]) -> list[int] | None:
+        """The bytes fetched for the row group of each range (see :meth:`fetch`): the
+        coalesced byte ranges of its requested column chunks; ``None`` for a local file."""
+        if self._shard.location.is_local:
+            return None
+        metadata, _ = self._remote_footer()
+        leaves = self._leaf_indices(list(self._plans), metadata)
+        groups = [self._shard.row_group_of(start) for start in starts]
+        return [sum(hi - lo for lo, hi in _chunk_ranges(metadata.row_group(g), leaves)) for g in groups]
+
+    def fetch(self, starts: list[int], stops: list[int]) -> list[FetchedUnit]:
+        """The requested column chunks of the row group of each range, fetched together
+        (one ``cat_ranges`` call: concurrent requests on async filesystems, from the
+        local copy with a cache), not decoded."""
+        for start, stop in zip(starts, stops):
+            group = self._shard.row_group_of(start)
+            if stop > int(self._shard.unit_bounds[group + 1]):
+                raise ValueError(f"{self._shard.path}: rows {start}:{stop} are not inside row group {group}")
+        return list(self._fetch_groups([self._shard.row_group_of(s) for s in starts], list(self._plans)))
+
     def _remote_footer(self) -> tuple[pq.FileMetaData, int]:
-        """The footer and size of the remote file, fetched once per reader (with
-        retries) unless the shard already holds the footer."""
-        with self._lock:
-            if self._remote is not None:
-                return self._remote
+        """The footer and size of the remote file: the shard's footer (a manifest
+        shard has none: read here with ranged requests, which a cache serves), and
+        the size; both kept on the shard, so later readers (epochs) ask nothing."""
+        shard = self._shard
+        known = shard.__dict__.get("_remote_footer")
+        if known is not None:
+            return known
+        with _FOOTER_LOCKS[(id(shard) >> 4) % len(_FOOTER_LOCKS)]:  # one request when many threads start at once
+            known = shard.__dict__.get("_remote_footer")
+            if known is not None:
+                return known
+            location = shard.location
+            size = location.size()  # no request when the cache (or a manifest) knows it
+            metadata = shard._metadata if shard._metadata is not None else _fetch_footer(location, size, self._retry)
+            return shard.__dict__.setdefault("_remote_footer", (metadata, size))
+
+    def _fetch_groups(self, groups: list[int], names: list[str]) -> list[_FetchedRowGroup]:
+        """The column chunks of ``names`` in each row group of ``groups``: every byte
+        range in one ``cat_ranges`` call; a range that failed transiently or came
+        back short is sent again alone (``RetryPolicy``)."""
         location = self._shard.location
-        metadata = self._shard._metadata
-
-        def fetch() -> tuple[pq.FileMetaData, int]:
-            size = location.size()
-            if metadata is not None:
-                return metadata, size
-            pf, raw = _open(location, self._shard.verify)
-            try:
-                return pf.metadata, size
-            finally:
-                pf.close()
-                raw.close()
-
-        found = call_with_retry(fetch, self._retry, f"{location.url} (footer)", secrets=location.secrets)
-        with self._lock:
-            self._remote = found
-        return found
-
-    def _decode_remote(self, group: int, names: list[str]) -> pa.Table:
-        """Row group ``group`` of a remote file: the byte span of its requested
-        column chunks is fetched in one request (retried as a whole when it fails
-        or comes back short), then decoded from memory. Pool threads each fetch
-        their own row groups, so the requests of several threads overlap."""
-        location = self._shard.location
-        metadata, size = self._remote_footer()
+        metadata, _ = self._remote_footer()
         leaves = self._leaf_indices(names, metadata)
-        lo, hi = _column_chunks_span(metadata.row_group(group), leaves)
+        per_group = [_chunk_ranges(metadata.row_group(g), leaves) for g in groups]
+        ranges = [r for rs in per_group for r in rs]
+        check_stopped()
+        results: list[object] = [None] * len(ranges)
+        if len(ranges) > 1:
+            try:
+                results = location.cat_ranges([lo for lo, _ in ranges], [hi for _, hi in ranges])
+            except Exception as e:  # the whole call failed (its timeout): each range alone, retried
+                if not is_transient(e):
+                    raise
+                results = [e] * len(ranges)
+        datas = []
+        k = 0
+        for g, rs in zip(groups, per_group):
+            parts = []
+            for lo, hi in rs:
+                data, results[k] = results[k], None
+                k += 1
+                if not (isinstance(data, (bytes, bytearray, memoryview)) and len(data) == hi - lo):
+                    data = self._fetch_range(g, lo, hi, data)
+                parts.append((lo, data))
+            datas.append(_FetchedRowGroup(self, g, names, parts))
+        return datas
+
+    def _fetch_range(self, group: int, lo: int, hi: int, first: object = None) -> bytes:
+        """Bytes ``[lo, hi)`` of row group ``group``, retried; ``first``: what a batched
+        request returned for them (an error, or too few bytes), counted as attempt 1."""
+        location = self._shard.location
 
         def describe() -> str:
             return f"{location.url} row group {group} (bytes {lo}:{hi})"
 
-        def fetch() -> bytes:
-            data = location.cat_file(lo, hi)
-            return read_exactly(data, hi - lo, describe())  # type: ignore[return-value]
+        failed: BaseException | None = None
+        if isinstance(first, BaseException):
+            failed = first
+        elif first is not None:
+            failed = ShortReadError(f"{describe()}: short read: got {len(first)} of {hi - lo} bytes")  # type: ignore[arg-type]
 
-        data = call_with_retry(fetch, self._retry, describe, secrets=location.secrets) if hi > lo else b""
-        raw = _RangeFile(data, lo, size, self._fetch_outside)
+        def attempt() -> bytes:
+            return read_exactly(location.cat_file(lo, hi), hi - lo, describe())  # type: ignore[return-value]
+
+        return call_with_retry(attempt, self._retry, describe, secrets=location.secrets, first_error=failed)
+
+    def _decode_fetched(self, fetched: _FetchedRowGroup, names: list[str]) -> pa.Table:
+        """Row group ``fetched.group`` of ``names``, decoded from the fetched bytes."""
+        metadata, size = self._remote_footer()
+        raw = _RangeFile(fetched.parts, size, self._fetch_outside)
         pf = pq.ParquetFile(raw, metadata=metadata, page_checksum_verification=self._shard.verify, pre_buffer=False)
         try:
-            return pf.read_row_group(group, columns=names, use_threads=False)
+            return pf.read_row_group(fetched.group, columns=names, use_threads=False)
         finally:
             pf.close()
 
     def _fetch_outside(self, start: int, stop: int) -> bytes:
-        """Bytes pyarrow asks for outside the fetched span (not expected; correct anyway)."""
+        """Bytes pyarrow asks for outside the fetched ranges (not expected; correct anyway)."""
         location = self._shard.location
 
         def fetch() -> bytes:
@@ -744,31 +801,89 @@ class _ParquetReader(ShardReader):
 # --------------------------------------------------------------------------- remote
 
 
-def _column_chunks_span(group: pq.RowGroupMetaData, leaves: list[int]) -> tuple[int, int]:
-    """``[lo, hi)``: the bytes holding the column chunks ``leaves`` of one row group
-    (each chunk starts at its dictionary page, if any, else at its first data page)."""
-    lo, hi = None, 0
+#: Neighbouring column chunks closer than this are fetched in one request (the
+#: bytes between them are cheaper than a request's latency); the fetched bytes,
+#: gaps included, are what ``fetch_nbytes`` counts.
+_MAX_GAP = 1 << 20
+#: Bytes of a remote file's end read first for its footer (most footers fit).
+_FOOTER_READ = 64 << 10
+#: Locks for reading a remote footer once per shard (striped: a shard is pickled, a lock is not).
+_FOOTER_LOCKS = tuple(threading.Lock() for _ in range(64))
+
+
+def _chunk_ranges(group: pq.RowGroupMetaData, leaves: list[int]) -> list[tuple[int, int]]:
+    """The byte ranges ``[lo, hi)`` holding the column chunks ``leaves`` of one row
+    group (each chunk starts at its dictionary page, if any, else at its first data
+    page), sorted, neighbours less than ``_MAX_GAP`` apart merged."""
+    chunks = []
     for j in leaves:
         column = group.column(j)
         start = column.data_page_offset
         dictionary = column.dictionary_page_offset
         if column.has_dictionary_page and dictionary is not None and 0 < dictionary < start:
             start = dictionary
-        lo = start if lo is None else min(lo, start)
-        hi = max(hi, start + column.total_compressed_size)
-    return (0, 0) if lo is None else (int(lo), int(hi))
+        if column.total_compressed_size > 0:
+            chunks.append((int(start), int(start + column.total_compressed_size)))
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(chunks):
+        if merged and lo - merged[-1][1] <= _MAX_GAP:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+def _fetch_footer(location: FileSystemPath, size: int, retry: RetryPolicy | None) -> pq.FileMetaData:
+    """The footer of a remote Parquet file of ``size`` bytes, read with ranged
+    requests (the last ``_FOOTER_READ`` bytes, then the rest of a longer footer),
+    which ``location``'s cache serves; each request retried."""
+    url = location.url
+    if size < _MIN_FILE_BYTES:
+        raise CorruptInputError(f"{url}: not a valid Parquet file: it is {size} bytes long")
+
+    def read(lo: int, hi: int) -> bytes:
+        def attempt() -> bytes:
+            return bytes(read_exactly(location.cat_file(lo, hi), hi - lo, f"{url} (footer) bytes {lo}:{hi}"))
+
+        return call_with_retry(attempt, retry, f"{url} (footer)", secrets=location.secrets)
+
+    tail = read(size - min(size, _FOOTER_READ), size)
+    if tail[-4:] != b"PAR1":
+        raise CorruptInputError(f"{url}: not a valid Parquet file (it does not end with PAR1)")
+    length = int.from_bytes(tail[-8:-4], "little")
+    if length + 8 + 4 > size:
+        raise CorruptInputError(f"{url}: not a valid Parquet file (a footer of {length} bytes in {size})")
+    if length + 8 > len(tail):
+        tail = read(size - 8 - length, size - len(tail)) + tail
+    try:
+        return pq.read_metadata(pa.BufferReader(b"PAR1" + tail[-(length + 8) :]))
+    except (pa.ArrowException, OSError) as e:
+        raise CorruptInputError(f"{url}: not a valid Parquet file ({e})") from e
+
+
+class _FetchedRowGroup(FetchedUnit):
+    """The fetched column chunks of one row group (``parts``: ``(offset, bytes)``)."""
+
+    def __init__(self, reader: _ParquetReader, group: int, names: list[str], parts: list[tuple[int, Any]]) -> None:
+        self._reader = reader
+        self.group = group
+        self.names = names
+        self.parts = parts
+        self.nbytes = sum(len(data) for _, data in parts)
+
+    def read_into(self, start: int, stop: int, out: Mapping[str, np.ndarray]) -> None:
+        self._reader._read_ranges([(start, stop)], out, fetched=self)
 
 
 class _RangeFile:
-    """A read-only file of ``size`` bytes of which ``data`` (starting at ``base``) is in
-    memory: what ``ParquetFile`` reads one row group from. Reads outside ``data``
-    go to ``fetch(start, stop)``."""
+    """A read-only file of ``size`` bytes of which ``parts`` (``(offset, bytes)``,
+    sorted, disjoint) are in memory: what ``ParquetFile`` reads one row group
+    from. Reads outside them go to ``fetch(start, stop)``."""
 
     closed = False
 
-    def __init__(self, data: bytes, base: int, size: int, fetch) -> None:  # type: ignore[no-untyped-def]
-        self._data = memoryview(data)
-        self._base = base
+    def __init__(self, parts: list[tuple[int, Any]], size: int, fetch) -> None:  # type: ignore[no-untyped-def]
+        self._parts = [(lo, memoryview(data)) for lo, data in parts]
         self._size = size
         self._fetch = fetch
         self._pos = 0
@@ -793,43 +908,61 @@ class _RangeFile:
     def size(self) -> int:
         return self._size
 
-    def read(self, n: int = -1) -> bytes:
+    def _span(self, n: int | None) -> tuple[int, int]:
         start = self._pos
-        stop = self._size if n is None or n < 0 else min(self._size, start + n)
+        return start, self._size if n is None or n < 0 else min(self._size, start + n)
+
+    def _held(self, start: int, stop: int) -> memoryview | None:
+        for lo, data in self._parts:
+            if lo <= start and stop <= lo + len(data):
+                return data[start - lo : stop - lo]
+        return None
+
+    def read(self, n: int = -1) -> bytes:
+        start, stop = self._span(n)
         if stop <= start:
             return b""
         self._pos = stop
-        lo, hi = start - self._base, stop - self._base
-        if lo >= 0 and hi <= len(self._data):
-            return self._data[lo:hi].tobytes()
-        return bytes(self._fetch(start, stop))
+        held = self._held(start, stop)
+        return held.tobytes() if held is not None else bytes(self._fetch(start, stop))
 
     def read_buffer(self, n: int = -1) -> memoryview | bytes:
         """Like ``read`` without a copy: pyarrow wraps the returned view."""
-        start = self._pos
-        stop = self._size if n is None or n < 0 else min(self._size, start + n)
-        lo, hi = start - self._base, stop - self._base
-        if stop > start and lo >= 0 and hi <= len(self._data):
+        start, stop = self._span(n)
+        held = self._held(start, stop) if stop > start else None
+        if held is not None:
             self._pos = stop
-            return self._data[lo:hi]
+            return held
         return self.read(n)
 
     def close(self) -> None:
         self.closed = True
-        self._data = memoryview(b"")
+        self._parts = []
 
 
 # --------------------------------------------------------------------------- footer
 
 
 def _open(
-    location: FileSystemPath, verify: bool, metadata: pq.FileMetaData | None = None, buffer_size: int = 0
+    location: FileSystemPath,
+    verify: bool,
+    metadata: pq.FileMetaData | None = None,
+    buffer_size: int = 0,
+    cached: bool = False,
 ) -> tuple[pq.ParquetFile, _RawFile]:
     """A ``ParquetFile`` and the file under it, which the caller closes: a native
-    ``OSFile`` for local paths (reads without the GIL), an fsspec file otherwise.
-    Opening the file ourselves means a footer that fails to parse cannot leave
-    a descriptor behind in pyarrow's half-built reader."""
-    raw = pa.OSFile(location.path, "r") if location.is_local else location.fs.open(location.path, "rb")
+    ``OSFile`` for local paths (reads without the GIL), an fsspec file otherwise;
+    ``cached``: the local copy of a remote file when it has a cache (downloaded
+    first if needed; pass its ``metadata``). Opening the file ourselves means a
+    footer that fails to parse cannot leave a descriptor behind in pyarrow's
+    half-built reader."""
+    raw: Any = None
+    if location.is_local:
+        raw = pa.OSFile(location.path, "r")
+    elif cached and location.cache is not None:
+        raw = location.cache.open(location)  # None: not cached (too large, disk full)
+    if raw is None:
+        raw = _open_remote(location, buffer_size)
     try:
         # pre_buffer=False: with pyarrow's default, every open reader keeps the raw bytes of
         # the last row group it read (one row group per handle, per thread and file) until
@@ -843,6 +976,21 @@ def _open(
     except BaseException:
         raw.close()
         raise
+
+
+def _open_remote(location: FileSystemPath, buffer_size: int) -> IO[bytes]:
+    """fsspec's file object for a remote file; reading it through a buffer of
+    ``buffer_size`` (a stream): with no cache of its own, so each read pyarrow
+    makes (a 64 KiB buffer fill, or a whole page) is one request and nothing is
+    held but what the budget counts. fsspec's default read-ahead would hold a
+    block of its own per stream -- 50 MiB on s3fs -- and, with the columns of a
+    row group read in turn, fetch it again at every switch."""
+    if not buffer_size:
+        return location.fs.open(location.path, "rb")
+    try:
+        return location.fs.open(location.path, "rb", block_size=buffer_size, cache_type="none")
+    except TypeError:  # a filesystem whose open takes no cache options
+        return location.fs.open(location.path, "rb")
 
 
 def _read_footer(location: FileSystemPath, verify: bool) -> tuple[pq.FileMetaData, pa.Schema]:

@@ -136,8 +136,11 @@ class ParquetRowStream(RowStream):
     def _open(self) -> None:
         from ._parquet import _open
 
+        location = self._shard.location
+        # a remote file: the footer its reader holds (read once per shard), and its local copy with a cache
+        metadata = self._shard._metadata if location.is_local else self._reader._remote_footer()[0]
         self._file, self._raw = _open(
-            self._shard.location, self._shard.verify, self._shard._metadata, buffer_size=STREAM_BUFFER_BYTES
+            location, self._shard.verify, metadata, buffer_size=STREAM_BUFFER_BYTES, cached=True
         )
         self._batches = self._file.iter_batches(
             batch_size=self._batch_rows, row_groups=[self._group], columns=self._names, use_threads=False

@@ -20,6 +20,13 @@ botocore and aiohttp errors are recognised by class name and attributes, so
 neither is imported here; s3fs and gcsfs wrap them in ``OSError``, so the
 whole ``__cause__``/``__context__`` chain is inspected.
 
+Stopping: a pool thread runs its jobs inside :func:`stopped_by` (the pool's stop
+event, a context variable, so it reaches the coroutines the thread starts on an
+event loop too). A retry loop then sends no new attempt once the event is set,
+its wait between attempts ends at once, and a request made through
+:func:`run_on_loop` is cancelled: each raises :class:`Stopped`, so ``close()`` does
+not wait for ``max_attempts x timeout`` of a server that went silent.
+
 Credentials: ``redact`` removes ``user:password@`` from URLs and every secret
 value of ``storage_options`` (keys named like key, secret, token, password,
 credential ...) from a text; every message and log line of this module goes
@@ -29,7 +36,10 @@ through it, and an original error whose text holds a secret is replaced, in
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
 import errno
 import logging
 import random
@@ -46,13 +56,17 @@ __all__ = [
     "DEFAULT_POLICY",
     "RetryPolicy",
     "ShortReadError",
+    "Stopped",
     "acall_with_retry",
     "call_with_retry",
+    "check_stopped",
     "independent_retries",
     "is_transient",
     "read_exactly",
     "redact",
+    "run_on_loop",
     "secrets_of",
+    "stopped_by",
 ]
 
 T = TypeVar("T")
@@ -331,6 +345,91 @@ def _safe_cause(error: BaseException, secrets: tuple[str, ...]) -> BaseException
     return _RedactedError(clean)
 
 
+# ----------------------------------------------------------------- stopping
+
+
+class Stopped(Exception):
+    """Raised inside a producer (a read job, a retry loop, a request in flight)
+    when its consumer has gone away."""
+
+
+#: The stop event of the pool (or producer) whose thread is running: set, it ends
+#: retry loops and cancels requests made through ``run_on_loop``. A context variable,
+#: not a thread-local, so the coroutines a thread runs on an event loop see it too.
+_stop_event: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("streambatch_stop", default=None)
+
+#: How often a thread waiting for a request on an event loop looks at its stop event.
+_STOP_POLL_S = 0.05
+
+
+@contextlib.contextmanager
+def stopped_by(event: threading.Event) -> Iterator[None]:
+    """Within this block, retries and requests give up (``Stopped``) once ``event`` is set."""
+    token = _stop_event.set(event)
+    try:
+        yield
+    finally:
+        _stop_event.reset(token)
+
+
+def check_stopped() -> None:
+    """Raise ``Stopped`` if the running pool has been told to stop."""
+    event = _stop_event.get()
+    if event is not None and event.is_set():
+        raise Stopped
+
+
+def _wait_or_stop(delay: float) -> None:
+    event = _stop_event.get()
+    if event is None:
+        time.sleep(delay)
+    elif event.wait(delay):
+        raise Stopped
+
+
+async def _async_wait_or_stop(delay: float) -> None:
+    event = _stop_event.get()
+    if event is None:
+        await asyncio.sleep(delay)
+        return
+    deadline = time.monotonic() + delay
+    while not event.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        await asyncio.sleep(min(left, _STOP_POLL_S))
+    raise Stopped
+
+
+def run_on_loop(coro: Awaitable[T], loop: asyncio.AbstractEventLoop, timeout: float | None = None) -> T:
+    """``await coro`` on ``loop`` (an event loop running in another thread, as fsspec's
+    and zarr's do), waited for from this thread. It is cancelled on the loop when
+    ``timeout`` seconds pass (``TimeoutError``: a transient failure) or when this
+    thread's pool stops (``Stopped``), so a silent server holds no thread."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        raise RuntimeError("run_on_loop called from its own event loop's thread (it would deadlock)")
+    if timeout is not None:
+        coro = asyncio.wait_for(coro, timeout)
+    future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, loop)  # type: ignore[arg-type]
+    event = _stop_event.get()
+    try:
+        while True:
+            try:
+                return future.result(None if event is None else _STOP_POLL_S)
+            except concurrent.futures.TimeoutError:
+                if future.done():
+                    raise  # the request itself timed out
+                if event is not None and event.is_set():
+                    raise Stopped from None
+    finally:
+        if not future.done():
+            future.cancel()  # cancels the task on the loop: no request left running
+
+
 # ----------------------------------------------------------------- the wrapper
 
 
@@ -376,6 +475,8 @@ def call_with_retry(
     request) and failed with it; it counts as attempt 1.
     Inside another ``call_with_retry`` of the same thread, ``fn`` is attempted
     once: the outer call decides whether to send the whole again.
+    Once the running pool stops (:func:`stopped_by`), no attempt is sent and the
+    wait between attempts ends: ``Stopped`` is raised.
     """
     if getattr(_inside, "active", False):
         if first_error is not None:
@@ -389,6 +490,7 @@ def call_with_retry(
         if pending is not None:
             error, pending = pending, None
         else:
+            check_stopped()
             _inside.active = True
             try:
                 return fn()
@@ -398,7 +500,10 @@ def call_with_retry(
                 _inside.active = False
         delay = _after_failure(error, attempt, policy, describe, secrets, rng)
         del error  # no traceback (and the frames' buffers) kept across the sleep
-        sleep(delay)
+        if sleep is time.sleep:
+            _wait_or_stop(delay)
+        else:
+            sleep(delay)
 
 
 def _after_failure(
@@ -449,18 +554,18 @@ async def acall_with_retry(
     secrets: tuple[str, ...] = (),
 ) -> T:
     """``await fn()`` with :func:`call_with_retry`'s rules, sleeping with
-    ``asyncio.sleep`` (for requests made on an event loop, e.g. zarr's store)."""
-    import asyncio
-
+    ``asyncio.sleep`` (for requests made on an event loop, e.g. zarr's store);
+    it stops as :func:`call_with_retry` does."""
     policy = policy or DEFAULT_POLICY
     attempt = 0
     while True:
         attempt += 1
+        check_stopped()
         try:
             return await fn()
         except Exception as error:
             delay = _after_failure(error, attempt, policy, describe, secrets, None)
-        await asyncio.sleep(delay)
+        await _async_wait_or_stop(delay)
 
 
 def read_exactly(data: bytes | bytearray | memoryview, expected: int, describe: str) -> bytes | bytearray | memoryview:

@@ -81,16 +81,17 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
+from zarr.core.array import AsyncArray
 from zarr.core.buffer import Buffer, BufferPrototype, cpu
 from zarr.core.indexing import BasicIndexer
-from zarr.core.sync import collect_aiterator, sync
+from zarr.core.sync import _get_loop, collect_aiterator, sync
 from zarr.errors import NodeNotFoundError
-from zarr.storage import FsspecStore, LocalStore, WrapperStore
+from zarr.storage import FsspecStore, LocalStore, StorePath, WrapperStore
 
 from ..errors import CorruptInputError, RemoteReadError, RowCountError, SchemaError, SourceNotFoundError
-from ._base import ColumnSpec, NotAColumn, Shard, ShardReader
+from ._base import ColumnSpec, FetchedUnit, NotAColumn, Shard, ShardReader
 from ._fs import FileSystemPath
-from ._retry import RetryPolicy, acall_with_retry, call_with_retry, is_transient
+from ._retry import RetryPolicy, acall_with_retry, call_with_retry, check_stopped, is_transient, run_on_loop
 from ._zarr_strings import copy_strings, sampled_row_nbytes, string_plan, string_type
 
 __all__ = ["ZarrShard"]
@@ -256,6 +257,12 @@ class ZarrShard(Shard):
         """Row offsets of the largest chunk (or shard) grid along axis 0."""
         return self._bounds
 
+    @property
+    def fetches_units(self) -> bool:
+        """A remote store's chunk objects are fetched, then decoded (sharded arrays
+        are read as before: a shard object holds many units)."""
+        return not self.location.is_local and any(a.shards is None for a in self._arrays.values())
+
     def open_reader(self, columns: list[str]) -> ShardReader:
         self.check_columns(columns)
         return _ZarrReader(self, {name: self._arrays[name] for name in columns})
@@ -293,12 +300,131 @@ class _ZarrReader(ShardReader):
         self._remote = not shard.location.is_local
         self._retry: RetryPolicy | None = getattr(shard, "retry", None)
         self._text = {name: shard._text[name] for name in arrays if name in shard._text}
+        # remote arrays whose chunks are fetched ahead of their decodes; a sharded array
+        # is not (a shard object holds many units), nor a string array (no fixed chunk
+        # size to reserve): they are read as before, in the decode
+        self._fetched_arrays = (
+            {n: a for n, a in arrays.items() if a.shards is None and n not in self._text} if self._remote else {}
+        )
 
     def read_into(self, start: int, stop: int, out: Mapping[str, Any]) -> None:
         """Rows ``[start, stop)`` into ``out``: a fixed-width array is decoded straight
         into its ``out`` array; a string/bytes array (whose ``out`` is a variable-length
         target) into a NumPy array of strings first, then copied (``copy_strings``)."""
-        if self._closed:
+        self._check_out(start, stop, out)
+        if stop <= start:
+            return
+        decoded = self._decoded_targets(start, stop, out)
+        if self._remote and len(decoded) > 1:
+            self._read_arrays_together(start, stop, decoded)
+        else:
+            for name, target in decoded.items():
+                self._read_array_retried(name, self._arrays[name], start, stop, target)
+        self._copy_strings(start, decoded, out)
+
+    def _decoded_targets(self, start: int, stop: int, out: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Where zarr decodes each array to: ``out``'s own array, or for strings a
+        NumPy array of them (then copied by :meth:`_copy_strings`)."""
+        return {name: np.empty(stop - start, self._arrays[name].dtype) if name in self._text else target
+                for name, target in out.items()}
+
+    def _copy_strings(self, start: int, decoded: Mapping[str, np.ndarray], out: Mapping[str, Any]) -> None:
+        for name in self._text.keys() & out.keys():
+            copy_strings(decoded[name], self._text[name], out[name], self._shard.path, name, start)
+
+    def decode(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` of array ``name`` as the NumPy array zarr decodes them to."""
+        target = np.empty((stop - start, *self._arrays[name].shape[1:]), self._arrays[name].dtype)
+        if stop > start:
+            self._read_array_retried(name, self._arrays[name], start, stop, target)
+        return target
+
+    # -- fetched ahead (remote stores): chunk objects first, decoded after ----
+    def fetch_nbytes(self, starts: list[int], stops: list[int]) -> list[int] | None:
+        """Per unit, the decoded size of the chunks :meth:`fetch` gets (their stored
+        size is not known before they arrive; compressed, it is usually smaller);
+        ``None`` for a local store or when no array is fetched ahead."""
+        if not self._fetched_arrays:
+            return None
+        return [
+            sum(len(_chunk_keys(a, start, stop)) * _chunk_nbytes(a) for a in self._fetched_arrays.values())
+            for start, stop in zip(starts, stops)
+        ]
+
+    def fetch(self, starts: list[int], stops: list[int]) -> list[FetchedUnit]:
+        """The chunk objects of every fetched array over each unit's rows, fetched in
+        one gather on zarr's event loop through the shard's store (its cache and its
+        missing-chunk check included); a request that failed transiently is sent
+        again alone. Not decoded."""
+        for start, stop in zip(starts, stops):
+            if not 0 <= start <= stop <= self._shard.num_rows:
+                raise ValueError(f"{self._shard.path}: rows {start}:{stop} are outside 0:{self._shard.num_rows}")
+        wanted = {
+            key: name
+            for start, stop in zip(starts, stops)
+            for name, array in self._fetched_arrays.items()
+            for key in _chunk_keys(array, start, stop)
+        }
+        keys = list(wanted)
+        store = next(iter(self._fetched_arrays.values())).async_array.store_path.store
+        prototype = self._prototype
+
+        async def get_all() -> list[Any]:
+            return await asyncio.gather(*(store.get(k, prototype) for k in keys), return_exceptions=True)
+
+        check_stopped()
+        results = run_on_loop(get_all(), _get_loop()) if keys else []
+        values: dict[str, Buffer | None] = {}
+        for key, result in zip(keys, results):
+            if isinstance(result, BaseException):
+                result = self._get_retried(wanted[key], store, key, result)
+            values[key] = result
+        del results
+        return [_FetchedChunks(self, start, stop, values) for start, stop in zip(starts, stops)]
+
+    def _get_retried(self, name: str, store: Any, key: str, error: BaseException) -> Buffer | None:
+        """Chunk ``key`` of array ``name`` after its batched request failed with ``error``
+        (attempt 1): sent again alone as the policy says; a chunk missing from a store
+        whose chunks all exist is ``CorruptInputError`` naming it."""
+        if not isinstance(error, Exception):
+            raise error  # CancelledError, KeyboardInterrupt: never retried
+
+        def describe() -> str:
+            return f"{self._shard.path} array {name!r} chunk {key}"
+
+        try:
+            return call_with_retry(
+                lambda: run_on_loop(store.get(key, self._prototype), _get_loop()),
+                self._retry,
+                describe,
+                secrets=self._shard.location.secrets,
+                first_error=error,
+            )
+        except _MissingChunkError as e:
+            raise CorruptInputError(f"{self._shard.path} array {name!r} chunk {e.key}: {_MISSING_HINT}") from None
+
+    def _read_fetched(
+        self, values: Mapping[str, Buffer | None], start: int, stop: int, out: Mapping[str, np.ndarray]
+    ) -> None:
+        """Rows ``[start, stop)`` decoded from fetched chunk objects (a chunk not among
+        them is read from the store); a chunk that does not decode is read again
+        from the store, as a retried read (see ``_read_arrays_together``)."""
+        self._check_out(start, stop, out, open_only=False)  # the reader may be closed since the fetch
+        if stop <= start:
+            return
+        store = _FetchedStore(next(iter(self._fetched_arrays.values())).async_array.store_path.store, values)
+        sources = {}
+        for name in out:
+            array = self._arrays[name].async_array
+            if name in self._fetched_arrays:
+                array = AsyncArray(array.metadata, StorePath(store, array.store_path.path), array.config)
+            sources[name] = array
+        decoded = self._decoded_targets(start, stop, out)
+        self._read_arrays_together(start, stop, decoded, sources)
+        self._copy_strings(start, decoded, out)
+
+    def _check_out(self, start: int, stop: int, out: Mapping[str, np.ndarray], open_only: bool = True) -> None:
+        if open_only and self._closed:
             raise ValueError(f"reader of {self._shard.path} is closed")
         shard = self._shard
         if not 0 <= start <= stop <= shard.num_rows:
@@ -318,37 +444,23 @@ class _ZarrReader(ShardReader):
                     f"{shard.path}: out[{name!r}] is {target.dtype}{list(target.shape)}, "
                     f"expected {spec.dtype}{list(expected)}"
                 )
-        if stop <= start:
-            return
-        decoded = {name: np.empty(stop - start, self._arrays[name].dtype) if name in self._text else target
-                   for name, target in out.items()}
-        if self._remote and len(decoded) > 1:
-            self._read_arrays_together(start, stop, decoded)
-        else:
-            for name, target in decoded.items():
-                self._read_array_retried(name, self._arrays[name], start, stop, target)
-        for name in self._text.keys() & out.keys():
-            copy_strings(decoded[name], self._text[name], out[name], shard.path, name, start)
 
-    def decode(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Rows ``[start, stop)`` of array ``name`` as the NumPy array zarr decodes them to."""
-        target = np.empty((stop - start, *self._arrays[name].shape[1:]), self._arrays[name].dtype)
-        if stop > start:
-            self._read_array_retried(name, self._arrays[name], start, stop, target)
-        return target
-
-    def _read_arrays_together(self, start: int, stop: int, out: Mapping[str, np.ndarray]) -> None:
+    def _read_arrays_together(
+        self, start: int, stop: int, out: Mapping[str, np.ndarray], sources: Mapping[str, AsyncArray] | None = None
+    ) -> None:
         """Remote stores: every array's rows ``[start, stop)`` in one gather on zarr's
         event loop, so their requests overlap (one latency per unit, not one per
-        array). An array whose read fails is read again on its own: a transient
-        error counts as its first attempt, anything else goes through
+        array); ``sources``: the arrays to read from (over fetched chunks), by name.
+        An array whose read fails is read again from the store on its own: a
+        transient error counts as its first attempt, anything else goes through
         ``_read_array`` (which names the missing or corrupt chunk)."""
         names = list(out)
+        arrays = {n: self._arrays[n].async_array for n in names} if sources is None else sources
 
         async def read_all() -> list[Any]:
             reads = [
-                self._arrays[n].async_array._get_selection(
-                    BasicIndexer(slice(start, stop), self._arrays[n].shape, self._arrays[n].metadata.chunk_grid),
+                arrays[n]._get_selection(
+                    BasicIndexer(slice(start, stop), arrays[n].shape, arrays[n].metadata.chunk_grid),
                     out=self._nd_buffer.from_numpy_array(out[n]),
                     prototype=self._prototype,
                 )
@@ -441,6 +553,67 @@ class _ZarrReader(ShardReader):
 
     def close(self) -> None:
         self._closed = True
+
+
+class _FetchedChunks(FetchedUnit):
+    """The fetched chunk objects (``values``: full key -> bytes, ``None`` where the
+    store holds none) of rows ``[start, stop)``; ``values`` may be shared with
+    the other units of one fetch."""
+
+    def __init__(self, reader: _ZarrReader, start: int, stop: int, values: Mapping[str, Buffer | None]) -> None:
+        self._reader = reader
+        self._rows = (start, stop)
+        keys = {k for a in reader._fetched_arrays.values() for k in _chunk_keys(a, start, stop)}
+        self._values = {k: values[k] for k in keys}
+        self.nbytes = sum(len(v) for v in self._values.values() if v is not None)
+
+    def read_into(self, start: int, stop: int, out: Mapping[str, np.ndarray]) -> None:
+        self._reader._read_fetched(self._values, start, stop, out)
+
+
+class _FetchedStore(WrapperStore):  # type: ignore[type-arg]
+    """Serves the ``get`` of fetched keys from memory (a byte range sliced out of
+    them), and delegates everything else to the store it wraps."""
+
+    def __init__(self, store: Store, values: Mapping[str, Buffer | None]) -> None:
+        super().__init__(store)
+        self._values = values
+
+    def _with_store(self, store: Store) -> _FetchedStore:
+        return type(self)(store, self._values)
+
+    async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
+        if key not in self._values:
+            return await self._store.get(key, prototype, byte_range)
+        value = self._values[key]
+        if value is None or byte_range is None:
+            return value
+        size = len(value)
+        if isinstance(byte_range, RangeByteRequest):
+            lo, hi = byte_range.start, byte_range.end
+        elif isinstance(byte_range, OffsetByteRequest):
+            lo, hi = byte_range.offset, size
+        else:
+            lo, hi = max(0, size - byte_range.suffix), size
+        return value[lo:hi]
+
+
+def _chunk_keys(array: Any, start: int, stop: int) -> list[str]:
+    """The store keys of every chunk object of ``array`` over rows ``[start, stop)``."""
+    if stop <= start:
+        return []
+    grid = tuple(array.chunks)
+    rows = grid[0]
+    axes = [range(start // rows, (stop - 1) // rows + 1)]
+    axes += [range(-(-size // step)) for size, step in zip(array.shape[1:], grid[1:], strict=True)]
+    prefix = array.async_array.store_path.path
+    keys = (array.metadata.encode_chunk_key(coords) for coords in itertools.product(*axes))
+    return [f"{prefix}/{key}" if prefix else key for key in keys]
+
+
+def _chunk_nbytes(array: Any) -> int:
+    """Bytes of one decoded chunk of ``array``."""
+    return int(np.prod(array.chunks, dtype=np.int64)) * np.dtype(array.dtype).itemsize
 
 
 def _rows_per_object(array: Any) -> int:
