@@ -25,7 +25,7 @@ sys.path.insert(0, REPO)
 WORKER = r"""
 import json, sys, time
 import streambatch as sb
-import streambatch.reading as reading
+import streambatch.readahead as reading
 
 path, limit, at = sys.argv[1], sys.argv[2], float(sys.argv[3])
 admitted = [0]

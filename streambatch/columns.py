@@ -20,7 +20,7 @@ slot's reference (under the storage's lock, so each reference is dropped once),
 and the chunk is freed with its last reference. So the values held are at most
 those of the rows in the ring's slots -- never more than ``capacity`` rows --
 and, with admission bounded by bytes as well as rows
-(:meth:`streambatch.reading.PieceReads.admit`), about the rows of the shuffle
+(:meth:`streambatch.readahead.PieceReads.admit`), about the rows of the shuffle
 window and the read-ahead. ``nbytes`` counts them exactly, so the reader
 admits against what was really read, not only against the footer's estimate.
 

@@ -2,7 +2,7 @@
 
 The producer runs the stages in order on a batcher thread: plan (the stream
 slices of this epoch and rank) -> window shuffle (row order, computed on
-positions) -> prefetch pool (reads pieces into ring slots) -> batching (gathers
+positions) -> read-ahead (``readahead``: pieces read into ring slots by the thread ``pool``) -> batching (gathers
 ring rows into fixed-size batches), handing batches over a queue of
 ``budget.READY_GROUPS`` groups.
 
@@ -28,8 +28,8 @@ import numpy as np
 from .batching import BatchFiller, batch_sizes
 from .budget import READY_GROUPS, Budget
 from .plan import EpochPlan
-from .prefetch import BackgroundIterator, ReaderPool
-from .reading import PieceReads
+from .pool import BackgroundIterator, ReaderPool
+from .readahead import PieceReads
 from .resume import advance
 from .ring import RowRing
 from .shuffle import Segment, WindowShuffle

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .prefetch import ReaderPool, Stopped
+from .pool import ReaderPool, Stopped
 from .sources._retry import check_stopped
 
 if TYPE_CHECKING:

@@ -488,6 +488,8 @@ def call_with_retry(
     while True:
         attempt += 1
         if pending is not None:
+            if not isinstance(pending, Exception):
+                raise pending  # CancelledError, KeyboardInterrupt: never retried
             error, pending = pending, None
         else:
             check_stopped()

@@ -679,7 +679,7 @@ def _open_store(location: FileSystemPath, allow_missing: bool) -> Any:
             "zarr.json (format 3) or .zarray/.zgroup (format 2); zip stores are not supported"
         )
     if location.is_local:
-        store = LocalStore(location.path, read_only=True)
+        store: Store = LocalStore(location.path, read_only=True)
     else:
         store = FsspecStore(fs=_async_fs(location.fs), path=location.path.rstrip("/"), read_only=True)
         if location.cache is not None:
@@ -827,8 +827,8 @@ def _row_axis(url: str, arrays: dict[str, Any]) -> tuple[int, dict[str, NotAColu
             raise RowCountError(f"{url}: arrays along the row dimension {row_dim!r} differ in length: {listing}")
         rows = next(iter(lengths.values()))
     else:
-        counts = Counter(int(a.shape[0]) for n, a in candidates.items() if n not in ignored)
-        rows = max(counts, key=lambda r: (counts[r], r))
+        lengths_seen = Counter(int(a.shape[0]) for n, a in candidates.items() if n not in ignored)
+        rows = max(lengths_seen, key=lambda r: (lengths_seen[r], r))
     for name, array in candidates.items():
         if name not in ignored and int(array.shape[0]) != rows:
             ignored[name] = NotAColumn(

@@ -1,4 +1,4 @@
-"""Reading pieces into the ring: admission in plan order as ring space allows,
+"""Read-ahead bounded by the ring: pieces admitted in plan order as ring space allows,
 jobs in the reader pool, and waiting for the pieces a segment needs.
 
 Invariant: the ring positions of admitted-but-unreleased pieces,
@@ -29,7 +29,7 @@ from .budget import Budget
 from .errors import ReaderError, StreambatchError
 from .fetch import UnitReads
 from .plan import EpochPlan
-from .prefetch import ReaderPool, Stopped
+from .pool import ReaderPool, Stopped
 from .ring import RowRing
 from .sources import Dataset, RowStream
 from .sources._handles import ReaderCache
