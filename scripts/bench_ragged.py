@@ -117,8 +117,11 @@ def work_generate_embeddings(data: str, rows: int) -> dict:
     return {"root": root}
 
 
-WORKERS = {"generate_tokens": work_generate_tokens, "generate_embeddings": work_generate_embeddings,
-           "epoch": work_epoch}
+WORKERS = {
+    "generate_tokens": work_generate_tokens,
+    "generate_embeddings": work_generate_embeddings,
+    "epoch": work_epoch,
+}
 
 
 # --------------------------------------------------------------------------- driver
@@ -133,8 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--npy-rows", type=int, default=2_000_000, help="rows of the standard float32[128] .npy set")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--fixed-only", action="store_true", help="only the fixed-width .npy before/after rows")
-    parser.add_argument("--embeddings", type=int, default=0, metavar="ROWS",
-                        help="instead: an embedding dataset written by pandas (list<float>[128]) beside .npy")
+    parser.add_argument(
+        "--embeddings",
+        type=int,
+        default=0,
+        metavar="ROWS",
+        help="instead: an embedding dataset written by pandas (list<float>[128]) beside .npy",
+    )
     args = parser.parse_args(argv)
 
     def log(msg: str) -> None:
@@ -144,13 +152,19 @@ def main(argv: list[str] | None = None) -> int:
     paths = _paths(args.data)
     marker = os.path.join(paths["root"], ".done")
     if args.embeddings:
-        r = run_config({"module": "bench_ragged", "kind": "generate_embeddings", "data": args.data,
-                        "rows": args.embeddings}, args.timeout)
+        r = run_config(
+            {"module": "bench_ragged", "kind": "generate_embeddings", "data": args.data, "rows": args.embeddings},
+            args.timeout,
+        )
         if "error" in r:
             raise SystemExit(f"generate failed: {r['error']}")
         configs = [
-            ("`list<float>[128]` embeddings written by pandas `to_parquet` (defaults)",
-             os.path.join(r["root"], "pandas.parquet"), None, None),
+            (
+                "`list<float>[128]` embeddings written by pandas `to_parquet` (defaults)",
+                os.path.join(r["root"], "pandas.parquet"),
+                None,
+                None,
+            ),
             ("the same rows as `.npy` `float32[128]`", os.path.join(r["root"], "npy"), None, None),
         ]
     elif not os.path.exists(marker):
@@ -184,20 +198,26 @@ def main(argv: list[str] | None = None) -> int:
             r = run_config(spec, args.timeout, code=code)
             if "error" in r:
                 raise SystemExit(f"{name}: {r['error']}")
-            log(f"  [{rep + 1}/{args.repeats}] {name}: {r['rows'] / r['seconds']:,.0f} rows/s, "
-                f"VmHWM {fmt_bytes(r['vmhwm_bytes'])}")
+            log(
+                f"  [{rep + 1}/{args.repeats}] {name}: {r['rows'] / r['seconds']:,.0f} rows/s, "
+                f"VmHWM {fmt_bytes(r['vmhwm_bytes'])}"
+            )
             results[name].append(r)
     limit = _parse(args.memory_limit)
-    print(f"memory_limit {args.memory_limit}, batch {BATCH}, shuffled, {args.repeats} fresh processes each "
-          f"(median; peak RSS is the largest VmHWM; contract: <= {fmt_bytes(limit + RSS_SLACK)})\n")
+    print(
+        f"memory_limit {args.memory_limit}, batch {BATCH}, shuffled, {args.repeats} fresh processes each "
+        f"(median; peak RSS is the largest VmHWM; contract: <= {fmt_bytes(limit + RSS_SLACK)})\n"
+    )
     print("| configuration | rows | rows/s | MB/s of values | peak RSS |")
     print("|---|---:|---:|---:|---:|")
     for name, path, _, _ in configs:
         rs = results[name]
         rate = statistics.median(r["rows"] / r["seconds"] for r in rs)
         per_row = _bytes_per_row(path)
-        print(f"| {name} | {rs[0]['rows']:,} | {rate:,.0f} | {rate * per_row / 1e6:,.0f} | "
-              f"{fmt_bytes(max(r['vmhwm_bytes'] for r in rs))} |")
+        print(
+            f"| {name} | {rs[0]['rows']:,} | {rate:,.0f} | {rate * per_row / 1e6:,.0f} | "
+            f"{fmt_bytes(max(r['vmhwm_bytes'] for r in rs))} |"
+        )
     print()
     print(env_block(env, "python scripts/bench_ragged.py " + " ".join(argv if argv is not None else sys.argv[1:])))
     return 0

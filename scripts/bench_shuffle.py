@@ -193,11 +193,19 @@ def run_quality(args, log) -> dict:
             )
             cell.update({k: v for k, v in bound.items() if k.startswith("bound")})
             cells[f"{layout}@{fraction}"] = cell
-            log(f"  {layout} {fraction:>5.0%}: {_brief(cell['new'])}"
+            log(
+                f"  {layout} {fraction:>5.0%}: {_brief(cell['new'])}"
                 + (f" | baseline {_brief(cell['baseline'])}" if args.baseline else "")
-                + (f" | bound {cell['bound']:.2f}" if "bound" in cell else ""))
-    return {"rows": rows, "data_bytes": data_bytes, "cells": cells, "layouts": list(layouts),
-            "fractions": list(fractions), "rounds": args.rounds}
+                + (f" | bound {cell['bound']:.2f}" if "bound" in cell else "")
+            )
+    return {
+        "rows": rows,
+        "data_bytes": data_bytes,
+        "cells": cells,
+        "layouts": list(layouts),
+        "fractions": list(fractions),
+        "rounds": args.rounds,
+    }
 
 
 def _median_run(runs: list[dict]) -> dict:
@@ -246,8 +254,9 @@ def plot_quality(res: dict, path: str) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("memory_limit, % of the data (1.04 GB)")
     ax.set_ylabel("shuffle score (1.0 = full permutation)")
-    ax.set_title("Shuffle quality vs memory: measured (solid), physics bound (dashed), previous loader (dotted)",
-                 fontsize=9)
+    ax.set_title(
+        "Shuffle quality vs memory: measured (solid), physics bound (dashed), previous loader (dotted)", fontsize=9
+    )
     ax.axhline(1.0, color="grey", lw=0.5)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
@@ -260,8 +269,10 @@ def _brief(r: dict) -> str:
     if "error" in r:
         return f"error: {r['error'][:80]}"
     fits = " (fits)" if r.get("fits") else ""
-    return (f"score {r['score']:.2f}{fits}, {r['rows'] / r['seconds'] / 1e6:.2f} M rows/s, "
-            f"first {r['first_batch_s'] * 1000:.0f} ms, peak {r['peak_rss_bytes'] / 2**20:.0f} MiB")
+    return (
+        f"score {r['score']:.2f}{fits}, {r['rows'] / r['seconds'] / 1e6:.2f} M rows/s, "
+        f"first {r['first_batch_s'] * 1000:.0f} ms, peak {r['peak_rss_bytes'] / 2**20:.0f} MiB"
+    )
 
 
 def _cell(r: dict | None) -> str:
@@ -319,13 +330,14 @@ def render_quality(res: dict, env_text: str) -> str:
                 if "rows" not in r:
                     parts.append("—")
                 else:
-                    parts.append(f"{r['rows'] / r['seconds'] / 1e6:.2f} M, {r['first_batch_s'] * 1000:.0f} ms, "
-                                 f"{r['peak_rss_bytes'] / 2**20:.0f} MiB")
+                    parts.append(
+                        f"{r['rows'] / r['seconds'] / 1e6:.2f} M, {r['first_batch_s'] * 1000:.0f} ms, "
+                        f"{r['peak_rss_bytes'] / 2**20:.0f} MiB"
+                    )
             row.append(" / ".join(parts))
         lines.append(f"| {layout} | " + " | ".join(row) + " |")
     if res.get("rounds", 1) > 1:
-        lines += ["", f"Rows/s new ÷ previous loader, per round ({res['rounds']} rounds, alternating):", "",
-                  head, sep]
+        lines += ["", f"Rows/s new ÷ previous loader, per round ({res['rounds']} rounds, alternating):", "", head, sep]
         for layout in res["layouts"]:
             row = []
             for f in fractions:
@@ -344,8 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", default=None, help="a checkout of the code to compare with (e.g. a git worktree)")
     p.add_argument("--layouts", default=None, help=f"comma-separated subset of {','.join(LAYOUTS)}")
     p.add_argument("--timeout", type=float, default=900)
-    p.add_argument("--fractions", default=None, help="comma-separated memory_limit fractions of the data "
-                   f"(default {','.join(str(f) for f in FRACTIONS)})")
+    p.add_argument(
+        "--fractions",
+        default=None,
+        help=f"comma-separated memory_limit fractions of the data (default {','.join(str(f) for f in FRACTIONS)})",
+    )
     p.add_argument("--rounds", type=int, default=1, help="runs per cell, new and baseline alternating (default 1)")
     p.add_argument("--plot", default=None, help="write the score plot here (PNG; needs matplotlib)")
     p.add_argument("--json", default=None, help="write the raw results here")

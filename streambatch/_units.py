@@ -7,9 +7,20 @@ import re
 __all__ = ["parse_bytes"]
 
 _UNITS = {
-    "": 1, "b": 1,
-    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
 }
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
@@ -27,9 +38,7 @@ def parse_bytes(value: int | float | str, name: str = "memory_limit") -> int:
     elif isinstance(value, str):
         match = _PATTERN.match(value)
         if not match or match.group(2).lower() not in _UNITS:
-            raise ValueError(
-                f"{name} must be a byte count or a string like '512MiB' or '2GB', got {value!r}"
-            )
+            raise ValueError(f"{name} must be a byte count or a string like '512MiB' or '2GB', got {value!r}")
         number, unit = float(match.group(1)), match.group(2).lower()
     else:
         raise ValueError(f"{name} must be a byte count or a string like '512MiB', got {value!r}")

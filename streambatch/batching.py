@@ -48,9 +48,7 @@ class BatchFiller:
             return
         self._size = size
 
-    def fill(
-        self, positions: np.ndarray, ready: Callable[[int, int], int] | None = None
-    ) -> Iterator[dict[str, Any]]:
+    def fill(self, positions: np.ndarray, ready: Callable[[int, int], int] | None = None) -> Iterator[dict[str, Any]]:
         """Consume ``positions`` in order, yielding each batch as it completes.
 
         ``ready(a, b)``, if given, is asked before rows ``[a, b)`` are gathered; it
@@ -70,9 +68,7 @@ class BatchFiller:
         n = len(next(iter(rows.values()))) if rows else 0
         return self._consume(n, lambda a, b: (b, {name: values[a:b] for name, values in rows.items()}))
 
-    def _consume(
-        self, n: int, part: Callable[[int, int], tuple[int, dict[str, Any]]]
-    ) -> Iterator[dict[str, Any]]:
+    def _consume(self, n: int, part: Callable[[int, int], tuple[int, dict[str, Any]]]) -> Iterator[dict[str, Any]]:
         """``part(a, b)`` gathers rows ``[a, c)`` for some ``c`` in ``(a, b]`` and returns ``(c, rows)``."""
         i = self.taken = 0
         while i < n and not self.finished:

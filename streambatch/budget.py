@@ -163,11 +163,15 @@ class Budget:
     def shuffle_limit(self) -> str:
         """Why batches mix only ``mixed_units`` parts of the data, for the warning."""
         if self.stream_bytes and self.lanes >= self.streamed_units:
-            return (f"the data has only {self.streamed_units} row group(s), each read front to back: a batch mixes "
-                    "rows of at most that many places in the data whatever the memory_limit")
+            return (
+                f"the data has only {self.streamed_units} row group(s), each read front to back: a batch mixes "
+                "rows of at most that many places in the data whatever the memory_limit"
+            )
         if self.stream_bytes:
-            return (f"memory_limit holds {self.lanes} open row-group streams of "
-                    f"{format_bytes(self.stream_bytes / self.lanes)} each, of the {self.streamed_units} row groups")
+            return (
+                f"memory_limit holds {self.lanes} open row-group streams of "
+                f"{format_bytes(self.stream_bytes / self.lanes)} each, of the {self.streamed_units} row groups"
+            )
         return f"memory_limit holds only {self.window_pieces} read unit(s) of up to {self.max_piece_rows} rows"
 
     @property
@@ -182,8 +186,14 @@ class Budget:
 
     def plan_params(self, shuffle: bool, seed: int, remainder: str) -> PlanParams:
         return PlanParams(
-            shuffle, seed, self.window_pieces, self.piece_rows, self.lanes, remainder,  # type: ignore[arg-type]
-            self.slice_rows, self.stream_min_rows,
+            shuffle,
+            seed,
+            self.window_pieces,
+            self.piece_rows,
+            self.lanes,
+            remainder,  # type: ignore[arg-type]
+            self.slice_rows,
+            self.stream_min_rows,
         )
 
     def describe(self) -> str:
@@ -198,8 +208,11 @@ class Budget:
             f"decode scratch {format_bytes(self.scratch_bytes)}, batches {format_bytes(self.batch_bytes)}, "
             + (f"{self.lanes} streams {format_bytes(self.stream_bytes)}, " if self.stream_bytes else "")
             + f"plan {format_bytes(self.plan_bytes)}{resident}"
-            + (f", variable-length values {format_bytes(self.arena_bytes)} of the ring" if self.variable_row_nbytes
-               else "")
+            + (
+                f", variable-length values {format_bytes(self.arena_bytes)} of the ring"
+                if self.variable_row_nbytes
+                else ""
+            )
         )
 
 
@@ -257,7 +270,9 @@ def _split(
     # (in stored order one stream at a time is enough: a row group larger than the budget
     # is still read, front to back)
     lanes, stream_bytes, streamed_units = _lanes(
-        dataset, memory_limit, max(stream_min_rows, pieces_for(ring_bytes // (row_nbytes + _INDEX_BYTES_PER_ROW))),
+        dataset,
+        memory_limit,
+        max(stream_min_rows, pieces_for(ring_bytes // (row_nbytes + _INDEX_BYTES_PER_ROW))),
         1 if not shuffle else _MAX_LANES,
     )
     ring_bytes -= stream_bytes

@@ -129,37 +129,60 @@ def _add_convert(commands) -> None:
         formatter_class=_Formatter,
     )
     c.set_defaults(command_parser=c)
-    c.add_argument("sources", nargs="+", metavar="SRC",
-                   help="inputs (.npy, .parquet, .zarr, .csv, directories, globs), concatenated in order")
-    c.add_argument("dest", metavar="DEST",
-                   help="the output: a directory (new or empty) or an fsspec URL such as s3://bucket/prefix")
+    c.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SRC",
+        help="inputs (.npy, .parquet, .zarr, .csv, directories, globs), concatenated in order",
+    )
+    c.add_argument(
+        "dest",
+        metavar="DEST",
+        help="the output: a directory (new or empty) or an fsspec URL such as s3://bucket/prefix",
+    )
     c.add_argument("--format", required=True, choices=("parquet", "npy", "zarr"), help="output shard format")
     c.add_argument("--columns", default=None, metavar="A,B", help="comma-separated columns to keep (default: all)")
-    c.add_argument("--exclude", default=None,
-                   help="comma-separated columns to leave out (e.g. strings, which npy and zarr output cannot store)")
+    c.add_argument(
+        "--exclude",
+        default=None,
+        help="comma-separated columns to leave out (e.g. strings, which npy and zarr output cannot store)",
+    )
     _add_cast(c)
     size = c.add_mutually_exclusive_group()
-    size.add_argument("--shard-size", default=None, metavar="BYTES",
-                      help="target bytes per shard, e.g. 256MiB (the default)")
-    size.add_argument("--rows-per-shard", type=int, default=None, metavar="N",
-                      help="exact rows per shard (the last may be short)")
-    c.add_argument("--chunk-rows", type=int, default=None, metavar="N",
-                   help="rows per Parquet row group / Zarr chunk "
-                   "(default ~128 KiB of rows, ~1 MiB with --shuffle: docs/convert.md)")
+    size.add_argument(
+        "--shard-size", default=None, metavar="BYTES", help="target bytes per shard, e.g. 256MiB (the default)"
+    )
+    size.add_argument(
+        "--rows-per-shard", type=int, default=None, metavar="N", help="exact rows per shard (the last may be short)"
+    )
+    c.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=None,
+        metavar="N",
+        help="rows per Parquet row group / Zarr chunk "
+        "(default ~128 KiB of rows, ~1 MiB with --shuffle: docs/convert.md)",
+    )
     offered = sorted({name for names in COMPRESSIONS.values() for name in names})
     per_format = "; ".join(
         f"{fmt}: " + ", ".join(f"{n} (default)" if n == DEFAULT_COMPRESSION[fmt] else n for n in names)
         for fmt, names in COMPRESSIONS.items()
     )
-    c.add_argument("--compression", default=None, choices=offered, metavar="CODEC",
-                   help=f"compression of the shards; {per_format}")
+    c.add_argument(
+        "--compression", default=None, choices=offered, metavar="CODEC", help=f"compression of the shards; {per_format}"
+    )
     c.add_argument("--shuffle", action="store_true", help="write a global random permutation of the rows")
     c.add_argument("--seed", type=int, default=0, metavar="S", help="seed of --shuffle (default 0)")
-    c.add_argument("--memory-limit", default="1GiB", metavar="BYTES",
-                   help="memory budget of the conversion (default 1GiB)")
+    c.add_argument(
+        "--memory-limit", default="1GiB", metavar="BYTES", help="memory budget of the conversion (default 1GiB)"
+    )
     c.add_argument("--workers", type=int, default=1, metavar="N", help="write shards in N processes (default 1)")
-    c.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="run the shard tasks on a dask.distributed scheduler (tcp://host:port)")
+    c.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run the shard tasks on a dask.distributed scheduler (tcp://host:port)",
+    )
     mode = c.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace a previous conversion in DEST")
     mode.add_argument("--resume", action="store_true", help="finish an interrupted conversion into DEST")
@@ -187,7 +210,10 @@ def _add_info(commands) -> None:
 
 def _add_storage_options(command) -> None:
     command.add_argument(
-        "--storage-option", action="append", default=[], metavar="KEY=VALUE",
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="an fsspec storage option for every URL (sources and DEST), e.g. endpoint_url=http://127.0.0.1:9000; "
         "repeatable; true/false become booleans, other values stay strings",
     )
@@ -195,7 +221,10 @@ def _add_storage_options(command) -> None:
 
 def _add_cast(command) -> None:
     command.add_argument(
-        "--cast", action="append", default=[], metavar="COL=DTYPE",
+        "--cast",
+        action="append",
+        default=[],
+        metavar="COL=DTYPE",
         help="read column COL of Parquet/Arrow inputs as DTYPE (Loader(cast=...)): a decimal as float64, a "
         "tz-aware timestamp as datetime64[ns] (UTC), a time of day as timedelta64[us], float64 as float32 ...; "
         "a value DTYPE cannot hold is an error; repeatable",
@@ -272,11 +301,24 @@ def _convert(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             exclude = [c.strip() for c in args.exclude.split(",") if c.strip()]
             columns = columns_excluding(args.sources, exclude, columns, storage_options, cast)
         result = convert(
-            args.sources, args.dest, args.format, columns=columns, cast=cast, shard_size=args.shard_size,
-            rows_per_shard=args.rows_per_shard, chunk_rows=args.chunk_rows, compression=args.compression,
-            shuffle=args.shuffle, seed=args.seed, memory_limit=args.memory_limit, workers=args.workers,
-            scheduler=args.scheduler, overwrite=args.overwrite, resume=args.resume,
-            progress=False if args.quiet else None, storage_options=storage_options,
+            args.sources,
+            args.dest,
+            args.format,
+            columns=columns,
+            cast=cast,
+            shard_size=args.shard_size,
+            rows_per_shard=args.rows_per_shard,
+            chunk_rows=args.chunk_rows,
+            compression=args.compression,
+            shuffle=args.shuffle,
+            seed=args.seed,
+            memory_limit=args.memory_limit,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            progress=False if args.quiet else None,
+            storage_options=storage_options,
         )
     except KeyboardInterrupt:
         print("streambatch convert: interrupted; run again with --resume to finish", file=sys.stderr)

@@ -160,12 +160,23 @@ def run_demo(
 
                 t0 = time.perf_counter()
                 shuffled = os.path.join(root, "parquet-shuffled")
-                convert([path], shuffled, shard_format="parquet", shuffle=True, seed=0,
-                        memory_limit=memory_limit, progress=False)
-                print(f"  converted parquet with `convert --shuffle` in {time.perf_counter() - t0:5.1f} s",
-                      file=out, flush=True)
-                reports.append(measure_in_subprocess(shuffled, "parquet, converted --shuffle", batch_size,
-                                                     memory_limit))
+                convert(
+                    [path],
+                    shuffled,
+                    shard_format="parquet",
+                    shuffle=True,
+                    seed=0,
+                    memory_limit=memory_limit,
+                    progress=False,
+                )
+                print(
+                    f"  converted parquet with `convert --shuffle` in {time.perf_counter() - t0:5.1f} s",
+                    file=out,
+                    flush=True,
+                )
+                reports.append(
+                    measure_in_subprocess(shuffled, "parquet, converted --shuffle", batch_size, memory_limit)
+                )
         print(f"\n{'format':29s} {'rows/s':>12s} {'first batch':>12s} {'peak RSS':>10s} {'score':>6s}", file=out)
         for r in reports:
             print(

@@ -181,9 +181,7 @@ class EpochIterator(Iterator[Batch]):
         if self._stopped:
             raise StopIteration  # closed, failed or finished: only a normal end counts
         if _forks_seen[0] != self._forks:  # checked per batch: cheaper than os.getpid()
-            raise RuntimeError(
-                "this iterator was created in another process (fork); call iter(loader) in this process"
-            )
+            raise RuntimeError("this iterator was created in another process (fork); call iter(loader) in this process")
         try:
             if not self._ready:
                 self._ready.extend(self._batches.get())

@@ -235,8 +235,11 @@ class UnitReads:
                 continue
             # the next pieces not fetched ahead: fetched together, as many as the scratch allows
             end, total = i + 1, sizes[i]
-            while (end < len(pieces) and pieces[end] not in self._ahead
-                   and self._held + total + sizes[end] + self._decoded <= self._limit):
+            while (
+                end < len(pieces)
+                and pieces[end] not in self._ahead
+                and self._held + total + sizes[end] + self._decoded <= self._limit
+            ):
                 total += sizes[end]
                 end += 1
             self._reserve(total)

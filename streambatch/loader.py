@@ -134,8 +134,15 @@ class Loader:
         # exclude / fill_nulls / cast: see open_dataset (columns that cannot be read, nulls,
         # delivered dtypes); cache_dir / cache_limit: a local copy of remote files (see open_dataset)
         self.dataset: Dataset = open_dataset(
-            source, columns, exclude=exclude, fill_nulls=fill_nulls, cast=cast, storage_options=storage_options,
-            retry=retry, cache_dir=cache_dir, cache_limit=cache_limit,
+            source,
+            columns,
+            exclude=exclude,
+            fill_nulls=fill_nulls,
+            cast=cast,
+            storage_options=storage_options,
+            retry=retry,
+            cache_dir=cache_dir,
+            cache_limit=cache_limit,
         )
         self.num_threads = int(num_threads) if num_threads is not None else _default_threads(self.dataset)
         self.pad: dict[str, tuple[int, Any]] = _check_pad(pad, self.dataset)
@@ -288,4 +295,3 @@ def _check_pad(pad: Mapping[str, tuple[int, Any]] | None, dataset: Dataset) -> d
             raise ValueError(f"pad[{name!r}] delivers its lengths as {lengths!r}, which is already a column")
         checked[name] = (int(length), fill)
     return checked
-

@@ -159,9 +159,7 @@ def rows_per_rank(num_rows: int, world_size: int, remainder: Remainder) -> int:
     return -(-num_rows // world_size)
 
 
-def make_plan(
-    dataset: Dataset, params: PlanParams, epoch: int, rank: int = 0, world_size: int = 1
-) -> EpochPlan:
+def make_plan(dataset: Dataset, params: PlanParams, epoch: int, rank: int = 0, world_size: int = 1) -> EpochPlan:
     """The pieces ``rank`` reads in ``epoch``; the same arguments give the same plan."""
     rng = np.random.default_rng(np.random.SeedSequence([params.seed, epoch, _PLAN_STREAM]))
     shard, start, stop = _units(dataset, params, rng)

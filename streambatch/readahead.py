@@ -313,8 +313,9 @@ def _piece_reader(
                     if shard.unit_bounds is None:
                         _read_run(reader, ring, plan, k, run_end)
                     else:  # fetched outside the decode slots, decoded inside them
-                        units.read(reader, list(range(k, run_end)),
-                                   lambda source, piece: _read_unit(source, ring, plan, piece))
+                        units.read(
+                            reader, list(range(k, run_end)), lambda source, piece: _read_unit(source, ring, plan, piece)
+                        )
                 finally:
                     cache.release(index)
             except StreambatchError:

@@ -119,8 +119,13 @@ class LoaderState:
         valid = (
             isinstance(history, list)
             and history
-            and all(isinstance(h, (list, tuple)) and len(h) == 2 and all(isinstance(v, int) and v >= 0 for v in h)
-                    and h[0] >= 1 for h in history)
+            and all(
+                isinstance(h, (list, tuple))
+                and len(h) == 2
+                and all(isinstance(v, int) and v >= 0 for v in h)
+                and h[0] >= 1
+                for h in history
+            )
         )
         if not isinstance(self.epoch, int) or not valid or self.epoch < 0:
             raise StateMismatchError(f"loader state has an invalid epoch/history: {self.epoch!r}, {history!r}")

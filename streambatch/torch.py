@@ -348,8 +348,10 @@ def _normalise(saved: Mapping[str, Any]) -> dict[str, Any]:
     kind = state.get("kind")
     if kind is None and "history" in state:  # a plain Loader state: one stream per rank
         history = state.get("history")
-        if not isinstance(history, list) or not history or not all(
-            isinstance(h, (list, tuple)) and len(h) == 2 for h in history
+        if (
+            not isinstance(history, list)
+            or not history
+            or not all(isinstance(h, (list, tuple)) and len(h) == 2 for h in history)
         ):
             raise StateMismatchError(f"loader state has an invalid history: {history!r}")
         world, delivered = history[-1]

@@ -41,9 +41,7 @@ _PRIMITIVE_KINDS = "biufmM"
 
 #: Why an output format cannot store a variable-length column of each kind.
 _CANNOT_STORE = {
-    "npy": {
-        kind: "a .npy file holds fixed-size rows only" for kind in ("str", "bytes", "list")
-    },
+    "npy": {kind: "a .npy file holds fixed-size rows only" for kind in ("str", "bytes", "list")},
     "zarr": {
         "bytes": "Zarr has no variable-length binary data type",
         "list": "Zarr has no variable-length list data type",
@@ -84,8 +82,9 @@ def arrow_field(name: str, dtype: np.dtype, shape: tuple[int, ...], kind: str = 
     if kind == "list":
         if dtype.kind not in _PRIMITIVE_KINDS or not dtype.isnative:
             raise SchemaError(f"column {name!r}: lists of {dtype} values have no Arrow type; Parquet cannot store it")
-        return pa.field(name, pa.large_list(pa.field("item", pa.from_numpy_dtype(dtype), nullable=False)),
-                        nullable=False)
+        return pa.field(
+            name, pa.large_list(pa.field("item", pa.from_numpy_dtype(dtype), nullable=False)), nullable=False
+        )
     if dtype.hasobject or dtype.itemsize == 0:
         raise SchemaError(f"column {name!r}: dtype {dtype} is not a fixed-size value; Parquet output cannot store it")
     if dtype.fields is not None:
@@ -383,8 +382,11 @@ class NpyWriter:
         self._files = {}
         for name, (dtype, shape) in columns.items():
             f = open(os.path.join(directory, f"{name}.npy"), "wb")  # noqa: SIM115 - closed in close()
-            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-                      "shape": (num_rows, *(int(d) for d in shape))}
+            header = {
+                "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                "fortran_order": False,
+                "shape": (num_rows, *(int(d) for d in shape)),
+            }
             np.lib.format.write_array_header_1_0(f, header)
             self._files[name] = f
         self.rows = 0

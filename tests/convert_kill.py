@@ -24,7 +24,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POINTS = ("before_first_shard", "mid_shard", "between_shards", "manifest")
 
-_SITECUSTOMIZE = '''
+_SITECUSTOMIZE = """
 import os, signal
 
 _point, _n = {point!r}, {n!r}
@@ -94,7 +94,7 @@ elif _point == "pass1_block":
     _before(_inputs.InputReader, "read")
 else:
     raise ValueError(_point)
-'''
+"""
 
 
 def run_killed(args: list[str], hook_dir: str, point: str, n: int = 1, env: dict[str, str] | None = None):

@@ -341,14 +341,16 @@ def mixed_table() -> pa.Table:
     ids = np.arange(M, dtype=np.int64)
     lengths = ids % 7
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    return pa.table({
-        "id": ids,
-        "x": pa.FixedSizeListArray.from_arrays(pa.array(np.repeat(ids, 3).astype(np.float32)), 3),
-        "flag": pa.array(ids % 2 == 0),
-        "kind": pa.DictionaryArray.from_arrays(pa.array(ids % 3, pa.int8()), pa.array(["a", "b", "c"])),
-        "text": pa.array([f"row {i} " + "x" * int(i % 20) for i in range(M)]),
-        "tokens": pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.arange(offsets[-1], dtype=np.int32))),
-    })
+    return pa.table(
+        {
+            "id": ids,
+            "x": pa.FixedSizeListArray.from_arrays(pa.array(np.repeat(ids, 3).astype(np.float32)), 3),
+            "flag": pa.array(ids % 2 == 0),
+            "kind": pa.DictionaryArray.from_arrays(pa.array(ids % 3, pa.int8()), pa.array(["a", "b", "c"])),
+            "text": pa.array([f"row {i} " + "x" * int(i % 20) for i in range(M)]),
+            "tokens": pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.arange(offsets[-1], dtype=np.int32))),
+        }
+    )
 
 
 def _layouts(tmp_path) -> dict[str, str]:
@@ -450,9 +452,13 @@ def test_a_remote_file_reads_as_the_local_one(tmp_path):
 
 def test_a_stream_that_replaces_a_dictionary_is_re_coded_to_the_first_one_and_a_delta_extends_it(tmp_path):
     def batch(codes, values):
-        return pa.record_batch([pa.array(np.arange(len(codes))),
-                                pa.DictionaryArray.from_arrays(pa.array(codes, pa.int8()), pa.array(values))],
-                               names=["id", "kind"])
+        return pa.record_batch(
+            [
+                pa.array(np.arange(len(codes))),
+                pa.DictionaryArray.from_arrays(pa.array(codes, pa.int8()), pa.array(values)),
+            ],
+            names=["id", "kind"],
+        )
 
     first, second = batch([0, 1, 2], ["a", "b", "c"]), batch([0, 1, 0], ["c", "a"])  # a replacement
     path = tmp_path / "replaced.arrows"
@@ -472,8 +478,10 @@ def test_a_stream_that_replaces_a_dictionary_is_re_coded_to_the_first_one_and_a_
         writer.write_batch(batch([1, 0], ["a", "b", "c"]))  # extends the first: written as a delta, + ["c"]
     # the second batch's dictionary is ["a", "b"] + the delta ["c"]: values the categories do not
     # hold are refused, as for a Parquet row group whose dictionary differs
-    with pytest.raises(sb.SchemaError, match=r"values \['c'\] that are not among the categories read at open"), \
-            sb.Loader(delta, batch_size=4, shuffle=False) as loader:
+    with (
+        pytest.raises(sb.SchemaError, match=r"values \['c'\] that are not among the categories read at open"),
+        sb.Loader(delta, batch_size=4, shuffle=False) as loader,
+    ):
         list(loader)
 
 

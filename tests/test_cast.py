@@ -67,8 +67,11 @@ CASTS = [
     ("decimal256-float64", _decimals(2, _n(["1.25", "-7.5", "1e40"]), precision=60, wide=True), "float64"),
     ("ts-utc-ns", pa.array(_n([0, 1_700_000_000_123_456_789, -5]), pa.timestamp("ns", tz="UTC")), "datetime64[ns]"),
     ("ts-paris-us", pa.array(_n([0, 1_711_846_800_000_000]), pa.timestamp("us", tz="Europe/Paris")), "datetime64[us]"),
-    ("ts-paris-us-to-ns", pa.array(_n([7, 1_711_846_800_000_000]), pa.timestamp("us", tz="Europe/Paris")),
-     "datetime64[ns]"),
+    (
+        "ts-paris-us-to-ns",
+        pa.array(_n([7, 1_711_846_800_000_000]), pa.timestamp("us", tz="Europe/Paris")),
+        "datetime64[ns]",
+    ),
     ("ts-naive-ns-to-ms", pa.array(_n([0, 1_000_000, 5_000_000_000]), pa.timestamp("ns")), "datetime64[ms]"),
     ("date32-ms", pa.array(_n([0, 19_000, -1]), pa.date32()), "datetime64[ms]"),
     ("duration-s-ns", pa.array(_n([0, 3600, -1]), pa.duration("s")), "timedelta64[ns]"),
@@ -80,8 +83,11 @@ CASTS = [
     ("int32-int64", pa.array(_n([0, -1, 2**31 - 1]), pa.int32()), "int64"),
     ("uint8-float32", pa.array(_n([0, 255, 7]), pa.uint8()), "float32"),
     ("bool-int8", pa.array(_n([True, False, True])), "int8"),
-    ("fixed-list-float64-float32", pa.array(_n([[0.5, 1.5, 2.5], [-1.0, 0.0, 1e10]]), pa.list_(pa.float64(), 3)),
-     "float32"),
+    (
+        "fixed-list-float64-float32",
+        pa.array(_n([[0.5, 1.5, 2.5], [-1.0, 0.0, 1e10]]), pa.list_(pa.float64(), 3)),
+        "float32",
+    ),
     ("list-const-int64-int16", pa.array(_n([[1, 2], [-3, 4]]), pa.list_(pa.int64())), "int16"),
 ]
 
@@ -156,8 +162,11 @@ def test_a_ragged_list_is_cast_value_by_value_and_its_budget_estimate_follows(tm
 
 def test_the_budget_counts_the_delivered_dtype(tmp_path):
     x = np.arange(N * 4, dtype=np.float64).reshape(N, 4)
-    path = _write("parquet", tmp_path / "x", pa.table({"x": pa.array(list(x), pa.list_(pa.float64(), 4)),
-                                                        "price": _decimals(2, _n(["1.25", "2.5"]))}))
+    path = _write(
+        "parquet",
+        tmp_path / "x",
+        pa.table({"x": pa.array(list(x), pa.list_(pa.float64(), 4)), "price": _decimals(2, _n(["1.25", "2.5"]))}),
+    )
     ds = sb.open_dataset(path, cast={"x": "float32", "price": "float32"})
     assert ds.columns["x"] == (np.float32, (4,)) and ds.row_nbytes == 4 * 4 + 4
     loader = sb.Loader(path, batch_size=8, cast={"x": "float32", "price": "float32"}, memory_limit="1MiB")
@@ -174,12 +183,14 @@ def test_pandas_decimal_objects_and_tz_aware_datetimes(tmp_path):
     import pandas as pd
 
     prices = [decimal.Decimal(f"{i}.{i % 100:02d}") for i in range(N)]
-    df = pd.DataFrame({
-        "id": np.arange(N),
-        "price": prices,  # an object column of Decimal: pyarrow infers decimal128
-        "ts": pd.date_range("2024-01-01", periods=N, freq="37min", tz="Europe/Paris"),
-        "utc": pd.date_range("2024-06-01", periods=N, freq="s", tz="UTC"),
-    })
+    df = pd.DataFrame(
+        {
+            "id": np.arange(N),
+            "price": prices,  # an object column of Decimal: pyarrow infers decimal128
+            "ts": pd.date_range("2024-01-01", periods=N, freq="37min", tz="Europe/Paris"),
+            "utc": pd.date_range("2024-06-01", periods=N, freq="s", tz="UTC"),
+        }
+    )
     path = str(tmp_path / "pandas.parquet")
     df.to_parquet(path, row_group_size=GROUP)
     table = pq.read_table(path)
@@ -222,8 +233,10 @@ def test_duckdb_decimal_timestamptz_and_time(tmp_path):
 
 def test_a_cast_naming_an_unknown_column_is_an_unknown_column_error(tmp_path):
     path = _write("parquet", tmp_path / "a", pa.table({"x": np.arange(N)}))
-    for call in (lambda: sb.open_dataset(path, cast={"nope": "int32"}),
-                 lambda: sb.Loader(path, batch_size=4, cast={"nope": "int32"})):
+    for call in (
+        lambda: sb.open_dataset(path, cast={"nope": "int32"}),
+        lambda: sb.Loader(path, batch_size=4, cast={"nope": "int32"}),
+    ):
         with pytest.raises(sb.UnknownColumnError, match=r"cast: unknown column 'nope' in .*a\.parquet; columns: 'x'"):
             call()
     with pytest.raises(KeyError):
@@ -251,8 +264,10 @@ IMPOSSIBLE = [
 def test_a_cast_the_column_cannot_reach_is_a_schema_error_at_construction(tmp_path, fmt, stored, dtype, words):
     path = _write(fmt, tmp_path / "c", pa.table({"id": np.arange(N), "v": stored}))
     as_stored = (pq.read_schema(path) if fmt == "parquet" else feather.read_table(path).schema).field("v").type
-    for call in (lambda: sb.open_dataset(path, cast={"v": dtype}),
-                 lambda: sb.Loader(path, batch_size=4, cast={"v": dtype})):
+    for call in (
+        lambda: sb.open_dataset(path, cast={"v": dtype}),
+        lambda: sb.Loader(path, batch_size=4, cast={"v": dtype}),
+    ):
         with pytest.raises(sb.SchemaError) as info:
             call()
         message = str(info.value)
@@ -305,8 +320,10 @@ def test_a_value_the_cast_cannot_take_is_refused_at_open_from_the_footer_statist
         with pytest.raises(sb.CastError, match=r"rows 25:26 \(row group 2\)"):
             _read_all(ds)
         return
-    for call in (lambda: sb.open_dataset(path, cast={"v": dtype}),
-                 lambda: sb.Loader(path, batch_size=4, cast={"v": dtype})):
+    for call in (
+        lambda: sb.open_dataset(path, cast={"v": dtype}),
+        lambda: sb.Loader(path, batch_size=4, cast={"v": dtype}),
+    ):
         with pytest.raises(sb.CastError) as info:
             call()
         message = str(info.value)
@@ -404,8 +421,10 @@ def test_a_state_resumes_under_the_same_cast_and_refuses_another(tmp_path):
     with sb.Loader(path, cast={"p": "float64"}, **options) as resumed:
         resumed.load_state_dict(state)
         assert [b["id"].tolist() for b in resumed] == whole[3:]
-    with sb.Loader(path, cast={"p": "float32"}, **options) as other, \
-            pytest.raises(sb.StateMismatchError, match=r"dataset: saved .*cast="):
+    with (
+        sb.Loader(path, cast={"p": "float32"}, **options) as other,
+        pytest.raises(sb.StateMismatchError, match=r"dataset: saved .*cast="),
+    ):
         other.load_state_dict(state)
 
 
@@ -416,21 +435,39 @@ def test_convert_cast_writes_the_cast_dtype_and_records_it(tmp_path):
     import pandas as pd
 
     src = str(tmp_path / "src.parquet")
-    pd.DataFrame({
-        "id": np.arange(N),
-        "price": [decimal.Decimal(f"{i}.5") for i in range(N)],
-        "ts": pd.date_range("2024-01-01", periods=N, freq="h", tz="Europe/Paris"),
-        "x": np.linspace(0, 1, N),
-    }).to_parquet(src, row_group_size=GROUP)
+    pd.DataFrame(
+        {
+            "id": np.arange(N),
+            "price": [decimal.Decimal(f"{i}.5") for i in range(N)],
+            "ts": pd.date_range("2024-01-01", periods=N, freq="h", tz="Europe/Paris"),
+            "x": np.linspace(0, 1, N),
+        }
+    ).to_parquet(src, row_group_size=GROUP)
     with pytest.raises(sb.SchemaError, match="decimals have no numpy equivalent"):
         convert([src], str(tmp_path / "refused"), "parquet", progress=False)
     dest = str(tmp_path / "out")
-    argv = ["convert", src, dest, "--format", "parquet", "--quiet",
-            "--cast", "price=float64", "--cast", "ts=datetime64[ns]", "--cast", "x=float32"]
+    argv = [
+        "convert",
+        src,
+        dest,
+        "--format",
+        "parquet",
+        "--quiet",
+        "--cast",
+        "price=float64",
+        "--cast",
+        "ts=datetime64[ns]",
+        "--cast",
+        "x=float32",
+    ]
     assert main(argv) == 0
     ds = sb.open_dataset(dest)
-    assert ds.columns == {"id": (np.int64, ()), "price": (np.float64, ()), "ts": (np.dtype("M8[ns]"), ()),
-                          "x": (np.float32, ())}
+    assert ds.columns == {
+        "id": (np.int64, ()),
+        "price": (np.float64, ()),
+        "ts": (np.dtype("M8[ns]"), ()),
+        "x": (np.float32, ()),
+    }
     got = _read_all(dest)
     expected = _read_all(src, cast={"price": "float64", "ts": "datetime64[ns]", "x": "float32"})
     for name in expected:
@@ -439,19 +476,53 @@ def test_convert_cast_writes_the_cast_dtype_and_records_it(tmp_path):
         params = json.load(f)["params"]
     assert params["cast"] == {"price": "float64", "ts": "datetime64[ns]", "x": "float32"}
     npy = str(tmp_path / "npy")
-    result = convert([src], npy, "npy", cast={"price": np.float32, "ts": "datetime64[s]"}, columns=["price", "ts"],
-                     progress=False)
+    result = convert(
+        [src], npy, "npy", cast={"price": np.float32, "ts": "datetime64[s]"}, columns=["price", "ts"], progress=False
+    )
     assert result.rows == N and sb.open_dataset(npy).columns["price"] == (np.float32, ())
 
 
 def test_convert_cast_refuses_an_overflow_and_a_csv_input_and_combines_with_exclude(tmp_path, capsys):
-    src = _write("parquet", tmp_path / "src", pa.table({"id": np.arange(N), "big": np.arange(N) * 2**40,
-                                                         "p": _decimals(1, _n(["0.5"]))}))
-    assert main(["convert", src, str(tmp_path / "o1"), "--format", "npy", "--quiet", "--cast", "big=int32",
-                 "--cast", "p=float32"]) == 1
+    src = _write(
+        "parquet",
+        tmp_path / "src",
+        pa.table({"id": np.arange(N), "big": np.arange(N) * 2**40, "p": _decimals(1, _n(["0.5"]))}),
+    )
+    assert (
+        main(
+            [
+                "convert",
+                src,
+                str(tmp_path / "o1"),
+                "--format",
+                "npy",
+                "--quiet",
+                "--cast",
+                "big=int32",
+                "--cast",
+                "p=float32",
+            ]
+        )
+        == 1
+    )
     assert "row group 0: column 'big'" in capsys.readouterr().err
-    assert main(["convert", src, str(tmp_path / "o2"), "--format", "npy", "--quiet", "--exclude", "big",
-                 "--cast", "p=float32"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                src,
+                str(tmp_path / "o2"),
+                "--format",
+                "npy",
+                "--quiet",
+                "--exclude",
+                "big",
+                "--cast",
+                "p=float32",
+            ]
+        )
+        == 0
+    )
     assert sb.open_dataset(str(tmp_path / "o2")).columns == {"id": (np.int64, ()), "p": (np.float32, ())}
     csv = tmp_path / "a.csv"
     csv.write_text("a,b\n1,2.5\n3,4.5\n")
@@ -463,14 +534,27 @@ def test_convert_cast_refuses_an_overflow_and_a_csv_input_and_combines_with_excl
 
 
 def test_info_names_the_cast_a_column_needs_and_shows_it_applied(tmp_path, capsys):
-    path = _write("parquet", tmp_path / "a", pa.table({
-        "id": np.arange(N), "p": _decimals(3, _n(["1.125"])),
-        "ts": pa.array(_n([0]), pa.timestamp("us", tz="UTC")), "t": pa.array(_n([0]), pa.time64("ns")),
-    }))
+    path = _write(
+        "parquet",
+        tmp_path / "a",
+        pa.table(
+            {
+                "id": np.arange(N),
+                "p": _decimals(3, _n(["1.125"])),
+                "ts": pa.array(_n([0]), pa.timestamp("us", tz="UTC")),
+                "t": pa.array(_n([0]), pa.time64("ns")),
+            }
+        ),
+    )
     assert main(["info", path]) == 0
     out = capsys.readouterr().out
-    for hint in ("cast={'p': 'float64'}", "--cast p=float64", "cast={'ts': 'datetime64[us]'}", "the instant in UTC",
-                 "cast={'t': 'timedelta64[ns]'}"):
+    for hint in (
+        "cast={'p': 'float64'}",
+        "--cast p=float64",
+        "cast={'ts': 'datetime64[us]'}",
+        "the instant in UTC",
+        "cast={'t': 'timedelta64[ns]'}",
+    ):
         assert hint in out, (hint, out)
     assert main(["info", path, "--cast", "p=float32", "--cast", "ts=datetime64[us]", "--cast", "t=int64"]) == 0
     out = capsys.readouterr().out

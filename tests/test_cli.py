@@ -135,7 +135,9 @@ def test_info_into_a_closed_pipe_exits_quietly(tmp_path):
     os.close(read_end)
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "streambatch.cli", "info", src], stdout=write_end, stderr=subprocess.PIPE,
+            [sys.executable, "-m", "streambatch.cli", "info", src],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
             timeout=120,
         )
     finally:

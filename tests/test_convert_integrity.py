@@ -190,9 +190,7 @@ def s3(s3_endpoint, tmp_path, monkeypatch):
 def _digests_remote(fs, prefix: str) -> dict[str, str]:
     fs.invalidate_cache()
     return {
-        p[len(prefix) + 1 :]: hashlib.sha256(fs.cat_file(p)).hexdigest()
-        for p in fs.find(prefix)
-        if not p.endswith("/")
+        p[len(prefix) + 1 :]: hashlib.sha256(fs.cat_file(p)).hexdigest() for p in fs.find(prefix) if not p.endswith("/")
     }
 
 
@@ -239,8 +237,9 @@ def test_overwrite_on_s3_leaves_nothing_of_the_previous_layout(tmp_path, s3):
     src = _source(tmp_path)
     url = f"s3://{prefix}"
     convert([src], url, "zarr", storage_options=options, rows_per_shard=500, chunk_rows=50)
-    convert([src], url, "zarr", storage_options=options, rows_per_shard=500, chunk_rows=250, columns=["id"],
-            overwrite=True)
+    convert(
+        [src], url, "zarr", storage_options=options, rows_per_shard=500, chunk_rows=250, columns=["id"], overwrite=True
+    )
     clean = str(tmp_path / "clean")
     convert([src], clean, "zarr", rows_per_shard=500, chunk_rows=250, columns=["id"])
     assert _digests_remote(fs, prefix) == digest_tree(clean)

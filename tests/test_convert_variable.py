@@ -60,12 +60,14 @@ class Source:
 def pandas_file(tmp_path) -> Source:
     import pandas as pd
 
-    frame = pd.DataFrame({
-        "id": np.arange(N),
-        "text": [_text(i) for i in range(N)],
-        "tokens": [np.asarray(_tokens(i), np.int32) for i in range(N)],  # an ndarray per row
-        "blob": [_blob(i) for i in range(N)],
-    })
+    frame = pd.DataFrame(
+        {
+            "id": np.arange(N),
+            "text": [_text(i) for i in range(N)],
+            "tokens": [np.asarray(_tokens(i), np.int32) for i in range(N)],  # an ndarray per row
+            "blob": [_blob(i) for i in range(N)],
+        }
+    )
     path = str(tmp_path / "pandas.parquet")
     frame.to_parquet(path, row_group_size=700)
     return Source(path, {"id": "fixed", "text": "str", "tokens": "list", "blob": "bytes"})
@@ -74,12 +76,14 @@ def pandas_file(tmp_path) -> Source:
 def polars_file(tmp_path) -> Source:
     import polars as pl
 
-    frame = pl.DataFrame({
-        "id": pl.Series(range(N), dtype=pl.Int64),
-        "text": pl.Series([_text(i) for i in range(N)], dtype=pl.Utf8),
-        "tokens": pl.Series([_tokens(i) for i in range(N)], dtype=pl.List(pl.Int32)),
-        "blob": pl.Series([_blob(i) for i in range(N)], dtype=pl.Binary),
-    })
+    frame = pl.DataFrame(
+        {
+            "id": pl.Series(range(N), dtype=pl.Int64),
+            "text": pl.Series([_text(i) for i in range(N)], dtype=pl.Utf8),
+            "tokens": pl.Series([_tokens(i) for i in range(N)], dtype=pl.List(pl.Int32)),
+            "blob": pl.Series([_blob(i) for i in range(N)], dtype=pl.Binary),
+        }
+    )
     path = str(tmp_path / "polars.parquet")
     frame.write_parquet(path, row_group_size=1000)
     return Source(path, {"id": "fixed", "text": "str", "tokens": "list", "blob": "bytes"})
@@ -102,14 +106,16 @@ def duckdb_file(tmp_path) -> Source:
 
 
 def _arrow_table() -> pa.Table:
-    return pa.table({
-        "id": pa.array(np.arange(N), pa.int64()),
-        "text": pa.array([_text(i) for i in range(N)], pa.large_string()),
-        "tokens": pa.array([[v / 2 for v in _tokens(i)] for i in range(N)], pa.large_list(pa.float64())),
-        "mask": pa.array([[k % 3 == 0 for k in range(i % 5)] for i in range(N)], pa.list_(pa.bool_())),
-        "blob": pa.array([_blob(i) for i in range(N)], pa.large_binary()),
-        "emb": pa.array([[i, -i] for i in range(N)], pa.list_(pa.float32(), 2)),  # fixed-size beside
-    })
+    return pa.table(
+        {
+            "id": pa.array(np.arange(N), pa.int64()),
+            "text": pa.array([_text(i) for i in range(N)], pa.large_string()),
+            "tokens": pa.array([[v / 2 for v in _tokens(i)] for i in range(N)], pa.large_list(pa.float64())),
+            "mask": pa.array([[k % 3 == 0 for k in range(i % 5)] for i in range(N)], pa.list_(pa.bool_())),
+            "blob": pa.array([_blob(i) for i in range(N)], pa.large_binary()),
+            "emb": pa.array([[i, -i] for i in range(N)], pa.list_(pa.float32(), 2)),  # fixed-size beside
+        }
+    )
 
 
 _ARROW_KINDS = {"id": "fixed", "text": "str", "tokens": "list", "mask": "list", "blob": "bytes", "emb": "fixed"}
@@ -189,8 +195,11 @@ def test_parquet_output_holds_every_row_once_value_equal_to_the_source(source, t
     schema = pq.read_schema(os.path.join(dest, "part-00000.parquet"))
     for name, kind in source.kinds.items():
         if kind != "fixed":
-            check = {"str": pa.types.is_large_string, "bytes": pa.types.is_large_binary,
-                     "list": pa.types.is_large_list}[kind]
+            check = {
+                "str": pa.types.is_large_string,
+                "bytes": pa.types.is_large_binary,
+                "list": pa.types.is_large_list,
+            }[kind]
             assert check(schema.field(name).type), (name, schema.field(name).type)
     ids = _check(_read(dest), _source_rows(source.path), source.kinds)
     assert sorted(ids) == list(range(N))
@@ -366,8 +375,20 @@ def test_a_killed_conversion_resumes_to_the_bytes_of_an_uninterrupted_run(tmp_pa
     opts = dict(rows_per_shard=700, memory_limit=MEMORY, shuffle=shuffle, seed=5)
     clean, dest = str(tmp_path / "clean"), str(tmp_path / "dest")
     convert([src], clean, "parquet", progress=False, **opts)
-    args = ["convert", src, dest, "--format", "parquet", "--rows-per-shard", "700", "--memory-limit", MEMORY,
-            "--seed", "5", "--quiet"] + (["--shuffle"] if shuffle else [])
+    args = [
+        "convert",
+        src,
+        dest,
+        "--format",
+        "parquet",
+        "--rows-per-shard",
+        "700",
+        "--memory-limit",
+        MEMORY,
+        "--seed",
+        "5",
+        "--quiet",
+    ] + (["--shuffle"] if shuffle else [])
     killed = run_killed(args, str(tmp_path / "hook"), point, n)
     assert was_killed(killed), (killed.returncode, killed.stderr)
     assert not os.path.exists(os.path.join(dest, "manifest.json"))

@@ -93,11 +93,16 @@ def _write_arrow(path: str, n: int, stream: bool) -> str:
                     lengths = ids[part] % 128
                     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
                     values = np.arange(int(offsets[-1]), dtype=np.int32)
-                    writer.write_batch(pa.record_batch([
-                        pa.FixedSizeListArray.from_arrays(pa.array(block["x"][part].reshape(-1)), WIDTH),
-                        pa.array(block["label"][part]),
-                        pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
-                    ], schema=schema))
+                    writer.write_batch(
+                        pa.record_batch(
+                            [
+                                pa.FixedSizeListArray.from_arrays(pa.array(block["x"][part].reshape(-1)), WIDTH),
+                                pa.array(block["label"][part]),
+                                pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+                            ],
+                            schema=schema,
+                        )
+                    )
     return path
 
 

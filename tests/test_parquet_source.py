@@ -301,9 +301,7 @@ def test_fixed_size_list_shape_metadata_must_hold_the_same_number_of_values(tmp_
 
 
 def test_columns_keep_schema_order(tmp_path):
-    t = pa.table(
-        {"c": np.zeros(3, np.int8), "a": np.zeros(3, np.int8), "s": [{"p": 1}] * 3, "b": np.zeros(3, np.int8)}
-    )
+    t = pa.table({"c": np.zeros(3, np.int8), "a": np.zeros(3, np.int8), "s": [{"p": 1}] * 3, "b": np.zeros(3, np.int8)})
     shard = shard_of(write(tmp_path / "o.parquet", t))
     assert list(shard.columns) == ["c", "a", "b"]
     assert list(shard.unsupported) == ["s"]

@@ -144,8 +144,14 @@ def test_the_ranks_deliver_every_row_once_and_the_same_number_of_batches(dataset
 #: 76 rows (pieces of 20) and batches are 57 rows, fails with "internal error: piece 5 cannot
 #: be admitted (ring of 76 rows full)" (shuffle off or on; batch sizes 50 or 60 pass)
 _RING_FULL_ON_RESUME = {
-    "data": ("npy", 117, 1, 1, 64), "batch_size": 57, "shuffle": False, "drop_last": False,
-    "remainder": "pad", "seed": 0, "memory_limit": "96KiB", "world_size": 1,
+    "data": ("npy", 117, 1, 1, 64),
+    "batch_size": 57,
+    "shuffle": False,
+    "drop_last": False,
+    "remainder": "pad",
+    "seed": 0,
+    "memory_limit": "96KiB",
+    "world_size": 1,
 }
 
 

@@ -492,7 +492,9 @@ def test_finding_nested_list_lengths_at_open_does_not_read_the_whole_column_chun
     values = np.arange(n * 16, dtype=np.float32).reshape(n, 4, 4)
     pq.write_table(
         pa.table({"m": pa.array(values.tolist(), pa.list_(pa.list_(pa.float32())))}),
-        path, row_group_size=n, compression="none",
+        path,
+        row_group_size=n,
+        compression="none",
     )
     assert os.path.getsize(path) > 10 << 20
     code = (

@@ -181,9 +181,7 @@ def test_missing_file_is_not_retried(flaky, flaky_dataset):
 
 
 @pytest.mark.parametrize("fmt", ["npy", "parquet", "zarr"])
-def test_exhausted_retries_raise_remote_read_error_naming_url_without_credentials(
-    fmt, flaky, tmp_path, caplog
-):
+def test_exhausted_retries_raise_remote_read_error_naming_url_without_credentials(fmt, flaky, tmp_path, caplog):
     root = tmp_path / "src"
     root.mkdir()
     local = write_dataset(fmt, root, make_columns(500), 100, 1)
@@ -601,8 +599,10 @@ def test_twenty_epochs_do_not_grow_memory(fmt, flaky, flaky_dataset):
         fds1 = len(os.listdir("/proc/self/fd"))
     finally:
         tracemalloc.stop()
-    print(f"\n{fmt}: heap +{(heap1 - heap0) / 1e3:.0f} kB, arrow +{(arrow1 - arrow0) / 1e3:.0f} kB, "
-          f"rss +{(rss1 - rss0) / 1e6:.1f} MB, fds {fds0}->{fds1}")
+    print(
+        f"\n{fmt}: heap +{(heap1 - heap0) / 1e3:.0f} kB, arrow +{(arrow1 - arrow0) / 1e3:.0f} kB, "
+        f"rss +{(rss1 - rss0) / 1e6:.1f} MB, fds {fds0}->{fds1}"
+    )
     assert heap1 - heap0 < 1 << 20
     assert arrow1 - arrow0 < 1 << 20
     assert rss1 - rss0 < 32 << 20

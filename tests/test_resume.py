@@ -266,8 +266,13 @@ def test_a_flat_state_of_format_1_or_2_still_resumes(dataset_factory, version):
         next(it)
     it.close()
     state = loader.state_dict()
-    flat = {"format_version": version, "epoch": state["epoch"], "history": state["history"], "rank": state["rank"],
-            **state["order"]}
+    flat = {
+        "format_version": version,
+        "epoch": state["epoch"],
+        "history": state["history"],
+        "rank": state["rank"],
+        **state["order"],
+    }
     a, b = _loader(path), _loader(path)
     a.load_state_dict(state)
     b.load_state_dict(flat)

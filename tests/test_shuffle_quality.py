@@ -195,8 +195,12 @@ def test_a_million_row_group_runs_at_64mib_within_the_rss_bound(tmp_path):
     n = 1 << 20
     path = str(tmp_path / "pandas-default.parquet")
     x = np.random.default_rng(0).standard_normal((n, 32), dtype=np.float32)  # 136 MB of rows
-    table = pa.table({"x": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 32),
-                      "label": (np.arange(n) * CLASSES // n).astype(np.int64)})
+    table = pa.table(
+        {
+            "x": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 32),
+            "label": (np.arange(n) * CLASSES // n).astype(np.int64),
+        }
+    )
     pq.write_table(table, path)  # pyarrow's default row group: all 1,048,576 rows
     del x, table
     assert pq.ParquetFile(path).metadata.num_row_groups == 1
@@ -264,4 +268,3 @@ def test_zarr_chunks_of_half_the_budget_run_at_64mib_within_the_rss_bound(tmp_pa
     rows, peak = map(int, done.stdout.split())
     assert rows == n
     assert peak <= (64 << 20) + (300 << 20), f"peak RSS {peak / 2**20:.0f} MiB"
-

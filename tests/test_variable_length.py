@@ -48,12 +48,14 @@ class Case:
 
 
 def _table(rows, tokens_type, text_type, blob_type) -> pa.Table:
-    return pa.table({
-        "id": pa.array(rows["id"], pa.int64()),
-        "tokens": pa.array([t.tolist() for t in rows["tokens"]], tokens_type),
-        "text": pa.array(rows["text"], text_type),
-        "blob": pa.array(rows["blob"], blob_type),
-    })
+    return pa.table(
+        {
+            "id": pa.array(rows["id"], pa.int64()),
+            "tokens": pa.array([t.tolist() for t in rows["tokens"]], tokens_type),
+            "text": pa.array(rows["text"], text_type),
+            "blob": pa.array(rows["blob"], blob_type),
+        }
+    )
 
 
 KINDS = {"id": "fixed", "tokens": "list", "text": "str", "blob": "bytes"}
@@ -73,12 +75,14 @@ def polars_parquet(tmp_path) -> Case:
 
     rows = _rows(1)
     path = str(tmp_path / "polars.parquet")
-    frame = pl.DataFrame({
-        "id": rows["id"],
-        "tokens": pl.Series([t.tolist() for t in rows["tokens"]], dtype=pl.List(pl.Int32)),
-        "text": pl.Series(rows["text"], dtype=pl.Utf8),
-        "blob": pl.Series(rows["blob"], dtype=pl.Binary),
-    })
+    frame = pl.DataFrame(
+        {
+            "id": rows["id"],
+            "tokens": pl.Series([t.tolist() for t in rows["tokens"]], dtype=pl.List(pl.Int32)),
+            "text": pl.Series(rows["text"], dtype=pl.Utf8),
+            "blob": pl.Series(rows["blob"], dtype=pl.Binary),
+        }
+    )
     frame.write_parquet(path, row_group_size=256)
     return Case(path, rows, KINDS, {})
 
@@ -135,8 +139,14 @@ def arrow_stream(tmp_path) -> Case:
 
 
 CASES: list[Callable] = [
-    pandas_parquet, polars_parquet, pyarrow_long_offsets, pyarrow_strings, parquet_streamed,
-    arrow_file, arrow_compressed, arrow_stream,
+    pandas_parquet,
+    polars_parquet,
+    pyarrow_long_offsets,
+    pyarrow_strings,
+    parquet_streamed,
+    arrow_file,
+    arrow_compressed,
+    arrow_stream,
 ]
 
 
@@ -356,8 +366,16 @@ def test_convert_refuses_a_variable_length_column_an_output_cannot_store_by_name
     err = capsys.readouterr().err
     assert "column 'tokens' is variable-length (list<int32>)" in err and "--exclude tokens" in err
     assert "--format parquet" in err
-    args = ["convert", path, str(tmp_path / f"ok-{output}"), "--format", output, "--quiet",
-            "--exclude", "tokens,text,blob"]
+    args = [
+        "convert",
+        path,
+        str(tmp_path / f"ok-{output}"),
+        "--format",
+        output,
+        "--quiet",
+        "--exclude",
+        "tokens,text,blob",
+    ]
     assert cli.main(args) == 0
 
 
@@ -412,8 +430,13 @@ def test_peak_rss_stays_within_the_budget_for_long_rows(tmp_path):
     limit = 64 << 20
     script = tmp_path / "rss.py"
     script.write_text(_RSS_SCRIPT)
-    done = subprocess.run([sys.executable, str(script), path, str(limit)], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    done = subprocess.run(
+        [sys.executable, str(script), path, str(limit)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout)
     assert found["rows"] == n
@@ -450,10 +473,17 @@ def test_torch_takes_padded_lists_and_strings_and_names_the_remedy_for_ragged(tm
 def test_an_npy_loader_never_imports_pyarrow(tmp_path):
     # the column kinds import pyarrow only to build string batches: .npy-only use stays light
     np.save(tmp_path / "x.npy", np.arange(10))
-    code = (f"import sys, streambatch as sb; batches = list(sb.Loader({str(tmp_path)!r}, batch_size=4)); "
-            "assert 'pyarrow' not in sys.modules, 'pyarrow was imported'")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": os.getcwd()})
+    code = (
+        f"import sys, streambatch as sb; batches = list(sb.Loader({str(tmp_path)!r}, batch_size=4)); "
+        "assert 'pyarrow' not in sys.modules, 'pyarrow was imported'"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     assert done.returncode == 0, done.stderr
 
 

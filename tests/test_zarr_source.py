@@ -470,8 +470,13 @@ def test_the_same_strings_read_from_zarr_and_parquet_give_the_same_batches(tmp_p
     path = tmp_path / "text.zarr"
     values = text_group(path)
     parquet = str(tmp_path / "text.parquet")
-    table = pa.table({"id": values["id"], "text": pa.array(values["text"].tolist(), pa.string()),
-                      "blob": pa.array(values["blob"].tolist(), pa.binary())})
+    table = pa.table(
+        {
+            "id": values["id"],
+            "text": pa.array(values["text"].tolist(), pa.string()),
+            "blob": pa.array(values["blob"].tolist(), pa.binary()),
+        }
+    )
     pq.write_table(table, parquet, row_group_size=32)
     columns = ["id", "text", "blob"]
     import streambatch as sb
@@ -530,8 +535,11 @@ def test_xarray_string_variables_and_coordinates_are_columns(tmp_path, zarr_form
             "name": ("sample", names),
             "code": ("sample", np.array([f"c{i % 7}" for i in range(n)], dtype="U2")),
         },
-        coords={"sample": np.arange(n), "feature": ["f0", "f1", "f2"],
-                "sid": ("sample", np.array([f"s{i}" for i in range(n)], dtype=object))},
+        coords={
+            "sample": np.arange(n),
+            "feature": ["f0", "f1", "f2"],
+            "sid": ("sample", np.array([f"s{i}" for i in range(n)], dtype=object)),
+        },
     )
     path = str(tmp_path / "xarray.zarr")
     chunks = {name: {"chunks": (16,) * xds[name].ndim} for name in ("name", "code", "sid", "sample")}

@@ -60,7 +60,10 @@ def layout(
     if not o.rows_per_shard and not by_bytes and per_shard > chunk_rows:
         per_shard -= per_shard % chunk_rows  # whole row groups / chunks per shard
     return Layout(
-        chunk_rows, per_shard, [*range(0, total, per_shard), total], row_nbytes,
+        chunk_rows,
+        per_shard,
+        [*range(0, total, per_shard), total],
+        row_nbytes,
         chunk_target_bytes(o.shuffle) if by_bytes else None,
     )
 

@@ -27,6 +27,7 @@ from ._values import append_rows, held_kinds, row_limit, staging_files, take_pie
 
 __all__ = ["plan_buckets", "scatter_to_buckets"]
 
+
 def plan_buckets(shard_rows: Sequence[int], bucket_rows: int) -> list[list[int]]:
     """Per shard, the sizes of its buckets: near-equal, each <= ``bucket_rows``."""
     plan = []

@@ -229,8 +229,9 @@ class ArrowShard(Shard):
         naming the file, the column, the row and the value."""
         plans, columns, unreadable, value_nbytes = self._stored
         other = copy.copy(self)
-        other._plans, other.columns, other.unreadable = cast_plans(self.path, self._fields, plans, columns,
-                                                                   unreadable, cast)
+        other._plans, other.columns, other.unreadable = cast_plans(
+            self.path, self._fields, plans, columns, unreadable, cast
+        )
         other.cast = MappingProxyType(dict(cast))
         other._variable_nbytes = dict(value_nbytes)
         for name, plan in other._plans.items():  # a ragged column's values per row, at the delivered dtype
@@ -256,8 +257,9 @@ class ArrowShard(Shard):
         for layout in versions:
             what = f"{self.path} dictionary {key} (byte {layout.body_offset})"
             try:
-                parts.append(read_array(BatchSlicer(source, layout, what), value_type, Cursor(0, 0, 0), 0,
-                                        layout.num_rows))
+                parts.append(
+                    read_array(BatchSlicer(source, layout, what), value_type, Cursor(0, 0, 0), 0, layout.num_rows)
+                )
             except TypeError:
                 return f"dictionary values of type {value_type} are not read"
             except (pa.ArrowException, ValueError) as e:
@@ -398,11 +400,15 @@ class _ArrowReader(ShardReader):
         if nulls:
             raise SchemaError(_null_message(path, name, batch, nulls))
         if any(plan.checked_lengths):
-            _check_list_lengths(chunked, plan, lambda row, n, k: SchemaError(
-                f"{path} record batch {batch} row {offset + row}: column {name!r} holds a list of {n} values "
-                f"where every row must hold {k} (the first record batch's rows all do, so it is read as fixed-size "
-                "arrays): rewrite the file with the varying rows in its first record batch, or exclude the column"
-            ))
+            _check_list_lengths(
+                chunked,
+                plan,
+                lambda row, n, k: SchemaError(
+                    f"{path} record batch {batch} row {offset + row}: column {name!r} holds a list of {n} values "
+                    f"where every row must hold {k} (the first record batch's rows all do, so it is read as fixed-size "
+                    "arrays): rewrite the file with the varying rows in its first record batch, or exclude the column"
+                ),
+            )
 
     def close(self) -> None:
         with self._lock:

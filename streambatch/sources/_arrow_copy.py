@@ -96,7 +96,12 @@ def copy_column(
 
 
 def _copy_variable(
-    column: pa.ChunkedArray | pa.Array, plan: _Plan, target, path: str, name: str, first_row: int  # type: ignore[no-untyped-def]
+    column: pa.ChunkedArray | pa.Array,
+    plan: _Plan,
+    target,
+    path: str,
+    name: str,
+    first_row: int,  # type: ignore[no-untyped-def]
 ) -> None:
     from ..columns import RowTooLarge
     from ..errors import BudgetError
@@ -127,14 +132,16 @@ def _variable_buffers(arr: pa.Array, plan: _Plan) -> tuple[np.ndarray, np.ndarra
         arr = _filled(arr, plan)
         wide = pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type)
         buffers = arr.buffers()
-        offsets = np.frombuffer(buffers[1], dtype=np.int64 if wide else np.int32,
-                                count=arr.offset + len(arr) + 1)[arr.offset :]
+        offsets = np.frombuffer(buffers[1], dtype=np.int64 if wide else np.int32, count=arr.offset + len(arr) + 1)[
+            arr.offset :
+        ]
         data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.empty(0, np.uint8)
         return offsets, data
     # the offsets buffer itself (``ListArray.offsets.to_numpy()`` costs ~1 ms a call here)
     wide = pa.types.is_large_list(arr.type)
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64 if wide else np.int32,
-                            count=arr.offset + len(arr) + 1)[arr.offset :]
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64 if wide else np.int32, count=arr.offset + len(arr) + 1)[
+        arr.offset :
+    ]
     lo, hi = int(offsets[0]), int(offsets[-1])
     values = _leaf_view(_filled(arr.values.slice(lo, hi - lo), plan), plan.storage, plan.leaf_is_bool)
     if plan.storage != plan.spec.dtype:  # date32 days: widen to datetime64[D]
@@ -187,8 +194,9 @@ def _check_list_lengths(column: pa.ChunkedArray, plan: _Plan, error) -> None:  #
                 break
             if expected:
                 wide = pa.types.is_large_list(arr.type)
-                offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64 if wide else np.int32,
-                                        count=arr.offset + len(arr) + 1)[arr.offset:]
+                offsets = np.frombuffer(
+                    arr.buffers()[1], dtype=np.int64 if wide else np.int32, count=arr.offset + len(arr) + 1
+                )[arr.offset :]
                 lengths = np.diff(offsets)
                 bad = np.flatnonzero(lengths != expected)
                 if bad.size:
@@ -199,9 +207,7 @@ def _check_list_lengths(column: pa.ChunkedArray, plan: _Plan, error) -> None:  #
         base += len(chunk)
 
 
-def _first_row(
-    location: FileSystemPath, verify: bool, metadata: pq.FileMetaData, name: str, group: int
-) -> pa.Array:
+def _first_row(location: FileSystemPath, verify: bool, metadata: pq.FileMetaData, name: str, group: int) -> pa.Array:
     """Row 0 of row group ``group`` of column ``name``, decoding its first page only
     and reading the column chunk through a 1 MiB buffer (unbuffered, pyarrow would
     read the whole column chunk first)."""

@@ -89,8 +89,9 @@ class _Table:
 
     def tables(self, slot: int) -> list[_Table]:
         start, n = self.vector(slot)
-        return [_Table(self.buf, start + 4 * k + struct.unpack_from("<I", self.buf, start + 4 * k)[0])
-                for k in range(n)]
+        return [
+            _Table(self.buf, start + 4 * k + struct.unpack_from("<I", self.buf, start + 4 * k)[0]) for k in range(n)
+        ]
 
 
 def _root(buf: bytes) -> _Table:

@@ -217,7 +217,11 @@ def _fsl_plan(t: pa.DataType, meta: Mapping[bytes, bytes], list_lengths: list[in
             )
         final = parsed
     return _Plan(
-        "fsl", ColumnSpec(dtype, final), storage, list_depth=depth, leaf_is_bool=dtype == np.bool_,
+        "fsl",
+        ColumnSpec(dtype, final),
+        storage,
+        list_depth=depth,
+        leaf_is_bool=dtype == np.bool_,
         checked_lengths=checked,
     )
 

@@ -264,8 +264,7 @@ def _read(s: BatchSlicer, layout: _Layout, at: Cursor, a: int, b: int) -> pa.Arr
         at.buffer += 2
         offsets = s.offsets(k + 1, a, b, layout.wide)
         child = _read(s, layout.child, at, int(offsets[0]), int(offsets[-1]))  # type: ignore[arg-type]
-        return pa.Array.from_buffers(t, n, [validity, pa.py_buffer(offsets - offsets[0])], null_count,
-                                     children=[child])
+        return pa.Array.from_buffers(t, n, [validity, pa.py_buffer(offsets - offsets[0])], null_count, children=[child])
     if kind == "fixed_list":
         at.buffer += 1
         child = _read(s, layout.child, at, a * layout.size, b * layout.size)  # type: ignore[arg-type]

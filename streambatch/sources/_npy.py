@@ -29,6 +29,7 @@ _REMOTE_BATCH_BYTES = 16 << 20
 def read_npy_header(location: FileSystemPath) -> tuple[ColumnSpec, int, int]:
     """``(spec of one row, number of rows, byte offset of the data)`` of an ``.npy``
     file, validated: not pickled, at least 1-d, C order, and long enough."""
+
     def read_head() -> tuple[bytes, int]:
         with location.fs.open(location.path, "rb") as f:
             return f.read(min(_MAX_HEADER_BYTES, 65536 + 10)), location.size()
@@ -248,8 +249,10 @@ class _NpyReader(ShardReader):
             k = 0
             while k < len(starts_l):
                 end, nbytes = k, 0
-                while end < len(starts_l) and end - k < _REMOTE_BATCH_RANGES and (
-                    end == k or nbytes + (stops_l[end] - starts_l[end]) * row <= _REMOTE_BATCH_BYTES
+                while (
+                    end < len(starts_l)
+                    and end - k < _REMOTE_BATCH_RANGES
+                    and (end == k or nbytes + (stops_l[end] - starts_l[end]) * row <= _REMOTE_BATCH_BYTES)
                 ):
                     nbytes += (stops_l[end] - starts_l[end]) * row
                     end += 1

@@ -362,8 +362,10 @@ class ParquetShard(Shard):
                 continue
             for j in leaves:
                 chunk = max(
-                    (self._metadata.row_group(g).column(j).total_uncompressed_size
-                     for g in range(self._metadata.num_row_groups)),
+                    (
+                        self._metadata.row_group(g).column(j).total_uncompressed_size
+                        for g in range(self._metadata.num_row_groups)
+                    ),
                     default=0,
                 )
                 total += STREAM_BUFFER_BYTES + int(2 * factor * min(PAGE_BYTES_ESTIMATE, int(chunk)))
@@ -417,8 +419,9 @@ class ParquetShard(Shard):
             return False
         column = self._sample(name, groups[0])
         wide = pa.types.is_large_list(column.type)
-        offsets = np.frombuffer(column.buffers()[1], dtype=np.int64 if wide else np.int32,
-                                count=column.offset + len(column) + 1)[column.offset :]
+        offsets = np.frombuffer(
+            column.buffers()[1], dtype=np.int64 if wide else np.int32, count=column.offset + len(column) + 1
+        )[column.offset :]
         lengths = np.diff(offsets)
         return bool(lengths.size) and bool((lengths != lengths[0]).any())
 
@@ -433,8 +436,11 @@ class ParquetShard(Shard):
     def _sample(self, name: str, group: int, rows: int = 1024) -> pa.Array:
         """The first ``rows`` rows of column ``name`` in row group ``group``, reading
         about one page through a 1 MiB buffer."""
-        raw = self.location.fs.open(self.location.path, "rb") if not self.location.is_local else \
-            pa.OSFile(self.location.path, "r")
+        raw = (
+            self.location.fs.open(self.location.path, "rb")
+            if not self.location.is_local
+            else pa.OSFile(self.location.path, "r")
+        )
         try:
             pf = pq.ParquetFile(raw, metadata=self._metadata, pre_buffer=False, buffer_size=1 << 20)
             try:
@@ -648,12 +654,16 @@ class _ParquetReader(ShardReader):
             raise SchemaError(_null_message(path, name, group, nulls, filled=plan.fill is not None))
         if any(plan.checked_lengths):
             start = int(self._shard.unit_bounds[group])
-            _check_list_lengths(column, plan, lambda row, n, k: SchemaError(
-                f"{path} row group {group} row {first_row + row} (row {start + first_row + row} of the file): "
-                f"column {name!r} holds a list of {n} values where every row must hold {k} (the length the footer "
-                "gives, so it is read as fixed-size arrays): rewrite the file so that each row group shows the "
-                "varying lengths, or exclude the column"
-            ))
+            _check_list_lengths(
+                column,
+                plan,
+                lambda row, n, k: SchemaError(
+                    f"{path} row group {group} row {first_row + row} (row {start + first_row + row} of the file): "
+                    f"column {name!r} holds a list of {n} values where every row must hold {k} (the length the footer "
+                    "gives, so it is read as fixed-size arrays): rewrite the file so that each row group shows the "
+                    "varying lengths, or exclude the column"
+                ),
+            )
 
     # -- remote (fsspec) files: fetched, then decoded from memory ------------
     def fetch_nbytes(self, starts: list[int], stops: list[int]) -> list[int] | None:
@@ -777,7 +787,12 @@ class _ParquetReader(ShardReader):
         return ParquetRowStream(self._shard, self, start, stop, rows_per_read)
 
     def _copy(
-        self, table: pa.Table | pa.RecordBatch, offset: int, length: int, out: Mapping[str, np.ndarray], position: int,
+        self,
+        table: pa.Table | pa.RecordBatch,
+        offset: int,
+        length: int,
+        out: Mapping[str, np.ndarray],
+        position: int,
         first_row: int = 0,
     ) -> None:
         """Rows ``[offset, offset + length)`` of a decoded row group (whose row 0 is row
@@ -786,8 +801,16 @@ class _ParquetReader(ShardReader):
         for name, target in out.items():
             plan = self._plans[name]
             categories = self._shard._categories.get(name) if plan.kind == "dict" else None
-            copy_column(table.column(name).slice(offset, length), plan, target[position : position + length],
-                        categories, self._shard.path, name, first_row + offset, self._shard.describe_rows)
+            copy_column(
+                table.column(name).slice(offset, length),
+                plan,
+                target[position : position + length],
+                categories,
+                self._shard.path,
+                name,
+                first_row + offset,
+                self._shard.describe_rows,
+            )
 
     def close(self) -> None:
         with self._lock:

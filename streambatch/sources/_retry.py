@@ -531,8 +531,7 @@ def _after_failure(
             raise error
         kind = ReaderTimeoutError if _is_timeout(error) else RemoteReadError
         message = redact(
-            f"{what}: failed after {attempt} attempt{'s' if attempt > 1 else ''}: "
-            f"{type(error).__name__}: {error}",
+            f"{what}: failed after {attempt} attempt{'s' if attempt > 1 else ''}: {type(error).__name__}: {error}",
             secrets,
         )
         raise kind(message) from _safe_cause(error, secrets)

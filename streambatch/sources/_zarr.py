@@ -325,8 +325,10 @@ class _ZarrReader(ShardReader):
     def _decoded_targets(self, start: int, stop: int, out: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Where zarr decodes each array to: ``out``'s own array, or for strings a
         NumPy array of them (then copied by :meth:`_copy_strings`)."""
-        return {name: np.empty(stop - start, self._arrays[name].dtype) if name in self._text else target
-                for name, target in out.items()}
+        return {
+            name: np.empty(stop - start, self._arrays[name].dtype) if name in self._text else target
+            for name, target in out.items()
+        }
 
     def _copy_strings(self, start: int, decoded: Mapping[str, np.ndarray], out: Mapping[str, Any]) -> None:
         for name in self._text.keys() & out.keys():
@@ -663,9 +665,7 @@ class _CachedChunkStore(WrapperStore):  # type: ignore[type-arg]
             return await self._store.get(key, prototype, byte_range)
         return prototype.buffer.from_bytes(data)
 
-    async def get_partial_values(
-        self, prototype: BufferPrototype, key_ranges: Any
-    ) -> list[Buffer | None]:
+    async def get_partial_values(self, prototype: BufferPrototype, key_ranges: Any) -> list[Buffer | None]:
         return [await self.get(key, prototype, byte_range) for key, byte_range in key_ranges]
 
 
@@ -809,8 +809,11 @@ def _row_axis(url: str, arrays: dict[str, Any]) -> tuple[int, dict[str, NotAColu
     # the dimension most arrays start with; a tie goes to the one that starts the array of most
     # dimensions (data variables, not 1-d coordinates), then to the longer one
     rank = {
-        d: (n, max(a.ndim for k, a in candidates.items() if firsts[k] == d),
-            max(a.shape[0] for k, a in candidates.items() if firsts[k] == d))
+        d: (
+            n,
+            max(a.ndim for k, a in candidates.items() if firsts[k] == d),
+            max(a.shape[0] for k, a in candidates.items() if firsts[k] == d),
+        )
         for d, n in counts.items()
     }
     row_dim = max(rank, key=lambda d: rank[d]) if rank else None
