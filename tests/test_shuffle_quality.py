@@ -268,3 +268,17 @@ def test_zarr_chunks_of_half_the_budget_run_at_64mib_within_the_rss_bound(tmp_pa
     rows, peak = map(int, done.stdout.split())
     assert rows == n
     assert peak <= (64 << 20) + (300 << 20), f"peak RSS {peak / 2**20:.0f} MiB"
+
+
+def test_the_first_batch_of_a_large_epoch_that_fits_waits_for_one_read_unit_not_two():
+    """Two whole units in the head double the first batch's wait for large units; on an
+    epoch of a million rows the first 256 rows drawn from one unit do not show."""
+    from streambatch.plan import _head_rows
+
+    def head(rows: int, unit: int) -> int:
+        sizes = np.full(rows // unit, unit)
+        return _head_rows(sizes, np.full(sizes.size, -1), lanes=1)
+
+    assert head(1 << 20, 65536) == 65536
+    assert head(98_304, 8192) == 2 * 8192  # a short epoch: its first batches mix two units
+    assert head(1 << 20, 1024) == 8192  # small units: at least 8,192 rows
