@@ -18,11 +18,14 @@ The budget ``M`` pays for:
 * **open streams** (Parquet): a row group larger than a piece is not held
   whole but streamed a slice at a time; each open stream holds its read buffers
   and about two pages per column (``Shard.stream_nbytes``). ``lanes`` streams
-  are open at once (as many as the data has units, up to 40 % of ``M``), so
-  the window mixes rows of ``lanes`` row groups whatever their size.
-* **decode scratch** (units read whole: Zarr chunks): a unit is decoded in a pool thread
-  before it is copied into the ring; scratch is sized for 4 concurrent decodes
-  (at most a quarter of ``M``), and decodes beyond what it holds wait.
+  are open at once (as many as the data has units, up to 40 % of ``M``, or up
+  to 60 % when that opens every one), so the window mixes rows of ``lanes`` row
+  groups whatever their size.
+* **decode scratch** (units read whole: Zarr chunks, small row groups): a unit is
+  decoded in a pool thread before it is copied into the ring; scratch is sized for
+  4 concurrent decodes (at most a quarter of ``M``), and decodes beyond what it
+  holds wait. Remote units fetched ahead of their decodes (:mod:`streambatch.fetch`)
+  hold their compressed bytes in the same scratch until decoded.
 * **resident narrow columns** (``.npy`` only, shuffled): columns of at most 16
   bytes per row (labels) are held whole when together they fit in an eighth of
   ``M``, which saves a system call per piece.
