@@ -71,9 +71,9 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import CorruptInputError
 from ._retry import ShortReadError, call_with_retry, check_stopped, independent_retries, read_exactly, redact
@@ -89,6 +89,7 @@ if TYPE_CHECKING:
 __all__ = ["FileCache"]
 
 logger = logging.getLogger("streambatch")
+_T = TypeVar("_T")
 
 _MAGIC = b"SBCACHE1"
 _TRAILER = len(_MAGIC) + 32
@@ -184,21 +185,7 @@ class FileCache:
         self, location: FileSystemPath, starts: list[int | None], ends: list[int | None]
     ) -> list[bytes] | None:
         """Several ranges of one file, as :meth:`cat`."""
-        for _attempt in range(3):
-            entry = self._entry(location)
-            if entry is None:
-                return None
-            path, ident = entry
-            try:
-                return self._pread(path, ident, starts, ends)
-            except FileNotFoundError:  # evicted by another process since it was checked
-                self._forget(ident.key)
-            except _TruncatedEntry:
-                self._reject(path, ident.key, "shorter than when it was checked")
-        logger.info("%s: its cache entry kept disappearing (evicted by others): read remotely", location.url)
-        with self._lock:
-            self.stats["bypassed"] += 1
-        return None
+        return self._use_entry(location, lambda path, ident: self._pread(path, ident, starts, ends))
 
     def open(self, location: FileSystemPath) -> _EntryFile | None:
         """A read-only file object over the local copy of the remote file (downloaded
@@ -207,17 +194,29 @@ class FileCache:
         large, disk full): the caller opens it remotely. A read that comes back short
         (the entry was cut while in use) removes the entry and raises a transient
         ``ShortReadError``: a retry opens the file again, which downloads it again."""
+
+        def entry_file(path: str, ident: _Identity) -> _EntryFile:
+            return _EntryFile(self, os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)), path, ident)
+
+        return self._use_entry(location, entry_file)
+
+    def _use_entry(self, location: FileSystemPath, use: Callable[[str, _Identity], _T]) -> _T | None:
+        """``use(path, ident)`` on the local copy of ``location`` (downloaded first if
+        needed). An entry another process evicted (or cut) since it was checked is
+        dropped and fetched again, up to three times; then, or when the file is not
+        cached at all, ``None``: the caller reads remotely."""
         for _attempt in range(3):
             entry = self._entry(location)
             if entry is None:
                 return None
             path, ident = entry
             try:
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                return use(path, ident)
             except FileNotFoundError:  # evicted by another process since it was checked
                 self._forget(ident.key)
-                continue
-            return _EntryFile(self, fd, path, ident)
+            except _TruncatedEntry:
+                self._reject(path, ident.key, "shorter than when it was checked")
+        logger.info("%s: its cache entry kept disappearing (evicted by others): read remotely", location.url)
         with self._lock:
             self.stats["bypassed"] += 1
         return None
