@@ -48,14 +48,12 @@ class BatchFiller:
             return
         self._size = size
 
-    def fill(self, positions: np.ndarray, ready: Callable[[int, int], int] | None = None) -> Iterator[dict[str, Any]]:
+    def fill(self, positions: np.ndarray, ready: Callable[[int, int], int]) -> Iterator[dict[str, Any]]:
         """Consume ``positions`` in order, yielding each batch as it completes.
 
-        ``ready(a, b)``, if given, is asked before rows ``[a, b)`` are gathered; it
-        returns ``c`` in ``(a, b]`` once rows ``[a, c)`` are in the ring, and the rest
-        is asked for again: rows are read as they are needed, not a segment ahead."""
-        if ready is None:
-            return self._consume(positions.size, lambda a, b: (b, self._ring.gather(positions[a:b], self._contiguous)))
+        ``ready(a, b)`` is asked before rows ``[a, b)`` are gathered; it returns ``c``
+        in ``(a, b]`` once rows ``[a, c)`` are in the ring, and the rest is asked for
+        again: rows are read as they are needed, not a segment ahead."""
 
         def part(a: int, b: int) -> tuple[int, dict[str, Any]]:
             c = ready(a, b)
