@@ -189,8 +189,10 @@ class EpochIterator(Iterator[Batch]):
             if self._pad:
                 batch = _padded(batch, self._pad)
         except StopIteration:
+            closed_meanwhile = self._stopped  # by close() on another thread: not a normal end
             self.close()
-            self._cursor.finished = True
+            if not closed_meanwhile:
+                self._cursor.finished = True
             raise
         except BaseException:
             self.close()

@@ -29,6 +29,8 @@ __all__ = ["BackgroundIterator", "ReaderPool", "Stopped"]
 
 _pool_ids = itertools.count()
 _JOIN_TIMEOUT_S = 5.0
+#: How often a consumer waiting for the next item checks whether it was closed meanwhile.
+_STOP_POLL_S = 0.05
 
 
 class ReaderPool:
@@ -114,7 +116,9 @@ class BackgroundIterator:
 
     Items arrive in order; an exception in the producer is re-raised by the
     next ``get()``, after which ``get()`` raises ``StopIteration``. ``close()``
-    stops the producer within a bounded time and is idempotent.
+    stops the producer within a bounded time and is idempotent; called from
+    another thread while a ``get()`` waits, that ``get()`` raises
+    ``StopIteration`` within ``_STOP_POLL_S`` (the stopped producer puts nothing more).
     """
 
     def __init__(self, items: Iterator[Any], depth: int, stop: threading.Event, name: str) -> None:
@@ -129,7 +133,14 @@ class BackgroundIterator:
     def get(self) -> Any:
         if self._done:
             raise StopIteration
-        kind, value = self._queue.get()
+        while True:
+            try:
+                kind, value = self._queue.get(timeout=_STOP_POLL_S)
+                break
+            except queue.Empty:
+                if self._stop.is_set():  # closed or stopped while we waited: nothing more will come
+                    self._done = True
+                    raise StopIteration from None
         if kind == "item":
             return value
         self._done = True

@@ -529,6 +529,46 @@ def test_break_during_slow_reads_with_loader_close(flaky, flaky_dataset):
     run_with_deadline(loader.close, 2.0)
 
 
+@pytest.mark.parametrize("closer", ["iterator", "loader"])
+@pytest.mark.parametrize("fmt", ["npy", "parquet"])
+def test_close_from_another_thread_wakes_a_next_blocked_on_slow_reads(fmt, closer, flaky, flaky_dataset):
+    """A watchdog closes the iterator (or the loader) while the training thread
+    is blocked in ``next()`` on reads that take 0.5 s each: that ``next()`` raises
+    ``StopIteration`` within 2 s instead of waiting for ever, the epoch is not
+    counted as finished (a resume must still deliver the rest of epoch 0), and
+    no streambatch thread is left."""
+    _, url = flaky_dataset(fmt, n=4000, shards=2)
+    loader = _loader(url, retry=FAST)
+    iterator = iter(loader)
+    flaky.configure("sleep", delay=0.5)
+    outcome: dict[str, object] = {}
+
+    def consume() -> None:
+        try:
+            while True:
+                next(iterator)
+                outcome["batches"] = int(outcome.get("batches", 0)) + 1
+        except BaseException as e:  # StopIteration expected
+            outcome["error"] = e
+            outcome["at"] = time.monotonic()
+
+    consumer = threading.Thread(target=consume, name="test-consumer", daemon=True)
+    consumer.start()
+    time.sleep(0.2)  # the first batch needs reads that take 0.5 s: next() is waiting
+    assert consumer.is_alive() and "error" not in outcome
+    closed_at = time.monotonic()
+    (iterator if closer == "iterator" else loader).close()
+    consumer.join(2.0)
+    assert not consumer.is_alive(), "next() still blocked 2 s after close() on another thread"
+    assert isinstance(outcome["error"], StopIteration), outcome["error"]
+    assert float(outcome["at"]) - closed_at < 2.0  # type: ignore[arg-type]
+    assert loader.epoch == 0  # closed, not finished
+    deadline = time.monotonic() + 2.0
+    while any(t.name.startswith("streambatch-") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("streambatch-")]
+
+
 # --------------------------------------------------------------------------- C5: timing never changes the order
 
 
