@@ -111,6 +111,30 @@ def test_several_sources_and_column_selection(tmp_path):
     np.testing.assert_array_equal(got["id"], np.r_[np.arange(100), np.arange(50)])
 
 
+def test_tensor_columns_are_written_plain_and_scalars_may_use_a_dictionary(tmp_path):
+    """Tensor rows (FixedSizeBinary) rarely repeat: a dictionary would hold the whole
+    column chunk and every read would gather it back, so they are written PLAIN;
+    a low-cardinality scalar (a label) keeps its dictionary."""
+    n = 3000
+    rng = np.random.default_rng(0)
+    columns = {
+        "x": rng.standard_normal((n, 64), dtype=np.float32),
+        "label": np.repeat(np.arange(3, dtype=np.int64), n // 3),
+    }
+    src = write_dataset("npy", tmp_path / "src", columns)
+    convert([src], str(tmp_path / "out"), "parquet", chunk_rows=1000)
+    path = sb.open_dataset(tmp_path / "out").shards[0].path
+    metadata = pq.ParquetFile(path).metadata
+    names = [metadata.schema.column(j).name for j in range(metadata.num_columns)]
+    for g in range(metadata.num_row_groups):
+        chunks = {name: metadata.row_group(g).column(j) for j, name in enumerate(names)}
+        assert chunks["x"].dictionary_page_offset is None
+        assert "RLE_DICTIONARY" not in chunks["x"].encodings and "PLAIN_DICTIONARY" not in chunks["x"].encodings
+        assert chunks["label"].dictionary_page_offset is not None
+    got = read_all(tmp_path / "out")
+    np.testing.assert_array_equal(got["x"], columns["x"])
+
+
 def test_rows_per_shard_and_shard_size(tmp_path):
     src, _ = make_source("npy", tmp_path)
     convert([src], str(tmp_path / "rows"), "parquet", rows_per_shard=300, chunk_rows=64)
