@@ -46,6 +46,16 @@ def no_leaks(tmp_path):
     assert not open_files, f"files left open: {open_files}"
 
 
+def streambatch_threads_after(seconds: float) -> list[str]:
+    """The streambatch threads still alive once they are all gone, or ``seconds`` passed."""
+    deadline = time.monotonic() + seconds
+    while True:
+        left = [t.name for t in threading.enumerate() if t.name.startswith("streambatch-")]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.01)
+
+
 def make_columns(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Row ``i`` has ``id == i``; ``img`` (N-d) and ``x`` encode ``i`` too, so any
     mix-up between columns is visible."""

@@ -20,7 +20,7 @@ import pytest
 
 import streambatch as sb
 from streambatch import RetryPolicy
-from tests.conftest import ids_of, make_columns, write_dataset
+from tests.conftest import ids_of, make_columns, streambatch_threads_after, write_dataset
 
 pytest.importorskip("aiohttp")
 
@@ -206,16 +206,6 @@ def _block_reads_after_first_batch(server, iterator) -> np.ndarray:
     return first["id"]
 
 
-def _streambatch_threads_after(seconds: float) -> list[str]:
-    """The streambatch threads still alive once they are all gone, or ``seconds`` passed."""
-    deadline = time.monotonic() + seconds
-    while True:
-        left = [t.name for t in threading.enumerate() if t.name.startswith("streambatch-")]
-        if not left or time.monotonic() >= deadline:
-            return left
-        time.sleep(0.01)
-
-
 @pytest.mark.parametrize("fmt", ["parquet", "npy"])
 def test_close_returns_within_2s_while_a_read_is_blocked(fmt, server):
     _, url = _sources(server, BIG)[fmt]
@@ -227,7 +217,7 @@ def test_close_returns_within_2s_while_a_read_is_blocked(fmt, server):
         iterator.close()
         assert time.monotonic() - started < 2
     # the blocked request is cancelled by its timeout: no thread stays
-    assert not _streambatch_threads_after(5)
+    assert not streambatch_threads_after(5)
 
 
 @pytest.mark.parametrize("policy", [PATIENT_TIMEOUTS, UNBOUNDED], ids=["timeout-5s-x20", "no-timeout"])
@@ -244,7 +234,7 @@ def test_close_returns_within_2s_while_a_patient_retry_waits_on_a_silent_server(
         started = time.monotonic()
         iterator.close()
         assert time.monotonic() - started < 2
-        assert not _streambatch_threads_after(2)
+        assert not streambatch_threads_after(2)
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "npy"])

@@ -37,7 +37,7 @@ from streambatch.sources._retry import (
     secrets_of,
     stopped_by,
 )
-from tests.conftest import FORMATS, ids_of, make_columns, write_dataset
+from tests.conftest import FORMATS, ids_of, make_columns, streambatch_threads_after, write_dataset
 from tests.remote_fixtures import FlakyFS, upload
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -487,10 +487,7 @@ def test_close_returns_quickly_while_reads_are_slow(fmt, flaky, flaky_dataset):
     assert len(first["id"]) == 64
     elapsed = run_with_deadline(iterator.close, 2.0)
     print(f"\nclose() with 0.3 s reads in flight took {elapsed:.2f} s")
-    deadline = time.monotonic() + 2.0
-    while any(t.name.startswith("streambatch-") for t in threading.enumerate()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not [t.name for t in threading.enumerate() if t.name.startswith("streambatch-reader")]
+    assert not [name for name in streambatch_threads_after(2.0) if name.startswith("streambatch-reader")]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -514,10 +511,7 @@ def test_close_returns_quickly_while_readers_wait_between_retries(fmt, flaky, fl
     assert flaky.injected > 0  # a reader is now waiting to retry
     elapsed = run_with_deadline(iterator.close, 2.0)
     print(f"\nclose() with readers waiting between retries took {elapsed:.2f} s")
-    deadline = time.monotonic() + 2.0
-    while any(t.name.startswith("streambatch-") for t in threading.enumerate()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not [t.name for t in threading.enumerate() if t.name.startswith("streambatch-")]
+    assert not streambatch_threads_after(2.0)
 
 
 def test_break_during_slow_reads_with_loader_close(flaky, flaky_dataset):
@@ -563,10 +557,7 @@ def test_close_from_another_thread_wakes_a_next_blocked_on_slow_reads(fmt, close
     assert isinstance(outcome["error"], StopIteration), outcome["error"]
     assert float(outcome["at"]) - closed_at < 2.0  # type: ignore[arg-type]
     assert loader.epoch == 0  # closed, not finished
-    deadline = time.monotonic() + 2.0
-    while any(t.name.startswith("streambatch-") for t in threading.enumerate()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not [t.name for t in threading.enumerate() if t.name.startswith("streambatch-")]
+    assert not streambatch_threads_after(2.0)
 
 
 # --------------------------------------------------------------------------- C5: timing never changes the order
