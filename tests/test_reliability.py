@@ -533,8 +533,8 @@ def test_close_from_another_thread_wakes_a_next_blocked_on_slow_reads(fmt, close
     no streambatch thread is left."""
     _, url = flaky_dataset(fmt, n=4000, shards=2)
     loader = _loader(url, retry=FAST)
+    flaky.configure("sleep", delay=0.5)  # before iter(): the data fit the budget, all of it is read at once
     iterator = iter(loader)
-    flaky.configure("sleep", delay=0.5)
     outcome: dict[str, object] = {}
 
     def consume() -> None:
@@ -548,8 +548,8 @@ def test_close_from_another_thread_wakes_a_next_blocked_on_slow_reads(fmt, close
 
     consumer = threading.Thread(target=consume, name="test-consumer", daemon=True)
     consumer.start()
-    time.sleep(0.2)  # the first batch needs reads that take 0.5 s: next() is waiting
-    assert consumer.is_alive() and "error" not in outcome
+    time.sleep(0.2)  # every read takes 0.5 s: next() is waiting for the first batch
+    assert consumer.is_alive() and "error" not in outcome, outcome
     closed_at = time.monotonic()
     (iterator if closer == "iterator" else loader).close()
     consumer.join(2.0)
