@@ -258,7 +258,11 @@ class _EpochProducer:
         left = hi - lo
         # rows still to read directly: the first batch of a resume mid-stream
         direct = self.batch_size if (self._random_access() and tick > 0) else 0
-        segments = _SegmentsAhead(shuffle.segments(tick), f"streambatch-order-{id(self):x}")
+        # the order a segment or two ahead, on a thread of its own: keys, hashes and sorts
+        # depend on the plan alone (never on the data or on timing), so the order is the
+        # same, and ~0.2-0.4 CPU-s an epoch of NumPy work (2 M rows) leaves the batcher's
+        # critical path, most of it run while the batcher waits for reads or gathers
+        segments = BackgroundIterator(shuffle.segments(tick), 1, threading.Event(), f"streambatch-order-{id(self):x}")
         try:
             yield from self._segments(plan, reads, segments, skip, left, direct)
         finally:
@@ -354,28 +358,6 @@ class _EpochProducer:
                 reads.wait_loaded(min(plan.pieces_holding(float(keys[a])), last), emitted)
 
         return ready
-
-
-class _SegmentsAhead:
-    """The emission order computed ahead on a thread of its own: the segments of
-    ``segments`` (a :meth:`WindowShuffle.segments` iterator) one or two ahead of
-    the one being gathered. Their keys, hashes and sorts depend on the plan alone
-    (never on the data or on timing), so the order is the same; what moves off
-    the batcher's critical path is ~0.2-0.4 CPU-s an epoch of NumPy work (2 M
-    rows), most of it run while the batcher waits for reads or gathers."""
-
-    def __init__(self, segments: Iterator[Segment], name: str) -> None:
-        self._ahead = BackgroundIterator(segments, 1, threading.Event(), name)
-
-    def __iter__(self) -> Iterator[Segment]:
-        return self
-
-    def __next__(self) -> Segment:
-        segment: Segment = self._ahead.get()  # re-raises an error of the order thread
-        return segment
-
-    def close(self) -> None:
-        self._ahead.close()
 
 
 def _clipped(segment: Segment, skip: int, left: int) -> tuple[np.ndarray, np.ndarray]:

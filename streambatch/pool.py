@@ -130,6 +130,12 @@ class BackgroundIterator:
         )
         self._thread.start()
 
+    def __iter__(self) -> BackgroundIterator:
+        return self
+
+    def __next__(self) -> Any:
+        return self.get()
+
     def get(self) -> Any:
         if self._done:
             raise StopIteration
