@@ -206,16 +206,21 @@ def _block_reads_after_first_batch(server, iterator) -> np.ndarray:
     return first["id"]
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "npy"])
-def test_close_returns_within_2s_while_a_read_is_blocked(fmt, server):
+def _close_within_2s_after_the_server_hangs(server, fmt: str, policy) -> None:
+    """Read a first batch, hang the server, then ``close()`` the iterator: it must
+    return within 2 s (the loader is closed too)."""
     _, url = _sources(server, BIG)[fmt]
-    loader = _loader(url, retry=BOUNDED)
-    with loader:
+    with _loader(url, retry=policy) as loader:
         iterator = iter(loader)
         _block_reads_after_first_batch(server, iterator)
         started = time.monotonic()
         iterator.close()
         assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "npy"])
+def test_close_returns_within_2s_while_a_read_is_blocked(fmt, server):
+    _close_within_2s_after_the_server_hangs(server, fmt, BOUNDED)
     # the blocked request is cancelled by its timeout: no thread stays
     assert not streambatch_threads_after(5)
 
@@ -226,15 +231,8 @@ def test_close_returns_within_2s_while_a_patient_retry_waits_on_a_silent_server(
     """The server goes silent after the first batch; the readers' requests would be
     retried for 100 s (or wait for ever): ``close()`` cancels them and returns
     within 2 s, and within 2 s more no streambatch thread is left."""
-    _, url = _sources(server, BIG)[fmt]
-    loader = _loader(url, retry=policy)
-    with loader:
-        iterator = iter(loader)
-        _block_reads_after_first_batch(server, iterator)
-        started = time.monotonic()
-        iterator.close()
-        assert time.monotonic() - started < 2
-        assert not streambatch_threads_after(2)
+    _close_within_2s_after_the_server_hangs(server, fmt, policy)
+    assert not streambatch_threads_after(2)
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "npy"])
