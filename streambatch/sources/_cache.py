@@ -76,6 +76,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import CorruptInputError
+from ._fs import ReadOnlyFile
 from ._retry import ShortReadError, call_with_retry, check_stopped, independent_retries, read_exactly, redact
 
 try:  # POSIX; elsewhere only the atomic renames protect the entries (still correct)
@@ -478,38 +479,18 @@ class FileCache:
             os.close(fd)  # releases the lock
 
 
-class _EntryFile:
+class _EntryFile(ReadOnlyFile):
     """A cache entry opened as a read-only file of the remote file's size (the
     trailer is not part of it), read with ``pread``; one reader at a time."""
 
     def __init__(self, cache: FileCache, fd: int, path: str, ident: _Identity) -> None:
+        super().__init__(ident.size)
         self._cache, self._fd, self._path, self._ident = cache, fd, path, ident
-        self._pos = 0
-        self.closed = False
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return False
-
-    def size(self) -> int:
-        return self._ident.size
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self._pos = (0, self._pos, self._ident.size)[whence] + offset
-        return self._pos
 
     def read(self, n: int = -1) -> bytes:
         if self.closed:
             raise ValueError(f"{self._path}: read of a closed cache entry")
-        lo, hi = _bounds(self._pos, None if n is None or n < 0 else self._pos + n, self._ident.size)
+        lo, hi = _bounds(self._pos, None if n is None or n < 0 else self._pos + n, self._size)
         data = os.pread(self._fd, hi - lo, lo) if hi > lo else b""
         while len(data) < hi - lo:
             more = os.pread(self._fd, hi - lo - len(data), lo + len(data))

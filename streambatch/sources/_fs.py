@@ -35,7 +35,7 @@ from ._retry import RetryPolicy, call_with_retry, redact, run_on_loop, secrets_o
 if TYPE_CHECKING:
     from ._cache import FileCache
 
-__all__ = ["FileSystemPath", "list_directory", "resolve"]
+__all__ = ["FileSystemPath", "ReadOnlyFile", "list_directory", "resolve"]
 
 T = TypeVar("T")
 
@@ -252,3 +252,34 @@ def list_directory(location: FileSystemPath) -> list[tuple[FileSystemPath, str]]
             kind = "directory" if os.path.isdir(child.path) else "file" if os.path.isfile(child.path) else "other"
         listed.append((child, kind))
     return listed
+
+
+class ReadOnlyFile:
+    """The part of the file protocol that pyarrow and fsspec use on a read-only,
+    seekable file of ``size`` bytes, besides ``read`` and ``close``, which each
+    subclass implements over its own bytes (a cache entry, fetched ranges)."""
+
+    closed = False
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def size(self) -> int:
+        return self._size
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = (0, self._pos, self._size)[whence] + offset
+        return self._pos

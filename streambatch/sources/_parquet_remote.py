@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from ..errors import CorruptInputError
 from ._base import FetchedUnit
-from ._fs import FileSystemPath
+from ._fs import FileSystemPath, ReadOnlyFile
 from ._retry import RetryPolicy, call_with_retry, read_exactly
 
 #: Smallest valid Parquet file: "PAR1" + footer length (4 bytes) + "PAR1".
@@ -99,38 +99,15 @@ class _FetchedRowGroup(FetchedUnit):
         self._reader._read_ranges([(start, stop)], out, fetched=self)
 
 
-class _RangeFile:
+class _RangeFile(ReadOnlyFile):
     """A read-only file of ``size`` bytes of which ``parts`` (``(offset, bytes)``,
     sorted, disjoint) are in memory: what ``ParquetFile`` reads one row group
     from. Reads outside them go to ``fetch(start, stop)``."""
 
-    closed = False
-
     def __init__(self, parts: list[tuple[int, Any]], size: int, fetch) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(size)
         self._parts = [(lo, memoryview(data)) for lo, data in parts]
-        self._size = size
         self._fetch = fetch
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return False
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = (0, self._pos, self._size)[whence]
-        self._pos = base + offset
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def size(self) -> int:
-        return self._size
 
     def _span(self, n: int | None) -> tuple[int, int]:
         start = self._pos
