@@ -210,27 +210,19 @@ def cache_rates(paths: dict[str, str], args: argparse.Namespace) -> list[str]:
             s3fs.S3FileSystem._call_s3 = slow_call
             try:
                 for threads in args.threads:
-                    plain = sb.Loader(
-                        url,
+                    settings = dict(
                         batch_size=BATCH,
                         memory_limit=args.memory_limit,
                         seed=0,
                         num_threads=threads,
                         storage_options=options,
                     )
+                    plain = sb.Loader(url, **settings)
                     r1 = _epoch_of(plain, 0)
                     r2 = _epoch_of(plain, 1)
                     cache_dir = tempfile.mkdtemp(prefix="sb-bench-cache-")
                     try:
-                        cached = sb.Loader(
-                            url,
-                            batch_size=BATCH,
-                            memory_limit=args.memory_limit,
-                            seed=0,
-                            num_threads=threads,
-                            storage_options=options,
-                            cache_dir=cache_dir,
-                        )
+                        cached = sb.Loader(url, cache_dir=cache_dir, **settings)
                         counts["n"] = 0
                         c1 = _epoch_of(cached, 0)
                         n1, counts["n"] = counts["n"], 0
