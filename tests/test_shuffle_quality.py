@@ -101,6 +101,25 @@ def test_data_that_fits_reads_row_groups_whole_when_their_decodes_fit(layouts):
     assert not (loader.plan().stream >= 0).any()
 
 
+def test_unshuffled_epochs_read_row_groups_whole_when_they_fit_and_stream_them_when_not(tmp_path):
+    """Stored order mixes nothing, so streaming a row group that fits only costs
+    decode time: row groups of 4 MB (wider than one open stream costs) are read
+    whole, one piece each; a row group larger than the budget is still read, front
+    to back, as one stream."""
+    n = 40_960
+    loader = _loader(_write("pq-8192", tmp_path, n, width=128), "48MiB", shuffle=False)
+    assert loader.budget.stream_bytes == 0, loader.budget.describe()
+    plan = loader.plan()
+    assert not (plan.stream >= 0).any() and len(plan.stream) == n // 8192, "one piece per row group"
+    _, ids = _epoch(loader)
+    assert np.array_equal(ids, np.arange(n))
+
+    streamed = _loader(_streamed(tmp_path), "16MiB", shuffle=False)
+    assert streamed.budget.stream_bytes > 0 and streamed.budget.lanes == 1, streamed.budget.describe()
+    _, ids = _epoch(streamed)
+    assert np.array_equal(ids, np.arange(240_000))
+
+
 @pytest.mark.parametrize("layout", ["npy", "pq-8192"])
 def test_more_memory_never_hurts(layouts, layout):
     scores = [_epoch(_loader(layouts[layout], limit))[0] for limit in ("2MiB", "4MiB", "8MiB", "64MiB")]
