@@ -21,7 +21,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -235,6 +235,8 @@ class _EpochProducer:
     filler: BatchFiller
     stop: threading.Event
     batch_size: int
+    #: batches in the next group handed over (doubles from 1 up to ``budget.batch_group``)
+    _group_target: int = field(default=1, init=False)
 
     def produce(self, streams: list[Stream]) -> Iterator[list[Batch]]:
         """Every batch group of ``streams``, in order; the pool is closed when the
@@ -251,6 +253,10 @@ class _EpochProducer:
         """The batch groups of rows ``[lo, hi)`` of ``plan``'s stream, segment by
         segment; each segment's pieces are released once its rows are out."""
         shuffle = WindowShuffle(plan, self.budget.max_segment_ticks)
+        # the first group is one batch: a full group of the first batches would wait
+        # for the pieces of all of them (streamed slices load a few rows per tick, so
+        # 8 batches need ~3x the reads of one), and the consumer waits for the group
+        self._group_target = 1
         reads = PieceReads(plan, self.dataset, self.ring, self.pool, self.cache, self.budget, self.stop)
         tick, skip = shuffle.locate(lo)
         stop_piece = plan.pieces_needed(shuffle.locate(hi)[0] + 1) if hi < plan.num_rows else plan.num_pieces
@@ -309,13 +315,15 @@ class _EpochProducer:
         self, plan: EpochPlan, reads: PieceReads, segment: Segment, positions: np.ndarray, keys: np.ndarray
     ) -> Iterator[list[Batch]]:
         """The batches of one segment's rows (``positions``, their ``keys``),
-        gathered as their pieces load, handed over ``batch_group`` at a time."""
+        gathered as their pieces load, handed over ``batch_group`` at a time (after
+        groups of 1, 2, 4, ... at the start of a stream: see :meth:`_stream`)."""
         group: list[Batch] = []
         for batch in self.filler.fill(positions, self._waiter(plan, reads, segment, positions, keys)):
             group.append(batch)
-            if len(group) == self.budget.batch_group:
+            if len(group) >= self._group_target:
                 yield group
                 group = []
+                self._group_target = min(2 * self._group_target, self.budget.batch_group)
                 # pieces whose every row is emitted free their slots now, not at the
                 # segment's end: reads keep flowing instead of coming in bursts
                 reads.release(plan.first_live_piece(keys[self.filler.taken - 1]))

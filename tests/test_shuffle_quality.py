@@ -6,9 +6,11 @@ resume at every batch boundary, and peak RSS within the bound."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -146,6 +148,40 @@ def test_row_groups_larger_than_the_window_are_streamed_and_mixed(tmp_path):
     mixed = np.mean([len(np.unique(g)) for g in groups[10:-10]])
     assert mixed > 2.9, f"batches mix rows of {mixed:.2f} row groups on average"
     assert score < 10, score  # three class-sorted places at a time: the most three streams can do
+
+
+def test_the_first_batch_waits_for_the_slices_it_needs_not_for_a_group_of_batches(tmp_path, monkeypatch):
+    """Streamed slices load a few rows per tick each, so eight batches need far more
+    slices read than one: the first batch is handed over on its own. With one slow
+    reader thread (it cannot run far ahead), the slices read by then are the ones
+    the first batch's rows come from, plus the one in flight."""
+    from streambatch.shuffle import WindowShuffle
+    from streambatch.sources import _parquet_stream
+
+    path = _write("pq-8192", tmp_path, 24 * 8192, width=128)  # 4 MB row groups: each streamed
+    loader = _loader(path, "32MiB", num_threads=1)
+    plan, budget = loader.plan(), loader.budget
+    assert budget.batch_group > 1 and (plan.stream >= 0).all()
+    keys = np.concatenate(
+        [s.keys for s in itertools.islice(WindowShuffle(plan, budget.max_segment_ticks).segments(), 40)]
+    )
+    needed = plan.pieces_holding(float(keys[255]))  # slices holding the first 256 rows of the order
+    assert plan.pieces_holding(float(keys[256 * budget.batch_group - 1])) > needed + 8, "a group would need more"
+
+    reads = []
+    read_into = _parquet_stream.ParquetRowStream.read_into
+
+    def slow_read_into(self, start, stop, out):
+        time.sleep(0.02)
+        read_into(self, start, stop, out)
+        reads.append(stop - start)
+
+    monkeypatch.setattr(_parquet_stream.ParquetRowStream, "read_into", slow_read_into)
+    with loader:
+        it = iter(loader)
+        next(it)
+        read_by_then = len(reads)
+    assert needed <= read_by_then <= needed + 1, (read_by_then, needed)
 
 
 def test_streamed_order_does_not_depend_on_the_thread_count(tmp_path):
