@@ -24,8 +24,14 @@ The budget ``M`` pays for:
 * **decode scratch** (units read whole: Zarr chunks, small row groups): a unit is
   decoded in a pool thread before it is copied into the ring; scratch is sized for
   4 concurrent decodes (at most a quarter of ``M``), and decodes beyond what it
-  holds wait. Remote units fetched ahead of their decodes (:mod:`streambatch.fetch`)
-  hold their compressed bytes in the same scratch until decoded.
+  holds wait.
+* **fetch-ahead** (remote Parquet/Zarr only: shards whose units are fetched, then
+  decoded, see :mod:`streambatch.fetch`): compressed bytes fetched ahead of their
+  decodes, so requests stay in flight while others decode; ``min(M / 8, 8 x
+  unit_nbytes)``, about what hiding 20 ms of latency takes at local decode rates.
+  Fetched bytes count against scratch + fetch-ahead until decoded. It is taken
+  from the ring, so a remote dataset that does not fit has a smaller window than
+  its local copy at the same ``M`` (another order; its fingerprint differs too).
 * **resident narrow columns** (``.npy`` only, shuffled): columns of at most 16
   bytes per row (labels) are held whole when together they fit in an eighth of
   ``M``, which saves a system call per piece.
@@ -79,6 +85,10 @@ _STREAM_DECODE_SLICES = 4
 _MIN_PIECE_BYTES = 16 << 10
 _JOB_BYTES = 1 << 20
 _SCRATCH_SHARE = 0.25
+#: Remote units fetched ahead of their decode: at most this share of ``M`` ...
+_FETCH_SHARE = 1 / 8
+#: ... and at most this many of the largest units read whole
+_FETCH_UNITS = 8
 _DECODES_IN_FLIGHT = 4
 _RESIDENT_ROW_BYTES = 16
 _RESIDENT_SHARE = 8
@@ -138,6 +148,9 @@ class Budget:
     stream_min_rows: int = 0
     #: estimated bytes of variable-length values per row (all such columns; 0: none)
     variable_row_nbytes: int = 0
+    #: compressed bytes of remote units fetched ahead and not yet decoding, on top of
+    #: the decode scratch (0: no shard fetches its units, see :mod:`streambatch.fetch`)
+    fetch_bytes: int = 0
 
     @property
     def arena_bytes(self) -> int:
@@ -208,7 +221,9 @@ class Budget:
         return (
             f"memory_limit {format_bytes(self.memory_limit)}: ring {format_bytes(self.ring_bytes)} "
             f"({self.ring_rows} rows; window {self.window_pieces} pieces of <= {self.max_piece_rows} rows), "
-            f"decode scratch {format_bytes(self.scratch_bytes)}, batches {format_bytes(self.batch_bytes)}, "
+            f"decode scratch {format_bytes(self.scratch_bytes)}, "
+            + (f"fetch-ahead {format_bytes(self.fetch_bytes)}, " if self.fetch_bytes else "")
+            + f"batches {format_bytes(self.batch_bytes)}, "
             + (f"{self.lanes} streams {format_bytes(self.stream_bytes)}, " if self.stream_bytes else "")
             + f"plan {format_bytes(self.plan_bytes)}{resident}"
             + (
@@ -259,11 +274,15 @@ def _split(
     # never more than a quarter of the budget; the rest goes to the shuffle window
     unit_bytes = unit_rows * row_nbytes
     scratch = min(int(memory_limit * _SCRATCH_SHARE), _DECODES_IN_FLIGHT * 2 * unit_bytes) if unit_rows else 0
+    # remote units: bytes in flight to hide each request's latency (~latency x units/s
+    # x unit bytes: 20 ms at 250 units/s of 2 MB is ~10 MB), beside the decodes
+    fetches = unit_rows and any(s.fetches_units and s.unit_bounds is not None for s in dataset.shards)
+    fetch = min(int(memory_limit * _FETCH_SHARE), _FETCH_UNITS * unit_bytes) if fetches else 0
     group = batch_group_size(batch_size * row_nbytes, memory_limit)
     batch_bytes = batches_in_flight(group) * batch_size * row_nbytes
     random_rows = sum(s.num_rows for s in dataset.shards if s.unit_bounds is None)
     resident, resident_bytes = _resident_columns(dataset, random_rows, memory_limit) if shuffle else ((), 0)
-    ring_bytes = memory_limit - scratch - batch_bytes - resident_bytes
+    ring_bytes = memory_limit - scratch - fetch - batch_bytes - resident_bytes
     min_piece = max(1, -(-_MIN_PIECE_BYTES // row_nbytes))
 
     def pieces_for(ring_rows: int) -> int:
@@ -362,6 +381,7 @@ def _split(
         max_piece_rows=int(max_piece),
         job_rows=int(job_rows),
         scratch_bytes=scratch,
+        fetch_bytes=fetch,
         unit_nbytes=unit_rows * row_nbytes,
         batch_bytes=batch_bytes,
         batch_group=group,

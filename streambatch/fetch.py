@@ -9,19 +9,20 @@ object-storage latency the rate followed requests per decode slot. Here:
   (several units of one job in one batched request), then decodes it in one;
 * the units of the pieces *after* the admitted ones (in plan order, so in the
   order they will be needed) are fetched ahead by pool jobs of their own, as
-  far as the decode scratch allows: their read jobs then find the bytes in
+  far as the decode scratch and the fetch-ahead share allow: their read jobs then find the bytes in
   memory. The ring bounds how many pieces are admitted; fetching ahead is
   bounded by bytes instead, so latency is hidden even when the ring has room
   for only a few pieces beyond the shuffle window.
 
-Memory (the budget's decode scratch, ``Budget.scratch_bytes``, which is sized
-as before: nothing here changes the plan, so the order of the rows is the same
-with and without fetching, remote or local). ``held`` counts the fetched bytes
+Memory: the budget's decode scratch plus its fetch-ahead share
+(``Budget.scratch_bytes + Budget.fetch_bytes``, the *limit*; the share is 0
+unless a shard fetches its units). Nothing here changes the plan: the order of
+the rows is the same at any latency and thread count. ``held`` counts the fetched bytes
 of each unit until its decode ends, plus ``unit_nbytes`` (its decoded rows)
 per decode running, or ``2 * unit_nbytes`` for a unit decoded straight from a
 local file (compressed pages and decoded rows, what the scratch is sized for).
 Invariants: at most ``decode_slots`` decodes at once, and ``held <=
-scratch_bytes``, except that a unit the scratch cannot hold is read alone,
+limit``, except that a unit the scratch cannot hold is read alone,
 and that an admitted piece never waits for bytes fetched ahead for later
 pieces (they cannot be decoded before it: waiting would deadlock), which can
 pass the limit by one unit. A fetch, ahead or not, leaves room for a decode;
@@ -90,7 +91,7 @@ class UnitReads:
         self._pool = pool
         self._stop = stop
         self._slots = max(1, budget.decode_slots(pool.num_threads))
-        self._limit = max(0, int(budget.scratch_bytes))
+        self._limit = max(0, int(budget.scratch_bytes + budget.fetch_bytes))
         self._decoded = max(0, int(budget.unit_nbytes))
         self._row_nbytes = max(1, int(budget.row_nbytes))
         self._held = 0
@@ -115,7 +116,7 @@ class UnitReads:
     # ------------------------------------------------------------ fetch ahead
     def ahead(self, first: int, end: int) -> None:
         """Fetch ahead the units of pieces ``first`` (the next piece to admit) to
-        ``end`` (exclusive), in order, as far as the scratch allows, with fetch-ahead
+        ``end`` (exclusive), in order, as far as the limit allows, with fetch-ahead
         jobs on at most half the pool's threads at a time."""
         fetchable = self._fetchable
         if fetchable is None:
@@ -233,7 +234,7 @@ class UnitReads:
                 self._decode_fetched(entry, pieces[i], read_one)
                 i += 1
                 continue
-            # the next pieces not fetched ahead: fetched together, as many as the scratch allows
+            # the next pieces not fetched ahead: fetched together, as many as the limit allows
             end, total = i + 1, sizes[i]
             while (
                 end < len(pieces)

@@ -1,7 +1,9 @@
 """Remote read units fetched apart from their decodes (``streambatch.fetch``):
 requests overlap beyond the decode slots, the fetched bytes stay within the
-decode scratch, faults surface as before, and the batches are exactly those of
-the same files read locally, whatever the latency and the thread count."""
+decode scratch and the fetch-ahead share the budget sets aside for them, faults
+surface as before, and the batches are those of the same files read locally when
+the data fits (the fetch-ahead share comes out of the ring otherwise), whatever the
+latency and the thread count."""
 
 from __future__ import annotations
 
@@ -71,8 +73,8 @@ def test_requests_overlap_beyond_the_decode_slots(fmt, latency, units, tmp_path)
     """Units of 1000 rows (48 KB) in a 1 MiB budget: two decode slots. With 50 ms
     per request, more units are in flight than decode slots (before, a unit's
     fetch held its decode slot: at most two units in flight, one request per
-    array each), the fetched bytes stay within the decode scratch (plus one unit),
-    and the batches equal the local ones."""
+    array each), the fetched bytes stay within the decode scratch and the
+    fetch-ahead share (plus one unit), and the batches equal the local ones."""
     local = write_dataset(fmt, tmp_path, make_columns(N), 1000, 2)
     expected = _batches(local)
     latency.configure(0.05)
@@ -86,7 +88,7 @@ def test_requests_overlap_beyond_the_decode_slots(fmt, latency, units, tmp_path)
     assert latency.peak > slots * requests_per_unit, (latency.peak, slots)
     assert any(u.peak_held for u in units)
     for u in units:
-        assert u.peak_held <= budget.scratch_bytes + budget.unit_nbytes, (u.peak_held, budget.scratch_bytes)
+        assert u.peak_held <= budget.scratch_bytes + budget.fetch_bytes + budget.unit_nbytes, (u.peak_held, budget)
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "zarr"])
@@ -105,6 +107,37 @@ def test_random_latencies_and_thread_counts_give_the_local_batches(fmt, shuffle,
             with sb.Loader(f"latency://{local}", batch_size=100, memory_limit="1MiB", seed=3, **kw) as there:
                 there.set_epoch(epoch)
                 _assert_same(list(there), expected)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "zarr"])
+def test_remote_units_in_flight_are_a_budget_term_of_their_own(fmt, latency, units, tmp_path):
+    """40,000 rows of 48 bytes (1.9 MB) in 1 MiB, units of 1,000 rows: the data does
+    not fit. Read locally, nothing is fetched and nothing is set aside; read remotely,
+    the budget sets aside an eighth of memory_limit (at most 8 units) for bytes
+    fetched ahead of their decodes, out of the ring, and every part of the budget
+    still adds up to at most memory_limit. The fetched bytes held stay within decode
+    scratch + fetch-ahead (+ one unit); the remote order, a permutation, is the same
+    at any latency and thread count."""
+    local = write_dataset(fmt, tmp_path, make_columns(40_000), 1000, 2)
+    here = sb.Loader(local, batch_size=100, memory_limit="1MiB", seed=3).budget
+    assert here.fetch_bytes == 0 and not here.fits
+    latency.configure(0.0)
+    expected = _batches(f"latency://{local}", num_threads=1)
+    with sb.Loader(f"latency://{local}", batch_size=100, memory_limit="1MiB", seed=3) as loader:
+        there = loader.budget
+    assert there.fetch_bytes == min((1 << 20) // 8, 8 * there.unit_nbytes) > 0
+    assert there.unit_nbytes == here.unit_nbytes and there.scratch_bytes == here.scratch_bytes
+    assert there.ring_bytes < here.ring_bytes
+    parts = there.ring_bytes + there.scratch_bytes + there.fetch_bytes + there.batch_bytes + there.resident_bytes
+    assert parts + there.plan_bytes + there.stream_bytes <= there.memory_limit
+    np.testing.assert_array_equal(np.sort(ids_of(expected)), np.arange(40_000))
+    for threads, seed in ((4, 1), (16, 2)):
+        units.clear()
+        latency.configure(0.01, jitter=True, seed=seed)
+        _assert_same(_batches(f"latency://{local}", num_threads=threads), expected)
+        assert any(u.peak_held for u in units)
+        for u in units:
+            assert u.peak_held <= there.scratch_bytes + there.fetch_bytes + there.unit_nbytes, (u.peak_held, there)
 
 
 def test_units_are_fetched_ahead_of_their_read_jobs(latency, units, tmp_path, monkeypatch):

@@ -250,7 +250,7 @@ def test_narrow_columns_are_held_whole_and_charged_to_the_budget(dataset_factory
     loader = sb.Loader(path, 100, memory_limit="4MiB")
     b = loader.budget
     assert "id" in b.resident_columns and b.resident_bytes >= 20_000 * 8
-    assert b.ring_bytes + b.scratch_bytes + b.batch_bytes + b.resident_bytes <= b.memory_limit
+    assert b.ring_bytes + b.scratch_bytes + b.fetch_bytes + b.batch_bytes + b.resident_bytes <= b.memory_limit
     assert np.array_equal(np.sort(ids_of(collect(loader))), np.arange(20_000))
     ordered = sb.Loader(path, 100, memory_limit="4MiB", shuffle=False)
     assert ordered.budget.resident_columns == ()  # sequential reads need no help
