@@ -3,7 +3,7 @@ requests overlap beyond the decode slots, the fetched bytes stay within the
 decode scratch and the fetch-ahead share the budget sets aside for them, faults
 surface as before, and the batches are those of the same files read locally when
 the data fits (the fetch-ahead share comes out of the ring otherwise), whatever the
-latency and the thread count."""
+latency and the thread count. Remote ``.npy``: a column held whole is read whole."""
 
 from __future__ import annotations
 
@@ -201,3 +201,39 @@ def test_a_sharded_zarr_array_is_read_in_its_decode(latency, tmp_path):
     got = _batches(f"latency://{path}", num_threads=4)
     _assert_same(got, _batches(path, num_threads=4))
     np.testing.assert_array_equal(np.sort(ids_of(got)), np.arange(2000))
+
+
+@pytest.mark.parametrize("request_bytes, label_requests", [(8 << 20, 1), (50_000, 4)])
+def test_a_remote_npy_column_held_whole_is_read_whole_not_per_piece(
+    request_bytes, label_requests, latency, tmp_path, monkeypatch
+):
+    """A narrow column the budget holds whole (``resident_columns``, charged to it) is
+    read remotely as it is locally: once, in requests of at most
+    ``_RESIDENT_REQUEST_BYTES`` (160 KB here: 1 or 4 of them), then gathered from
+    memory; before, every shuffled piece sent a request for its few bytes of labels
+    beside the one for its features. The batches are the local ones."""
+    from streambatch.sources import _npy
+
+    monkeypatch.setattr(_npy, "_RESIDENT_REQUEST_BYTES", request_bytes)
+    root = tmp_path / "npy"
+    root.mkdir()
+    np.save(root / "id.npy", np.arange(20_000, dtype=np.int64))
+    np.save(root / "x.npy", np.arange(20_000 * 64, dtype=np.float32).reshape(20_000, 64))
+    paths: list[str] = []
+    original = LatencyFS._cat_file
+
+    async def recording(self, path, start=None, end=None, **kwargs):
+        paths.append(path)
+        return await original(self, path, start, end, **kwargs)
+
+    monkeypatch.setattr(LatencyFS, "_cat_file", recording)
+    latency.configure(0.001)
+    kw = dict(batch_size=100, memory_limit="2MiB", num_threads=4, seed=3)
+    with sb.Loader(f"latency://{root}", **kw) as loader:
+        assert loader.budget.resident_columns == ("id",) and not loader.budget.fits
+        got = list(loader)
+    _assert_same(got, _batches(str(root), **kw))
+    label_reads = [p for p in paths if p.endswith("id.npy")]
+    feature_reads = [p for p in paths if p.endswith("x.npy")]
+    assert len(label_reads) == label_requests  # (headers are read through files, not counted here)
+    assert len(feature_reads) > 20 * len(label_reads)

@@ -24,6 +24,8 @@ _MAX_HEADER_BYTES = 1 << 20
 #: ``cat_ranges`` call, which async filesystems (s3, gcs, http) send concurrently.
 _REMOTE_BATCH_RANGES = 64
 _REMOTE_BATCH_BYTES = 16 << 20
+#: a remote resident column (at most an eighth of the budget) is read in requests of this size
+_RESIDENT_REQUEST_BYTES = 8 << 20
 
 
 def read_npy_header(location: FileSystemPath) -> tuple[ColumnSpec, int, int]:
@@ -102,7 +104,7 @@ class NpyShard(Shard):
     def open_reader(self, columns: list[str], resident: Collection[str] = ()) -> ShardReader:
         """``resident`` columns are read whole, once, when first needed, and then
         gathered from memory: for narrow columns (labels) whose per-range reads
-        would cost a system call for a few bytes each."""
+        would cost a system call for a few bytes each, or, remotely, a request."""
         self.check_columns(list(columns))  # an unknown column is refused naming the file
         return _NpyReader(
             self.path,
@@ -111,7 +113,7 @@ class NpyShard(Shard):
             {c: self._offsets[c] for c in columns},
             {c: self.columns[c] for c in columns},
             getattr(self, "retry", None),
-            resident=[c for c in columns if c in resident and self._files[c].is_local],
+            resident=[c for c in columns if c in resident],
         )
 
 
@@ -135,6 +137,8 @@ class _NpyReader(ShardReader):
         self._specs = specs
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
+        #: held while a resident column loads, so that racing threads wait for one read
+        self._load_lock = threading.Lock()
         self._closed = False
 
     def _fd(self, column: str) -> int:
@@ -176,16 +180,15 @@ class _NpyReader(ShardReader):
         here: faster than gathering from a memory map, whose page faults cost more
         than the reads, and nothing stays mapped)."""
         self._check(np.asarray(starts), np.asarray(stops), out)
-        if not all(self._files[c].is_local for c in out):
-            return self._read_many_remote(starts, stops, out)
-        rows = None
-        for column, target in out.items():
-            if column in self._resident:
-                if rows is None:
-                    lengths = stops - starts
-                    rows = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
-                target[...] = self._resident_column(column).take(rows, axis=0)
-                continue
+        read = {c: t for c, t in out.items() if c not in self._resident}
+        if len(read) < len(out):
+            lengths = stops - starts
+            rows = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
+            for column in out.keys() - read.keys():
+                out[column][...] = self._resident_column(column).take(rows, axis=0)
+        if not all(self._files[c].is_local for c in read):
+            return self._read_many_remote(starts, stops, read)
+        for column, target in read.items():
             row = self._specs[column].row_nbytes
             fd = self._fd(column)
             view = _bytes_of(target)
@@ -198,18 +201,32 @@ class _NpyReader(ShardReader):
                 done += size
 
     def _resident_column(self, column: str) -> np.ndarray:
+        """The whole column, read on first use: one positional read locally, and
+        requests of at most ``_RESIDENT_REQUEST_BYTES`` remotely (each retried)."""
         values = self._resident[column]
-        if values is None:
+        if values is not None:
+            return values
+        with self._load_lock:
+            values = self._resident[column]
+            if values is not None:  # another thread loaded it while this one waited
+                return values
             spec = self._specs[column]
             values = np.empty((self._num_rows, *spec.shape), spec.dtype)
             view = _bytes_of(values)
-            _pread_exactly(self._fd(column), view, self._offsets[column], self._files[column].url)
-            with self._lock:  # two threads may race to load it: keep one copy
-                kept = self._resident[column]
-                if kept is None:
-                    self._resident[column] = kept = values
-            return kept
-        return values
+            location = self._files[column]
+            if location.is_local:
+                _pread_exactly(self._fd(column), view, self._offsets[column], location.url)
+            else:
+                row = spec.row_nbytes
+                block = max(1, _RESIDENT_REQUEST_BYTES // max(1, row))
+                for lo in range(0, self._num_rows, block):
+                    hi = min(self._num_rows, lo + block)
+                    self._read_remote(column, view[lo * row : hi * row], self._offsets[column] + lo * row, lo, hi)
+            with self._lock:
+                if self._closed:
+                    raise ValueError("reader is closed")
+                self._resident[column] = values
+            return values
 
     # -- remote (fsspec) reads: one request per byte range, retried ----------
     def _read_remote(
