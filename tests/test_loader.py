@@ -262,3 +262,25 @@ def test_a_column_spec_reads_like_its_dtype_shape_tuple(dataset_factory):
     assert (spec[0], spec[1], spec[-1], len(spec)) == (dtype, shape, shape, 2)
     assert tuple(spec) == spec[:] == (np.dtype(np.int32), (3, 2)) == spec
     assert repr(spec) == "(int32, (3, 2))"
+
+
+@pytest.mark.parametrize("fmt", ["npy", "parquet", "zarr"])
+def test_the_first_batch_does_not_wait_for_modules_only_rare_paths_need(fmt, tmp_path):
+    """In a fresh process, a shuffled epoch's first batch needs neither
+    ``pyarrow.compute`` (~0.1 s to import: casts, null fills and dictionary recoding
+    use it) nor ``numpy.ma`` (~35 ms, pulled in by plain ``np.unique``): importing
+    them was most of the first-batch latency of a Parquet epoch."""
+    import subprocess
+    import sys
+
+    path = write_dataset(fmt, tmp_path, make_columns(5000), 500, 2)
+    script = (
+        "import sys, streambatch as sb\n"
+        f"it = iter(sb.Loader({path!r}, 100, memory_limit='1MiB', seed=0))\n"
+        "next(it)\n"
+        "it.close()\n"
+        "print(sorted(m for m in ('pyarrow.compute', 'numpy.ma') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout

@@ -44,7 +44,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..errors import CastError, SchemaError
 
@@ -105,6 +104,8 @@ class _Overflow(ValueError):
 
 
 def _run(arr: pa.Array, steps: tuple[Step, ...]) -> pa.Array:
+    import pyarrow.compute as pc  # here, not at import: it costs ~0.1 s, paid only by a cast
+
     for op, t in steps:
         arr = arr.view(t) if op == "view" else pc.cast(arr, t, safe=True)
     return arr
@@ -121,6 +122,8 @@ def _count_inf(arr: pa.Array) -> int:
         arr = arr.flatten()
     if not pa.types.is_floating(arr.type):
         return 0
+    import pyarrow.compute as pc
+
     return int(pc.sum(pc.is_inf(arr)).as_py() or 0)
 
 
