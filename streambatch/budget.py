@@ -62,6 +62,7 @@ import numpy as np
 from ._units import format_bytes
 from .columns import ColumnKind, kind_of
 from .errors import BudgetError
+from .fetch import fetches_ahead
 from .plan import RAMP, PlanParams
 from .sources import Dataset
 
@@ -276,7 +277,7 @@ def _split(
     scratch = min(int(memory_limit * _SCRATCH_SHARE), _DECODES_IN_FLIGHT * 2 * unit_bytes) if unit_rows else 0
     # remote units: bytes in flight to hide each request's latency (~latency x units/s
     # x unit bytes: 20 ms at 250 units/s of 2 MB is ~10 MB), beside the decodes
-    fetches = unit_rows and any(s.fetches_units and s.unit_bounds is not None for s in dataset.shards)
+    fetches = unit_rows and any(fetches_ahead(s) for s in dataset.shards)
     fetch = min(int(memory_limit * _FETCH_SHARE), _FETCH_UNITS * unit_bytes) if fetches else 0
     group = batch_group_size(batch_size * row_nbytes, memory_limit)
     batch_bytes = batches_in_flight(group) * batch_size * row_nbytes

@@ -9,8 +9,8 @@ object-storage latency the rate followed requests per decode slot. Here:
   (several units of one job in one batched request), then decodes it in one;
 * the units of the pieces *after* the admitted ones (in plan order, so in the
   order they will be needed) are fetched ahead by pool jobs of their own, as
-  far as the decode scratch and the fetch-ahead share allow: their read jobs then find the bytes in
-  memory. The ring bounds how many pieces are admitted; fetching ahead is
+  far as the decode scratch and the fetch-ahead share allow: their read jobs
+  then find the bytes in memory. The ring bounds how many pieces are admitted; fetching ahead is
   bounded by bytes instead, so latency is hidden even when the ring has room
   for only a few pieces beyond the shuffle window.
 
@@ -52,10 +52,10 @@ from .sources._retry import check_stopped
 if TYPE_CHECKING:
     from .budget import Budget
     from .plan import EpochPlan
-    from .sources import Dataset
+    from .sources import Dataset, Shard
     from .sources._handles import ReaderCache
 
-__all__ = ["UnitReads"]
+__all__ = ["UnitReads", "fetches_ahead"]
 
 #: Pieces fetched ahead of the admitted ones at most (bookkeeping for tiny units).
 _MAX_AHEAD_PIECES = 1024
@@ -69,6 +69,13 @@ class _Ahead:
     def __init__(self, nbytes: int) -> None:
         self.future: Future[Any] | None = None
         self.nbytes = nbytes
+
+
+def fetches_ahead(shard: Shard) -> bool:
+    """Whether the units of ``shard`` are fetched here, ahead of their decodes: read
+    whole (it has units) and fetched before they are decoded (remote). The budget
+    sets its fetch-ahead share aside for datasets with such shards."""
+    return shard.fetches_units and shard.unit_bounds is not None
 
 
 class UnitReads:
@@ -103,9 +110,7 @@ class UnitReads:
         self._room = threading.Condition()
         self._closed = False
         # pieces whose unit can be fetched ahead: read whole (not a stream slice), of a shard that fetches
-        fetching = np.array(
-            [s.fetches_units and s.unit_bounds is not None for s in dataset.shards] or [False], dtype=bool
-        )
+        fetching = np.array([fetches_ahead(s) for s in dataset.shards] or [False], dtype=bool)
         self._fetchable = (plan.stream < 0) & fetching[plan.shard] if fetching.any() else None
         self._frontier = 0
         self._ahead: dict[int, _Ahead] = {}
