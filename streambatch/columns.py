@@ -94,6 +94,13 @@ class ColumnStorage(abc.ABC):
         """Bytes held beyond the preallocated slots (variable-length values)."""
         return 0
 
+    @property
+    def rows(self) -> np.ndarray | None:
+        """Every slot as one C-contiguous ``(capacity, *shape)`` array, which batches
+        are gathered from in one native call per group; ``None`` for storage that is
+        not one array (variable-length values)."""
+        return None
+
 
 class ColumnKind(abc.ABC):
     """How a column of ``spec`` is stored and delivered. ``row_nbytes`` is what the
@@ -136,6 +143,10 @@ class FixedKind(ColumnKind):
 class _FixedStorage(ColumnStorage):
     def __init__(self, array: np.ndarray) -> None:
         self.array = array
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self.array
 
     def view(self, slot: int, length: int) -> np.ndarray:
         return self.array[slot : slot + length]

@@ -256,7 +256,7 @@ class _EpochProducer:
         # the first group is one batch: a full group of the first batches would wait
         # for the pieces of all of them (streamed slices load a few rows per tick, so
         # 8 batches need ~3x the reads of one), and the consumer waits for the group
-        self._group_target = 1
+        self._group_target = self.filler.group_batches = 1
         reads = PieceReads(plan, self.dataset, self.ring, self.pool, self.cache, self.budget, self.stop)
         tick, skip = shuffle.locate(lo)
         stop_piece = plan.pieces_needed(shuffle.locate(hi)[0] + 1) if hi < plan.num_rows else plan.num_pieces
@@ -324,6 +324,7 @@ class _EpochProducer:
                 yield group
                 group = []
                 self._group_target = min(2 * self._group_target, self.budget.batch_group)
+                self.filler.group_batches = self._group_target
                 # pieces whose every row is emitted free their slots now, not at the
                 # segment's end: reads keep flowing instead of coming in bursts
                 reads.release(plan.first_live_piece(keys[self.filler.taken - 1]))

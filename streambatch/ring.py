@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from . import native
 from .columns import ColumnKind
 
 __all__ = ["RowRing"]
@@ -36,6 +37,9 @@ class RowRing:
         self.kinds = dict(kinds)
         self.storages = {name: kind.storage(self.capacity) for name, kind in self.kinds.items()}
         self._variable = [self.storages[n] for n, k in self.kinds.items() if k.variable]
+        rows = [r for r in (storage.rows for storage in self.storages.values()) if r is not None]
+        #: every column's slots as one array (all columns fixed-size), or None
+        self._rows: list[np.ndarray] | None = rows if len(rows) == len(self.storages) else None
         self.arena_bytes = int(arena_bytes)
         #: estimated bytes of values per row of the variable-length columns (for admission)
         self.variable_row_nbytes = sum(k.row_nbytes for k in self.kinds.values() if k.variable)
@@ -92,6 +96,27 @@ class RowRing:
         """Free every variable-length value (no read is in flight)."""
         for storage in self._variable:
             storage.clear()
+
+    @property
+    def fixed(self) -> bool:
+        """Every column is fixed-size: batches can be gathered with :meth:`gather_into`."""
+        return self._rows is not None
+
+    def new_batch(self, rows: int) -> dict[str, np.ndarray]:
+        """Uninitialised arrays for a batch of ``rows`` rows (fixed-size columns only)."""
+        assert self._rows is not None  # internal: callers check ``fixed``
+        return {name: np.empty((rows, *a.shape[1:]), a.dtype) for name, a in zip(self.storages, self._rows)}
+
+    def gather_into(self, positions: np.ndarray, targets: list[tuple[dict[str, np.ndarray], int, int]]) -> None:
+        """The rows at ``positions``, in order, into ``targets``: ``(batch, offset,
+        rows)`` each, filled one after the other (together ``len(positions)`` rows),
+        every column in one call (:func:`streambatch.native.gather`)."""
+        assert self._rows is not None  # internal: callers check ``fixed``
+        slots = positions % self.capacity
+        destinations = [
+            [batch[name][offset : offset + rows] for batch, offset, rows in targets] for name in self.storages
+        ]
+        native.gather(self._rows, slots, destinations)
 
     def gather(self, positions: np.ndarray, contiguous: bool) -> dict[str, Any]:
         """Fresh batch values holding the rows at ``positions``, in that order."""

@@ -11,6 +11,7 @@ from collections.abc import Collection, Mapping
 
 import numpy as np
 
+from .. import native
 from ..errors import CorruptInputError, RowCountError, SchemaError
 from ._base import ColumnSpec, Shard, ShardReader
 from ._fs import FileSystemPath
@@ -190,15 +191,12 @@ class _NpyReader(ShardReader):
             return self._read_many_remote(starts, stops, read)
         for column, target in read.items():
             row = self._specs[column].row_nbytes
-            fd = self._fd(column)
-            view = _bytes_of(target)
-            offsets = (starts * row + self._offsets[column]).tolist()
-            sizes = ((stops - starts) * row).tolist()
-            done = 0
-            url = self._files[column].url
-            for offset, size in zip(offsets, sizes):
-                _pread_exactly(fd, view[done : done + size], offset, url)
-                done += size
+            offsets = starts * row + self._offsets[column]
+            sizes = (stops - starts) * row
+            short = native.pread_ranges(self._fd(column), offsets, sizes, _bytes_of(target))
+            if short is not None:
+                k, done = short
+                raise _truncated(self._files[column].url, int(offsets[k]) + done, int(sizes[k]) - done)
 
     def _resident_column(self, column: str) -> np.ndarray:
         """The whole column, read on first use: one positional read locally, and
@@ -319,8 +317,11 @@ def _pread_exactly(fd: int, view: memoryview, offset: int, url: str) -> None:
     while done < total:
         n = os.preadv(fd, [view[done:]], offset + done)
         if n == 0:
-            raise CorruptInputError(
-                f"{url}: file ended at byte {offset + done}, {total - done} bytes short "
-                "(was it truncated after the dataset was opened?)"
-            )
+            raise _truncated(url, offset + done, total - done)
         done += n
+
+
+def _truncated(url: str, at: int, missing: int) -> CorruptInputError:
+    return CorruptInputError(
+        f"{url}: file ended at byte {at}, {missing} bytes short (was it truncated after the dataset was opened?)"
+    )
