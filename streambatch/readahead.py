@@ -140,7 +140,12 @@ class PieceReads:
             self.loaded = end
 
     def release(self, first_live: int) -> None:
-        """Pieces before ``first_live`` are emitted: their slots may be reused."""
+        """Pieces before ``first_live`` are emitted: their slots may be reused.
+
+        Only loaded ones are freed: a piece whose rows were all read directly
+        (the first batch of a resume) may still have its read in flight, and a
+        piece admitted into its slots would then be overwritten by it."""
+        first_live = min(first_live, self.loaded)
         if first_live > self.released:
             self.ring.release(self.offsets[self.released], self.offsets[first_live])
             self.released = first_live
