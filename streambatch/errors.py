@@ -37,6 +37,13 @@ class SourceNotFoundError(StreambatchError, FileNotFoundError):
 class CorruptInputError(StreambatchError, ValueError):
     """The bytes of a file are unreadable or inconsistent with its header."""
 
+    @classmethod
+    def truncated(cls, url: str, at: int, missing: int) -> CorruptInputError:
+        """A file that ended at byte ``at``, ``missing`` bytes before a read's end."""
+        return cls(
+            f"{url}: file ended at byte {at}, {missing} bytes short (was it truncated after the dataset was opened?)"
+        )
+
 
 class IncompleteConversionError(StreambatchError, ValueError):
     """A ``streambatch convert`` output without its manifest (killed, failed or

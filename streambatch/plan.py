@@ -32,6 +32,7 @@ in the order they are read.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -151,7 +152,13 @@ class EpochPlan:
 
     def first_live_piece(self, tick: float) -> int:
         """The lowest piece still holding keys at or above ``tick``."""
-        return int(np.searchsorted(self.end, tick, side="right"))
+        # the method, not np.searchsorted's dispatch: called per batch group
+        return int(self.end.searchsorted(tick, side="right"))
+
+    @cached_property
+    def streamed(self) -> bool:
+        """Some pieces are slices of streamed units."""
+        return bool((self.stream >= 0).any())
 
 
 def rows_per_rank(num_rows: int, world_size: int, remainder: Remainder) -> int:

@@ -28,6 +28,7 @@ import numpy as np
 from .budget import Budget
 from .errors import ReaderError, StreambatchError
 from .fetch import UnitReads
+from .plain_reads import PlainRowReads
 from .plan import EpochPlan
 from .pool import ReaderPool, Stopped
 from .ring import RowRing
@@ -68,7 +69,7 @@ class PieceReads:
         self.job_end = _job_ends(plan.offsets, budget.job_rows)
         self.streams = _Streams(plan, dataset, cache, stop)
         self.units = UnitReads(plan, dataset, cache, pool, budget, stop)
-        self._read_piece = _piece_reader(plan, dataset, ring, cache, self.streams, self.units)
+        self._read_piece = _piece_reader(plan, dataset, ring, cache, self.streams, self.units, pool.num_threads)
 
     def start_at(self, first_live: int, stop_piece: int) -> None:
         """Read from piece ``first_live`` on, and nothing from ``stop_piece`` on."""
@@ -108,10 +109,11 @@ class PieceReads:
                 pending = (offsets[end] - offsets[self.loaded]) * ring.variable_row_nbytes
                 if ring.variable_nbytes + pending > ring.arena_bytes:
                     return
-            futures = [
-                self.pool.submit(functools.partial(self._read_piece, pieces))
-                for pieces in _split_by_stream(self.plan.stream, first, end)
-            ]
+            if self.plan.streamed:
+                jobs = _split_by_stream(self.plan.stream, first, end)
+            else:  # one job of consecutive pieces
+                jobs = [np.arange(first, end, dtype=np.int64)]
+            futures = [self.pool.submit(functools.partial(self._read_piece, pieces)) for pieces in jobs]
             self.jobs.append((first, end, futures))
             self.admitted = end
 
@@ -286,14 +288,18 @@ def _piece_reader(
     cache: ReaderCache,
     streams: _Streams,
     units: UnitReads,
+    num_threads: int,
 ) -> Callable[[np.ndarray], None]:
     """The job body run in pool threads: read ``pieces`` (increasing indices, as
     :func:`_split_by_stream` groups them) into their ring slots.
 
-    A streamed piece is read through its stream; consecutive other pieces of
-    one shard form a run whose ring slots are contiguous (split where the ring
-    wraps), read with one ``read_many`` call."""
+    A streamed piece is read through its stream. Other pieces of shards that
+    store plain rows (local ``.npy``) are read all at once, whatever their
+    shards (:class:`~streambatch.plain_reads.PlainRowReads`); otherwise
+    consecutive pieces of one shard form a run whose ring slots are contiguous
+    (split where the ring wraps), read with one ``read_many`` call."""
     shards = dataset.shards
+    plain = PlainRowReads(plan, dataset, ring, cache, cache.max_open // max(1, num_threads)) if ring.fixed else None
 
     def read(pieces: np.ndarray) -> None:
         if plan.stream[pieces[0]] >= 0:  # one stream's slices, in order
@@ -306,6 +312,17 @@ def _piece_reader(
                     where = shards[int(plan.shard[k])].describe_rows(int(plan.start[k]), int(plan.stop[k]))
                     raise ReaderError(f"reading {where} failed: {error!r}") from error
             return
+        if plain is not None:
+            try:
+                if plain.read(pieces):
+                    return
+            except (StreambatchError, Stopped):
+                raise
+            except Exception as error:
+                k = int(pieces[0])
+                where = shards[int(plan.shard[k])].describe_rows(int(plan.start[k]), int(plan.stop[k]))
+                also = f" and {pieces.size - 1} more pieces" if pieces.size > 1 else ""
+                raise ReaderError(f"reading {where}{also} failed: {error!r}") from error
         # pieces read on their own: runs of consecutive pieces of one shard
         breaks = np.flatnonzero((np.diff(pieces) != 1) | (np.diff(plan.shard[pieces]) != 0)) + 1
         for run in np.split(pieces, breaks) if breaks.size else (pieces,):

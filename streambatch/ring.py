@@ -102,6 +102,12 @@ class RowRing:
         """Every column is fixed-size: batches can be gathered with :meth:`gather_into`."""
         return self._rows is not None
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Each column's ``(capacity, *shape)`` slots (fixed-size columns only), which
+        readers of plain rows write into directly."""
+        assert self._rows is not None  # internal: callers check ``fixed``
+        return dict(zip(self.storages, self._rows))
+
     def new_batch(self, rows: int) -> dict[str, np.ndarray]:
         """Uninitialised arrays for a batch of ``rows`` rows (fixed-size columns only)."""
         assert self._rows is not None  # internal: callers check ``fixed``

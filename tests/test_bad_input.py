@@ -411,15 +411,19 @@ def test_npy_truncated_after_open_raises_from_next_naming_the_file(tmp_path, cap
 @pytest.fixture
 def fail_third_read(monkeypatch):
     """Patch the reader class of ``dataset``'s format so that its 3rd read call
-    (``read_many`` for random-access shards, ``read_into`` for unit shards and for
-    the streams of formats that stream units) raises ``RuntimeError("boom")``;
-    returns the error that was raised."""
+    (``plain_rows`` for shards of plain rows, whose jobs are read from the layout
+    it gives, ``read_many`` for other random-access shards, ``read_into`` for unit
+    shards and for the streams of formats that stream units) raises
+    ``RuntimeError("boom")``; returns the error that was raised."""
     raised: list[BaseException] = []
 
     def install(dataset: sb.Dataset) -> list[BaseException]:
         shard = dataset.shards[0]
         probe = shard.open_reader(list(dataset.columns))
-        targets = [(type(probe), "read_many" if shard.unit_bounds is None else "read_into")]
+        if probe.plain_rows() is not None:
+            targets = [(type(probe), "plain_rows")]
+        else:
+            targets = [(type(probe), "read_many" if shard.unit_bounds is None else "read_into")]
         if shard.streams_units:
             stream = probe.open_stream(0, int(shard.unit_bounds[1]), 1)
             targets.append((type(stream), "read_into"))

@@ -150,6 +150,67 @@ def test_pread_ranges_reads_the_same_bytes_on_both_paths_and_reports_where_a_fil
         os.close(fd)
 
 
+@needs_core
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_pread_ranges_places_ranges_of_several_files_at_their_positions_on_both_paths(tmp_path_factory, data):
+    """One call reads a job's ranges whatever file each comes from, each at its own
+    position in the destination (a ring's slots, in any order)."""
+    root = tmp_path_factory.mktemp("files")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    contents = [rng.integers(0, 255, int(rng.integers(1, 3_000)), dtype=np.uint8) for _ in range(3)]
+    fds = []
+    for i, content in enumerate(contents):
+        (root / f"f{i}").write_bytes(content.tobytes())
+        fds.append(os.open(root / f"f{i}", os.O_RDONLY))
+    try:
+        n = data.draw(st.integers(0, 12))
+        which = np.array([data.draw(st.integers(0, 2)) for _ in range(n)], np.int64)
+        offsets, sizes = [], []
+        for w in which.tolist():
+            start = data.draw(st.integers(0, len(contents[w])))
+            offsets.append(start)
+            sizes.append(data.draw(st.integers(0, len(contents[w]) - start)))
+        offsets_a, sizes_a = np.array(offsets, np.int64), np.array(sizes, np.int64)
+        order = np.array(data.draw(st.permutations(range(n))), np.int64)  # ranges laid out in any order
+        positions = np.zeros(n, np.int64)
+        positions[order] = np.cumsum(sizes_a[order]) - sizes_a[order]
+        spare = data.draw(st.integers(0, 16))
+        expected = np.full(int(sizes_a.sum()) + spare, 7, np.uint8)
+        for w, o, size, at in zip(which.tolist(), offsets, sizes, positions.tolist()):
+            expected[at : at + size] = contents[w][o : o + size]
+        fd_of = np.array(fds, np.int64)[which] if n else np.zeros(0, np.int64)
+
+        def read():
+            out = np.full(expected.size, 7, np.uint8)
+            assert native.pread_ranges(fd_of, offsets_a, sizes_a, memoryview(out), positions) is None
+            return out
+
+        with pytest.MonkeyPatch.context() as patch:
+            for got in _both_paths(patch, read):
+                np.testing.assert_array_equal(got, expected)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+@needs_core
+def test_pread_ranges_refuses_a_range_that_would_write_past_its_destination(tmp_path, monkeypatch):
+    (tmp_path / "f").write_bytes(bytes(100))
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+
+        def overrun():
+            out = np.zeros(50, np.uint8)
+            with pytest.raises(ValueError, match="does not fit a destination of 50 bytes"):
+                native.pread_ranges(fd, np.array([0, 0]), np.array([10, 20]), memoryview(out), np.array([0, 31]))
+            return True
+
+        assert _both_paths(monkeypatch, overrun) == (True, True)
+    finally:
+        os.close(fd)
+
+
 def test_a_truncated_npy_file_is_named_with_the_byte_it_ended_at(tmp_path):
     """The native read reports the end of the file; the reader turns it into the
     same error the pure-Python reads raise (file, byte, what is missing)."""

@@ -6,7 +6,8 @@ more than the copies themselves:
 
 * :func:`gather` -- ring rows into a whole group of batches, every column, in
   one call;
-* :func:`pread_ranges` -- many byte ranges of one file into one buffer.
+* :func:`pread_ranges` -- many byte ranges of any number of files into one
+  buffer (one read job, whatever the shards it covers).
 
 Both come from the C extension ``streambatch.native._core`` (built by pip from
 ``_core.c``; each call releases the GIL for its whole duration) when it is
@@ -74,25 +75,49 @@ def gather(sources: Sequence[np.ndarray], slots: np.ndarray, destinations: Seque
             raise ValueError(f"gather: destinations hold {done} rows for {slots.size} slots")
 
 
-def pread_ranges(fd: int, offsets: np.ndarray, sizes: np.ndarray, destination: memoryview) -> tuple[int, int] | None:
-    """Byte ranges ``sizes[i]`` at ``offsets[i]`` of file ``fd``, back to back, into
-    ``destination``. ``None`` when every byte was read; ``(i, done)`` when the file
+def pread_ranges(
+    fds: np.ndarray | int,
+    offsets: np.ndarray,
+    sizes: np.ndarray,
+    destination: memoryview,
+    positions: np.ndarray | None = None,
+) -> tuple[int, int] | None:
+    """Byte ranges into ``destination``: range ``i`` is ``sizes[i]`` bytes at
+    ``offsets[i]`` of file descriptor ``fds[i]`` (one descriptor for all when
+    ``fds`` is an int), written at byte ``positions[i]`` (back to back from 0
+    when ``positions`` is ``None``). A read job covering many shards is thus
+    one call. ``None`` when every byte was read; ``(i, done)`` when a file
     ended inside range ``i`` after ``done`` of its bytes (the caller names the
     file: it knows it). A failed read raises ``OSError``."""
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     sizes = np.ascontiguousarray(sizes, dtype=np.int64)
+    if isinstance(fds, int):
+        fds = np.full(offsets.shape, fds, dtype=np.int64)
+    else:
+        fds = np.ascontiguousarray(fds, dtype=np.int64)
+    if positions is None:
+        positions = np.cumsum(sizes) - sizes
+        if int(sizes.sum()) != len(destination):
+            raise ValueError(f"pread_ranges: ranges hold {int(sizes.sum())} bytes, the destination {len(destination)}")
+    positions = np.ascontiguousarray(positions, dtype=np.int64)
     if _core is not None:
-        found: tuple[int, int] | None = _core.pread_ranges(fd, offsets, sizes, destination)
+        found: tuple[int, int] | None = _core.pread_ranges(fds, offsets, sizes, destination, positions)
         return found
-    if int(sizes.sum()) != len(destination):
-        raise ValueError(f"pread_ranges: ranges hold {int(sizes.sum())} bytes, the destination {len(destination)}")
-    start = 0
-    for i, (offset, size) in enumerate(zip(offsets.tolist(), sizes.tolist())):
+    if not (fds.shape == offsets.shape == sizes.shape == positions.shape):
+        raise ValueError("pread_ranges: fds, offsets, sizes and positions must have one length")
+    outside = (positions < 0) | (positions + sizes > len(destination))
+    bad = np.flatnonzero((sizes < 0) | (offsets < 0) | (fds < 0) | outside)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"pread_ranges: range {i} (fd {int(fds[i])}, offset {int(offsets[i])}, size {int(sizes[i])}, "
+            f"at {int(positions[i])}) does not fit a destination of {len(destination)} bytes"
+        )
+    for i, (fd, offset, size, at) in enumerate(zip(fds.tolist(), offsets.tolist(), sizes.tolist(), positions.tolist())):
         done = 0
         while done < size:
-            n = os.preadv(fd, [destination[start + done : start + size]], offset + done)
+            n = os.preadv(fd, [destination[at + done : at + size]], offset + done)
             if n == 0:
                 return i, done
             done += n
-        start += size
     return None

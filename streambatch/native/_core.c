@@ -8,8 +8,9 @@
  *   gather(sources, slots, destinations)
  *       rows ``slots`` of every column's ring array, in order, into that
  *       column's batch arrays (a whole group of batches in one call);
- *   pread_ranges(fd, offsets, sizes, destination)
- *       byte ranges of one file, back to back, into one buffer.
+ *   pread_ranges(fds, offsets, sizes, destination, positions)
+ *       byte ranges of any number of files into one buffer, each at its
+ *       position (one read job, whatever the shards it covers).
  *
  * Only the buffer protocol is used (no NumPy C API), so the build needs
  * nothing but a C compiler and Python's headers. The pure-Python fallback in
@@ -196,52 +197,57 @@ done:
     return result;
 }
 
-/* pread_ranges(fd, offsets, sizes, destination) -> None or (index, done)
+/* pread_ranges(fds, offsets, sizes, destination, positions) -> None | (i, done)
  *
- * Range i (``sizes[i]`` bytes at file offset ``offsets[i]``, both int64) is
- * read into ``destination`` right after range i - 1. Returns None when every
- * byte was read, or ``(i, done)`` when the file ended inside range i after
- * ``done`` of its bytes (the caller names the file); raises OSError on a
- * failed read. Interrupted reads are resumed. */
+ * Range i is ``sizes[i]`` bytes at file offset ``offsets[i]`` of descriptor
+ * ``fds[i]``, read into ``destination`` at byte ``positions[i]`` (all int64
+ * arrays of one length). The ranges of one read job may come from any number
+ * of files (the shards it covers), so a job is one call whatever its shards.
+ * Returns None when every byte was read, or ``(i, done)`` when a file ended
+ * inside range i after ``done`` of its bytes (the caller names the file);
+ * raises OSError on a failed read. Interrupted reads are resumed. */
 static PyObject *pread_ranges(PyObject *Py_UNUSED(self), PyObject *args) {
-    int fd;
-    PyObject *offsets_obj, *sizes_obj, *dest_obj;
-    if (!PyArg_ParseTuple(args, "iOOO", &fd, &offsets_obj, &sizes_obj, &dest_obj)) return NULL;
-    Py_buffer offsets = {0}, sizes = {0}, dest = {0};
+    PyObject *fds_obj, *offsets_obj, *sizes_obj, *dest_obj, *positions_obj;
+    if (!PyArg_ParseTuple(args, "OOOOO", &fds_obj, &offsets_obj, &sizes_obj, &dest_obj, &positions_obj)) return NULL;
+    Py_buffer fds = {0}, offsets = {0}, sizes = {0}, dest = {0}, positions = {0};
     PyObject *result = NULL;
+    if (PyObject_GetBuffer(fds_obj, &fds, PyBUF_C_CONTIGUOUS) < 0) goto done;
     if (PyObject_GetBuffer(offsets_obj, &offsets, PyBUF_C_CONTIGUOUS) < 0) goto done;
     if (PyObject_GetBuffer(sizes_obj, &sizes, PyBUF_C_CONTIGUOUS) < 0) goto done;
     if (PyObject_GetBuffer(dest_obj, &dest, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto done;
-    if (offsets.len % 8 != 0 || offsets.len != sizes.len) {
-        PyErr_SetString(PyExc_ValueError, "pread_ranges: offsets and sizes must be int64 arrays of one length");
+    if (PyObject_GetBuffer(positions_obj, &positions, PyBUF_C_CONTIGUOUS) < 0) goto done;
+    if (offsets.len % 8 != 0 || offsets.len != sizes.len || offsets.len != fds.len || offsets.len != positions.len) {
+        PyErr_SetString(PyExc_ValueError,
+                        "pread_ranges: fds, offsets, sizes and positions must be int64 arrays of one length");
         goto done;
     }
     Py_ssize_t n = offsets.len / 8;
+    const int64_t *fd = (const int64_t *)fds.buf;
     const int64_t *offset = (const int64_t *)offsets.buf;
     const int64_t *size = (const int64_t *)sizes.buf;
-    int64_t total = 0;
+    const int64_t *position = (const int64_t *)positions.buf;
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (size[i] < 0 || offset[i] < 0) {
-            PyErr_Format(PyExc_ValueError, "pread_ranges: range %zd has offset %lld, size %lld", i,
-                         (long long)offset[i], (long long)size[i]);
+        if (size[i] < 0 || offset[i] < 0 || fd[i] < 0 || fd[i] > INT32_MAX || position[i] < 0 ||
+            position[i] > (int64_t)dest.len - size[i]) {
+            PyErr_Format(PyExc_ValueError,
+                         "pread_ranges: range %zd (fd %lld, offset %lld, size %lld, at %lld) does not fit a "
+                         "destination of %zd bytes",
+                         i, (long long)fd[i], (long long)offset[i], (long long)size[i], (long long)position[i],
+                         dest.len);
             goto done;
         }
-        total += size[i];
-    }
-    if (total != dest.len) {
-        PyErr_Format(PyExc_ValueError, "pread_ranges: ranges hold %lld bytes, the destination %zd",
-                     (long long)total, dest.len);
-        goto done;
     }
     int error = 0;
     Py_ssize_t short_index = -1;
     int64_t short_done = 0;
     Py_BEGIN_ALLOW_THREADS;
-    char *to = (char *)dest.buf;
+    char *base = (char *)dest.buf;
     for (Py_ssize_t i = 0; i < n && !error && short_index < 0; i++) {
+        char *to = base + position[i];
         int64_t done_bytes = 0;
         while (done_bytes < size[i]) {
-            ssize_t got = pread(fd, to + done_bytes, (size_t)(size[i] - done_bytes), (off_t)(offset[i] + done_bytes));
+            ssize_t got =
+                pread((int)fd[i], to + done_bytes, (size_t)(size[i] - done_bytes), (off_t)(offset[i] + done_bytes));
             if (got < 0) {
                 if (errno == EINTR) continue;
                 error = errno;
@@ -254,7 +260,6 @@ static PyObject *pread_ranges(PyObject *Py_UNUSED(self), PyObject *args) {
             }
             done_bytes += got;
         }
-        to += size[i];
     }
     Py_END_ALLOW_THREADS;
     if (error) {
@@ -269,16 +274,18 @@ static PyObject *pread_ranges(PyObject *Py_UNUSED(self), PyObject *args) {
     result = Py_None;
     Py_INCREF(result);
 done:
+    if (fds.obj != NULL) PyBuffer_Release(&fds);
     if (offsets.obj != NULL) PyBuffer_Release(&offsets);
     if (sizes.obj != NULL) PyBuffer_Release(&sizes);
     if (dest.obj != NULL) PyBuffer_Release(&dest);
+    if (positions.obj != NULL) PyBuffer_Release(&positions);
     return result;
 }
 
 static PyMethodDef methods[] = {
     {"gather", gather, METH_VARARGS, "gather(sources, slots, destinations): ring rows into batch arrays, GIL released"},
     {"pread_ranges", pread_ranges, METH_VARARGS,
-     "pread_ranges(fd, offsets, sizes, destination): byte ranges of a file back to back, GIL released"},
+     "pread_ranges(fds, offsets, sizes, destination, positions): byte ranges of files into one buffer, GIL released"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -26,6 +26,8 @@ __all__ = [
     "VARIABLE_INDEX_NBYTES",
     "ColumnSpec",
     "FetchedUnit",
+    "FileRows",
+    "MemoryRows",
     "NotAColumn",
     "RowStream",
     "Shard",
@@ -108,6 +110,26 @@ class ColumnSpec:
         return f"({self.dtype}, {self.shape})"
 
 
+@dataclass(frozen=True)
+class FileRows:
+    """A column stored as plain fixed-size rows in an open local file: row ``r`` is
+    bytes ``[offset + r * row_nbytes, offset + (r + 1) * row_nbytes)`` of file
+    descriptor ``fd`` (valid until its reader closes). ``url`` names the file in
+    errors."""
+
+    fd: int
+    offset: int
+    row_nbytes: int
+    url: str
+
+
+@dataclass(frozen=True)
+class MemoryRows:
+    """A column held whole in memory (``values``, one row per shard row)."""
+
+    values: np.ndarray
+
+
 class RowStream(abc.ABC):
     """Rows ``[start, stop)`` of one unit, read strictly front to back: each
     :meth:`read_into` continues where the previous one stopped, or skips ahead
@@ -167,6 +189,15 @@ class ShardReader(abc.ABC):
         with its ``read_into``, in a decode slot. Formats whose ``fetch_nbytes`` is not
         ``None`` implement it."""
         raise NotImplementedError(f"{type(self).__name__} fetches nothing ahead")
+
+    def plain_rows(self) -> Mapping[str, FileRows | MemoryRows] | None:
+        """Where each column this reader reads sits, when every one is stored as
+        plain fixed-size rows (a local ``.npy`` file, or a column held in memory):
+        the pipeline then copies the rows of a whole read job, whatever the shards
+        it covers, itself (one GIL-free call per column, see
+        :mod:`streambatch.plain_reads`). ``None`` (the default) when rows must be
+        decoded or fetched: :meth:`read_many` and :meth:`read_into` read them."""
+        return None
 
     def open_stream(self, start: int, stop: int, rows_per_read: int) -> RowStream:
         """A stream over rows ``[start, stop)`` of one unit, with handles of its own

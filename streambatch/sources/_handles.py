@@ -27,6 +27,11 @@ class ReaderCache:
         self._lock = threading.Lock()
         self._closed = False
 
+    @property
+    def max_open(self) -> int:
+        """Readers kept open at most (more only while threads hold them)."""
+        return self._max_open
+
     def acquire(self, shard: int) -> ShardReader:
         with self._lock:
             if self._closed:

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import native
 from ..errors import CorruptInputError, RowCountError, SchemaError
-from ._base import ColumnSpec, Shard, ShardReader
+from ._base import ColumnSpec, FileRows, MemoryRows, Shard, ShardReader
 from ._fs import FileSystemPath
 from ._retry import RetryPolicy, ShortReadError, call_with_retry, is_transient, read_exactly
 
@@ -141,6 +141,7 @@ class _NpyReader(ShardReader):
         #: held while a resident column loads, so that racing threads wait for one read
         self._load_lock = threading.Lock()
         self._closed = False
+        self._plain: dict[str, FileRows | MemoryRows] | None = None
 
     def _fd(self, column: str) -> int:
         with self._lock:
@@ -196,7 +197,25 @@ class _NpyReader(ShardReader):
             short = native.pread_ranges(self._fd(column), offsets, sizes, _bytes_of(target))
             if short is not None:
                 k, done = short
-                raise _truncated(self._files[column].url, int(offsets[k]) + done, int(sizes[k]) - done)
+                raise CorruptInputError.truncated(self._files[column].url, int(offsets[k]) + done, int(sizes[k]) - done)
+
+    def plain_rows(self) -> dict[str, FileRows | MemoryRows] | None:
+        """Every column as plain rows: its open local file, or (resident) its values
+        in memory, loaded on first use. ``None`` when a file is remote."""
+        if not all(location.is_local for location in self._files.values()):
+            return None
+        rows = self._plain
+        if rows is None:
+            rows = {
+                column: (
+                    MemoryRows(self._resident_column(column))
+                    if column in self._resident
+                    else FileRows(self._fd(column), self._offsets[column], spec.row_nbytes, self._files[column].url)
+                )
+                for column, spec in self._specs.items()
+            }
+            self._plain = rows  # racing threads build equal mappings: either may stay
+        return rows
 
     def _resident_column(self, column: str) -> np.ndarray:
         """The whole column, read on first use: one positional read locally, and
@@ -301,6 +320,7 @@ class _NpyReader(ShardReader):
         with self._lock:
             self._closed = True
             self._resident = dict.fromkeys(self._resident)
+            self._plain = None
             fds, self._fds = self._fds, {}
         for fd in fds.values():
             os.close(fd)
@@ -312,16 +332,8 @@ def _bytes_of(array: np.ndarray) -> memoryview:
 
 
 def _pread_exactly(fd: int, view: memoryview, offset: int, url: str) -> None:
-    done = 0
-    total = len(view)
-    while done < total:
-        n = os.preadv(fd, [view[done:]], offset + done)
-        if n == 0:
-            raise _truncated(url, offset + done, total - done)
-        done += n
-
-
-def _truncated(url: str, at: int, missing: int) -> CorruptInputError:
-    return CorruptInputError(
-        f"{url}: file ended at byte {at}, {missing} bytes short (was it truncated after the dataset was opened?)"
-    )
+    """``len(view)`` bytes of ``fd`` at ``offset`` into ``view``, or the error naming
+    where ``url`` ended."""
+    short = native.pread_ranges(fd, np.array([offset]), np.array([len(view)]), view)
+    if short is not None:
+        raise CorruptInputError.truncated(url, offset + short[1], len(view) - short[1])
