@@ -32,7 +32,7 @@ from .plan import EpochPlan
 from .pool import BackgroundIterator, ReaderPool
 from .readahead import PieceReads
 from .resume import advance
-from .ring import RowRing
+from .ring import RowRing, SpareRing
 from .shuffle import Segment, WindowShuffle
 from .sources import Dataset
 from .sources._handles import ReaderCache
@@ -104,9 +104,11 @@ class _Resources:
     """What an iterator must release; referenced by its finalizer, never the
     iterator itself (so garbage collection can reach the iterator)."""
 
-    def __init__(self, pool: ReaderPool, cache: ReaderCache) -> None:
+    def __init__(self, pool: ReaderPool, cache: ReaderCache, ring: RowRing, spare: SpareRing) -> None:
         self.pool = pool
         self.cache = cache
+        self.ring = ring
+        self.spare = spare
         self.batches: BackgroundIterator | None = None
 
     def close(self) -> None:
@@ -116,6 +118,10 @@ class _Resources:
         if self.batches is not None:
             self.batches.close()
         self.cache.close()
+        # the ring goes to the loader's next iterator, unless a thread may still write it
+        # (a read blocked past the join timeout)
+        if self.pool.ended and (self.batches is None or self.batches.ended):
+            self.spare.keep(self.ring)
 
 
 def _streams(loader: Loader, cursor: EpochCursor) -> tuple[list[Stream], Iterator[int]]:
@@ -149,7 +155,7 @@ class EpochIterator(Iterator[Batch]):
         streams, sizes = _streams(loader, cursor)
         budget = loader.budget
         dataset = loader.dataset
-        ring = RowRing(budget.column_kinds(dataset), budget.ring_rows, budget.arena_bytes)
+        ring = loader._spare_ring.take(budget.column_kinds(dataset), budget.ring_rows, budget.arena_bytes)
         pool = ReaderPool(loader.num_threads)
         try:
             cache = ReaderCache(
@@ -158,7 +164,7 @@ class EpochIterator(Iterator[Batch]):
         except BaseException:
             pool.close()  # no finalizer owns the pool's threads yet
             raise
-        self._resources = _Resources(pool, cache)
+        self._resources = _Resources(pool, cache, ring, loader._spare_ring)
         self._finalizer = weakref.finalize(self, self._resources.close)
         filler = BatchFiller(ring, sizes, contiguous=not loader.shuffle)
         stop = threading.Event()

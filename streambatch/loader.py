@@ -28,6 +28,7 @@ from .epoch import EpochCursor, EpochIterator
 from .errors import EmptyDatasetError, PoorShuffleWarning
 from .plan import EpochPlan, Remainder, make_plan, rows_per_rank
 from .resume import StreamSlice, rank_slices
+from .ring import SpareRing
 from .sources import Dataset, SourceLike, open_dataset
 from .sources._retry import RetryPolicy
 from .state import LoaderState, order_params
@@ -165,6 +166,8 @@ class Loader:
         self._cursor = EpochCursor(0, [(self.world_size, 0)])
         # live iterators, for close(): weak, so a dropped iterator's finalizer can run
         self._iterators: weakref.WeakSet[EpochIterator] = weakref.WeakSet()
+        # the last finished iterator's ring, reused by the next (no pages faulted in again)
+        self._spare_ring = SpareRing()
 
     # -- sizes ---------------------------------------------------------------
     @property
@@ -247,9 +250,11 @@ class Loader:
 
     # -- lifecycle -----------------------------------------------------------
     def close(self) -> None:
-        """Stop every live iterator's threads and free its buffers; idempotent."""
+        """Stop every live iterator's threads and free its buffers, and the ring kept
+        for the next iterator; idempotent (a later ``iter()`` makes a new ring)."""
         for iterator in list(self._iterators):
             iterator.close()
+        self._spare_ring.clear()
 
     def __enter__(self) -> Loader:
         return self

@@ -83,6 +83,11 @@ class ReaderPool:
     def num_threads(self) -> int:
         return len(self._threads)
 
+    @property
+    def ended(self) -> bool:
+        """Every thread has returned (none can still be running a job)."""
+        return not any(thread.is_alive() for thread in self._threads)
+
 
 def _work(jobs: queue.SimpleQueue[Any], stop: threading.Event) -> None:
     with stopped_by(stop):
@@ -153,6 +158,11 @@ class BackgroundIterator:
         if kind == "error":
             raise value
         raise StopIteration
+
+    @property
+    def ended(self) -> bool:
+        """The producer thread has returned."""
+        return not self._thread.is_alive()
 
     def request_stop(self) -> None:
         """Ask the producer to stop at its next wait, without joining it."""

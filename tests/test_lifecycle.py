@@ -221,6 +221,57 @@ def test_one_loader_iterated_twice_gives_two_identical_complete_epochs(data):
     assert not np.array_equal(ids_of(following), ids_of(epochs[0]))
 
 
+def _ring_of(iterator) -> object:
+    return iterator._resources.ring
+
+
+def test_the_next_epoch_reuses_the_finished_epochs_ring_and_gives_the_batches_of_a_fresh_loader(data):
+    """A new ring per epoch faults its pages in again: the loader keeps the last
+    finished iterator's ring for the next one, which must not change a batch."""
+    loader = _loader(data, seed=5)
+    first = iter(loader)
+    ring = _ring_of(first)
+    list(first)
+    second = iter(loader)
+    assert _ring_of(second) is ring or not ring.fixed  # rings with variable-length columns are not kept
+    reused = list(second)
+    fresh = _loader(data, seed=5)
+    fresh.set_epoch(1)
+    assert _same_batches(reused, collect(fresh))
+
+
+def test_an_epoch_stopped_early_hands_its_ring_on_and_two_live_iterators_never_share_one(data):
+    loader = _loader(data, seed=5)
+    stopped = iter(loader)
+    next(stopped)
+    stopped.close()
+    a = iter(loader)
+    b = iter(loader)  # a is live: b cannot have its ring
+    assert _ring_of(a) is not _ring_of(b)
+    a.close()
+    b.close()
+
+
+def test_close_frees_the_kept_ring(data):
+    loader = _loader(data, seed=5)
+    first = iter(loader)
+    ring = _ring_of(first)
+    list(first)
+    loader.close()
+    assert _ring_of(iter(loader)) is not ring
+
+
+def test_a_ring_a_thread_may_still_write_is_not_kept(data, monkeypatch):
+    from streambatch.pool import ReaderPool
+
+    monkeypatch.setattr(ReaderPool, "ended", property(lambda self: False))  # a read blocked past the join
+    loader = _loader(data, seed=5)
+    first = iter(loader)
+    ring = _ring_of(first)
+    list(first)
+    assert _ring_of(iter(loader)) is not ring
+
+
 # --------------------------------------------------------------------------
 # E2: fork while reader threads are alive
 # --------------------------------------------------------------------------
