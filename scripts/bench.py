@@ -22,6 +22,7 @@ function of memory_limit x Parquet row-group / Zarr chunk size.
     python scripts/bench.py --budget-sweep  # score vs budget table and plot
     python scripts/bench.py --quick         # smoke run, < 1 minute
     python scripts/bench.py --peers         # vs torch, HF datasets, MosaicML Streaming, ... (bench_peers.py)
+    python scripts/bench.py --limits        # pread / gather / pipeline ceilings beside streambatch (bench_limits.py)
 
 Results are cached as JSON under ``--data-dir``/results; ``docs/benchmarks.md``
 is rendered from the latest full main run, full sweep and full peer run.
@@ -41,6 +42,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_limits
 import bench_peers
 import bench_peers_report
 import bench_scaling
@@ -118,6 +120,11 @@ def main(argv=None) -> int:
         "--scaling", action="store_true", help="peak RSS and rows/s vs dataset size (scripts/bench_scaling.py)"
     )
     p.add_argument("--scaling-sizes", default=None, help="dataset sizes in ~1 GB shards (default 1,2,4,8; 1,2 quick)")
+    p.add_argument(
+        "--limits",
+        action="store_true",
+        help="the machine's read and gather limits beside streambatch (scripts/bench_limits.py); prints only",
+    )
     p.add_argument("--cold", action="store_true", help="cold page cache vs dd (needs root: empties the page cache)")
     p.add_argument(
         "--quality",
@@ -152,7 +159,7 @@ def main(argv=None) -> int:
     args.rows = args.rows or 2_000_000
     args.repeat = args.repeat or (2 if args.scaling else 3)
     official = not args.quick and args.rows == 2_000_000
-    write_docs = not args.no_docs and (official or args.write_docs)
+    write_docs = not args.no_docs and (official or args.write_docs) and not args.limits
     args.data_dir = os.path.abspath(args.data_dir)
     os.makedirs(os.path.join(args.data_dir, "results"), exist_ok=True)
 
@@ -192,6 +199,10 @@ def main(argv=None) -> int:
         res = bench_scaling.scaling_run(args, log)
         table = bench_scaling.scaling_tables(res)
         name = "scaling.json"
+    elif args.limits:
+        res = bench_limits.limits_run(args, log)
+        table = bench_limits.limits_tables(res)
+        name = "limits.json"
     elif args.cold:
         res = bench_scaling.cold_run(args, log)
         table = bench_scaling.cold_tables(res)

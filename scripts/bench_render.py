@@ -532,10 +532,31 @@ def render_docs(results: dict[str, dict | None], doc: str, history: list[dict] |
         "`scripts/bench_remote.py`, [remote.md → Measured](remote.md#measured).",
         "- Resume cost (first batch after a mid-epoch resume vs a fresh start, bytes read): "
         "`scripts/bench_resume.py`, [distributed.md](distributed.md).",
+        "- The machine's read and gather limits beside streambatch: `python scripts/bench.py --limits` "
+        "(`scripts/bench_limits.py`); the same rows in 1-8 shards: `scripts/bench_shards.py`; both below.",
         "",
     ]
+    out += _hand_sections(doc)
     with open(doc, "w") as f:
         f.write("\n".join(out))
+
+
+_HAND_MARKER = "<!-- measured by "
+
+
+def _hand_sections(doc: str) -> list[str]:
+    """The sections of ``doc`` pasted by hand (each opens with a ``<!-- measured by ...``
+    comment under its heading), kept as they are when the rest is rendered again."""
+    try:
+        with open(doc) as f:
+            lines = f.read().split("\n")
+    except OSError:
+        return []
+    first = next((i for i, line in enumerate(lines) if line.startswith(_HAND_MARKER)), None)
+    if first is None:
+        return []
+    heading = max((i for i in range(first) if lines[i].startswith("## ")), default=first)
+    return lines[heading:]
 
 
 def peers_section(peers: dict | None, img: str) -> list[str]:

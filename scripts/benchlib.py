@@ -307,6 +307,25 @@ def code_fingerprint() -> str:
         return "unknown"
 
 
+def cpu_times() -> list[int]:
+    """The machine's CPU time counters (``/proc/stat``'s first line), for :func:`steal_share`."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return []
+
+
+def steal_share(start: list[int], end: list[int]) -> str:
+    """The share of the machine's CPU time the hypervisor took between two
+    :func:`cpu_times` (``steal``, the 8th counter): a virtual machine whose host is
+    busy runs every thread slower, and multi-threaded work most."""
+    if len(start) < 8 or len(end) < 8:
+        return "unknown"
+    total = sum(end) - sum(start)
+    return f"{100 * (end[7] - start[7]) / total:.0f} %" if total > 0 else "unknown"
+
+
 def _loadavg() -> str:
     try:
         with open("/proc/loadavg") as f:
