@@ -184,3 +184,16 @@ def _kinds():
     from streambatch.sources import ColumnSpec
 
     return {"v": FixedKind("v", ColumnSpec(np.dtype(np.int32), ()), 4)}
+
+
+def test_a_failed_read_is_a_reader_error_naming_the_column_and_shard(tmp_path):
+    fd = os.open(tmp_path, os.O_RDONLY)  # a directory: pread fails with EISDIR
+    try:
+        cache = _Cache([_Reader({"v": FileRows(fd, 0, 4, str(tmp_path / "v.npy"))})])
+        dataset = SimpleNamespace(shards=[SimpleNamespace(path=str(tmp_path / "shard-0"))])
+        reads = PlainRowReads(_plan([0], [0], [3]), dataset, RowRing(_kinds(), 10), cache, 8)  # type: ignore[arg-type]
+        with pytest.raises(sb.ReaderError, match=r"reading column 'v' of .*shard-0 failed: .*Is a directory"):
+            reads.read(np.array([0]))
+        assert cache.held == 0
+    finally:
+        os.close(fd)
