@@ -111,6 +111,15 @@ def work_take(threads: int, native_gather: bool) -> dict:
     return {"rows_per_s": batches_per_thread * threads * BATCH / seconds}
 
 
+def _slot(position: int, rows: int, capacity: int) -> tuple[int, int]:
+    """Where a job of ``rows`` rows goes in the ring: at ``position``, or at slot 0 (the
+    rest of the ring skipped) when it would wrap; the reader and the gatherer agree."""
+    slot = position % capacity
+    if slot + rows > capacity:
+        return 0, position + capacity - slot
+    return slot, position
+
+
 def work_pipeline(path: str) -> dict:
     """A reader thread and a gathering thread over a ring, handing over job by job."""
     import numpy as np
@@ -135,10 +144,7 @@ def work_pipeline(path: str) -> dict:
         for job in jobs:
             free.acquire()
             n = len(job) * PIECE_ROWS
-            slot = position % capacity
-            if slot + n > capacity:
-                position += capacity - slot
-                slot = 0
+            slot, position = _slot(position, n, capacity)
             offsets = header + job.astype(np.int64) * PIECE_ROWS * 512
             sizes = np.full(len(job), PIECE_ROWS * 512, np.int64)
             positions = slot * 512 + np.arange(len(job), dtype=np.int64) * PIECE_ROWS * 512
@@ -151,10 +157,7 @@ def work_pipeline(path: str) -> dict:
         for job in jobs:
             loaded.acquire()
             n = len(job) * PIECE_ROWS
-            slot = position % capacity
-            if slot + n > capacity:
-                position += capacity - slot
-                slot = 0
+            slot, position = _slot(position, n, capacity)
             order = slot + rng.permutation(n)
             full = n // BATCH
             targets = [np.empty((BATCH, 128), np.float32) for _ in range(full)]
