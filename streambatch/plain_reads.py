@@ -101,12 +101,10 @@ class PlainRowReads:
         # every shard's column has the dataset's spec (checked when it was opened)
         row_nbytes = target.nbytes // len(target)
         in_file = np.array([isinstance(source, FileRows) for source in sources])
-        if in_file.all():
-            self._read_file_ranges(column, target, sources, shards, ranges, row_nbytes)
-            return
-        if in_file.any():
-            self._read_file_ranges(column, target, sources, shards, ranges.where(in_file[ranges.source]), row_nbytes)
-        for k in np.flatnonzero(~in_file[ranges.source]).tolist():
+        if in_file.any():  # every range of a file-backed column in one call
+            from_files = ranges if in_file.all() else ranges.where(in_file[ranges.source])
+            self._read_file_ranges(column, target, sources, shards, from_files, row_nbytes)
+        for k in np.flatnonzero(~in_file[ranges.source]).tolist():  # columns held in memory
             source = sources[int(ranges.source[k])]
             assert isinstance(source, MemoryRows)
             start, length, slot = int(ranges.start[k]), int(ranges.length[k]), int(ranges.slot[k])

@@ -301,6 +301,11 @@ def _piece_reader(
     shards = dataset.shards
     plain = PlainRowReads(plan, dataset, ring, cache, cache.max_open // max(1, num_threads)) if ring.fixed else None
 
+    def failed(first: int, last: int, error: Exception, more: str = "") -> ReaderError:
+        """A read of pieces ``first`` to ``last`` (rows of one shard) that raised, named."""
+        where = shards[int(plan.shard[first])].describe_rows(int(plan.start[first]), int(plan.stop[last]))
+        return ReaderError(f"reading {where}{more} failed: {error!r}")
+
     def read(pieces: np.ndarray) -> None:
         if plan.stream[pieces[0]] >= 0:  # one stream's slices, in order
             for k in pieces.tolist():
@@ -309,8 +314,7 @@ def _piece_reader(
                 except (StreambatchError, Stopped):
                     raise
                 except Exception as error:
-                    where = shards[int(plan.shard[k])].describe_rows(int(plan.start[k]), int(plan.stop[k]))
-                    raise ReaderError(f"reading {where} failed: {error!r}") from error
+                    raise failed(k, k, error) from error
             return
         if plain is not None:
             try:
@@ -320,9 +324,7 @@ def _piece_reader(
                 raise
             except Exception as error:
                 k = int(pieces[0])
-                where = shards[int(plan.shard[k])].describe_rows(int(plan.start[k]), int(plan.stop[k]))
-                also = f" and {pieces.size - 1} more pieces" if pieces.size > 1 else ""
-                raise ReaderError(f"reading {where}{also} failed: {error!r}") from error
+                raise failed(k, k, error, f" and {pieces.size - 1} more pieces" if pieces.size > 1 else "") from error
         # pieces read on their own: runs of consecutive pieces of one shard
         breaks = np.flatnonzero((np.diff(pieces) != 1) | (np.diff(plan.shard[pieces]) != 0)) + 1
         for run in np.split(pieces, breaks) if breaks.size else (pieces,):
@@ -343,8 +345,7 @@ def _piece_reader(
             except StreambatchError:
                 raise
             except Exception as error:
-                where = shard.describe_rows(int(plan.start[k]), int(plan.stop[run_end - 1]))
-                raise ReaderError(f"reading {where} failed: {error!r}") from error
+                raise failed(k, run_end - 1, error) from error
 
     return read
 
